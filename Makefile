@@ -1,0 +1,31 @@
+# pgkafka_join: PGXS build.  "make installcheck" runs the SQL regression and
+# isolation tests on a temporary instance of their own; test/run runs every
+# test, the end-to-end ones against a real Kafka broker included.
+
+MODULE_big = pgkafka_join
+OBJS = \
+	src/pgkafka_join.o \
+	src/guc.o \
+	src/message.o \
+	src/kafka.o \
+	src/ingest.o \
+	src/publish.o \
+	src/worker.o \
+	src/sql_api.o
+
+EXTENSION = pgkafka_join
+DATA = sql/pgkafka_join--1.0.sql
+PGFILEDESC = "pgkafka_join - Kafka stream-table join inside PostgreSQL"
+
+PG_CPPFLAGS += -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare -I$(srcdir)/src $(shell pkg-config --cflags rdkafka)
+SHLIB_LINK += $(shell pkg-config --libs rdkafka)
+
+REGRESS = schema partitions messages join_rule rejected
+REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(srcdir)/test/pgkafka_join.conf
+
+ISOLATION = rating_movie_race
+ISOLATION_OPTS = --temp-instance=./tmp_check_iso --temp-config=$(srcdir)/test/pgkafka_join.conf
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

@@ -1,0 +1,328 @@
+/*-------------------------------------------------------------------------
+ *
+ * guc.c
+ *	  The settings of pgkafka_join, all in one place.
+ *
+ * Every setting is named pgkafka_join.*; the prefix is reserved so that a
+ * misspelt name in postgresql.conf is reported instead of silently ignored.
+ * Settings the join worker re-reads on SIGHUP are PGC_SIGHUP; the database
+ * the worker connects to needs a restart.  Values that must be parsed
+ * (the join window, the extra librdkafka properties) are checked when they
+ * are set, so a bad value is refused by "pg_ctl reload" with a message
+ * instead of breaking the worker later.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <ctype.h>
+
+#include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/guc.h"
+
+#include "pgkafka_join.h"
+
+char	   *pkj_brokers = NULL;
+char	   *pkj_database = NULL;
+char	   *pkj_movies_topic = NULL;
+char	   *pkj_ratings_topic = NULL;
+char	   *pkj_output_topic = NULL;
+char	   *pkj_join_window = NULL;
+char	   *pkj_kafka_properties = NULL;
+char	   *pkj_transactional_id = NULL;
+int			pkj_batch_size = 10000;
+int			pkj_batch_delay = 100;
+int			pkj_retry_interval = 5000;
+int			pkj_max_message_bytes = 1048576;
+int			pkj_premake_months = 2;
+
+/*
+ * Parse an interval without throwing: the check hook must report a bad value
+ * through GUC_check_errdetail, not by raising an error.
+ */
+static bool
+parse_interval_quietly(const char *text, Interval *result)
+{
+	char		workbuf[256];
+	char	   *field[MAXDATEFIELDS];
+	int			ftype[MAXDATEFIELDS];
+	int			nf;
+	int			dtype;
+	struct pg_itm_in itm_in;
+	int			dterr;
+
+	dterr = ParseDateTime(text, workbuf, sizeof(workbuf), field, ftype,
+						  MAXDATEFIELDS, &nf);
+	if (dterr == 0)
+		dterr = DecodeInterval(field, ftype, nf, INTERVAL_FULL_RANGE,
+							   &dtype, &itm_in);
+	if (dterr == DTERR_BAD_FORMAT)
+		dterr = DecodeISO8601Interval(unconstify(char *, text), &dtype, &itm_in);
+	if (dterr != 0 || dtype != DTK_DELTA)
+		return false;
+	return itmin2interval(&itm_in, result) == 0;
+}
+
+static bool
+check_join_window(char **newval, void **extra, GucSource source)
+{
+	Interval	span;
+
+	if (!parse_interval_quietly(*newval, &span))
+	{
+		GUC_check_errdetail("\"%s\" is not an interval.", *newval);
+		return false;
+	}
+	if (span.month < 0 || span.day < 0 || span.time < 0 ||
+		(span.month == 0 && span.day == 0 && span.time == 0))
+	{
+		GUC_check_errdetail("The join window must be positive.");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * pkj_parse_properties
+ *		Parse "key=value key2='a value'" into a List of PkjProperty.
+ *
+ * The syntax is libpq's connection string syntax: pairs separated by white
+ * space, values optionally in single quotes, backslash escapes a quote or a
+ * backslash inside quotes.  Returns false with *errmsg set on bad input; it
+ * never throws, so that the GUC check hook can use it.
+ */
+bool
+pkj_parse_properties(const char *text, List **props, char **errmsg)
+{
+	const char *p = text;
+	List	   *result = NIL;
+
+	*errmsg = NULL;
+	while (*p)
+	{
+		StringInfoData key;
+		StringInfoData value;
+		PkjProperty *prop;
+
+		while (isspace((unsigned char) *p))
+			p++;
+		if (*p == '\0')
+			break;
+
+		initStringInfo(&key);
+		while (*p && *p != '=' && !isspace((unsigned char) *p))
+			appendStringInfoChar(&key, *p++);
+		while (isspace((unsigned char) *p))
+			p++;
+		if (*p != '=')
+		{
+			*errmsg = psprintf("missing \"=\" after \"%s\"", key.data);
+			return false;
+		}
+		p++;
+		while (isspace((unsigned char) *p))
+			p++;
+
+		initStringInfo(&value);
+		if (*p == '\'')
+		{
+			p++;
+			for (;;)
+			{
+				if (*p == '\0')
+				{
+					*errmsg = psprintf("unterminated quoted value for \"%s\"",
+									   key.data);
+					return false;
+				}
+				if (*p == '\'')
+				{
+					p++;
+					break;
+				}
+				if (*p == '\\' && p[1] != '\0')
+					p++;
+				appendStringInfoChar(&value, *p++);
+			}
+		}
+		else
+		{
+			while (*p && !isspace((unsigned char) *p))
+				appendStringInfoChar(&value, *p++);
+		}
+
+		prop = palloc(sizeof(PkjProperty));
+		prop->key = key.data;
+		prop->value = value.data;
+		result = lappend(result, prop);
+	}
+
+	*props = result;
+	return true;
+}
+
+static bool
+check_kafka_properties(char **newval, void **extra, GucSource source)
+{
+	List	   *props;
+	char	   *errmsg;
+	ListCell   *lc;
+
+	if (!pkj_parse_properties(*newval, &props, &errmsg))
+	{
+		GUC_check_errdetail("%s.", errmsg);
+		return false;
+	}
+	foreach(lc, props)
+	{
+		PkjProperty *prop = lfirst(lc);
+
+		/* these are owned by pgkafka_join: changing them breaks exactly-once */
+		if (strcmp(prop->key, "transactional.id") == 0 ||
+			strcmp(prop->key, "isolation.level") == 0 ||
+			strcmp(prop->key, "enable.auto.commit") == 0 ||
+			strcmp(prop->key, "enable.idempotence") == 0 ||
+			strcmp(prop->key, "partitioner") == 0)
+		{
+			GUC_check_errdetail("Property \"%s\" is set by pgkafka_join itself.",
+								prop->key);
+			GUC_check_errhint("Use pgkafka_join.transactional_id for the transactional id.");
+			return false;
+		}
+	}
+	return true;
+}
+
+static bool
+check_topic(char **newval, void **extra, GucSource source)
+{
+	const char *c;
+
+	if (**newval == '\0' || strlen(*newval) > 249)
+	{
+		GUC_check_errdetail("A topic name has 1 to 249 characters.");
+		return false;
+	}
+	for (c = *newval; *c; c++)
+	{
+		if (!(isalnum((unsigned char) *c) || *c == '.' || *c == '_' || *c == '-'))
+		{
+			GUC_check_errdetail("A topic name may only contain ASCII letters, digits, \".\", \"_\" and \"-\".");
+			return false;
+		}
+	}
+	return true;
+}
+
+void
+pkj_define_gucs(void)
+{
+	DefineCustomStringVariable("pgkafka_join.brokers",
+							   "Kafka bootstrap servers (host:port, comma-separated).",
+							   "Empty: the join worker waits idle.",
+							   &pkj_brokers,
+							   "",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("pgkafka_join.database",
+							   "Database in which CREATE EXTENSION pgkafka_join was run.",
+							   NULL,
+							   &pkj_database,
+							   "postgres",
+							   PGC_POSTMASTER, 0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("pgkafka_join.movies_topic",
+							   "Kafka topic of the movies catalog.",
+							   NULL,
+							   &pkj_movies_topic,
+							   "movies",
+							   PGC_SIGHUP, 0,
+							   check_topic, NULL, NULL);
+
+	DefineCustomStringVariable("pgkafka_join.ratings_topic",
+							   "Kafka topic of the ratings stream.",
+							   NULL,
+							   &pkj_ratings_topic,
+							   "ratings",
+							   PGC_SIGHUP, 0,
+							   check_topic, NULL, NULL);
+
+	DefineCustomStringVariable("pgkafka_join.output_topic",
+							   "Kafka topic the rated movies are published to.",
+							   NULL,
+							   &pkj_output_topic,
+							   "rated_movies",
+							   PGC_SIGHUP, 0,
+							   check_topic, NULL, NULL);
+
+	DefineCustomStringVariable("pgkafka_join.join_window",
+							   "How old a rating may be, when it meets its movie, to be published.",
+							   "A rating is joined if its movie is stored no later than rated_at plus this interval.",
+							   &pkj_join_window,
+							   "1 month",
+							   PGC_SIGHUP, 0,
+							   check_join_window, NULL, NULL);
+
+	DefineCustomStringVariable("pgkafka_join.kafka_properties",
+							   "Extra librdkafka properties, as key=value pairs separated by spaces.",
+							   "For SSL and SASL settings; values may be single-quoted.",
+							   &pkj_kafka_properties,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   check_kafka_properties, NULL, NULL);
+
+	DefineCustomStringVariable("pgkafka_join.transactional_id",
+							   "Kafka transactional id of the publisher, and group id of its position.",
+							   "Empty: derived from the system identifier and the database.",
+							   &pkj_transactional_id,
+							   "",
+							   PGC_POSTMASTER, 0,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pgkafka_join.batch_size",
+							"Most messages stored, or results published, in one transaction.",
+							NULL,
+							&pkj_batch_size,
+							10000, 1, 1000000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pgkafka_join.batch_delay",
+							"Longest wait for a batch to fill before it is stored.",
+							NULL,
+							&pkj_batch_delay,
+							100, 1, 60000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pgkafka_join.retry_interval",
+							"Wait before the worker retries after an error, or re-checks what it waits for.",
+							NULL,
+							&pkj_retry_interval,
+							5000, 100, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pgkafka_join.max_message_bytes",
+							"Largest message value accepted; larger ones are rejected.",
+							NULL,
+							&pkj_max_message_bytes,
+							1048576, 1024, 64 * 1024 * 1024,
+							PGC_SIGHUP, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pgkafka_join.premake_months",
+							"Monthly partitions created ahead of the current month.",
+							NULL,
+							&pkj_premake_months,
+							2, 0, 120,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("pgkafka_join");
+}

@@ -1,0 +1,473 @@
+/*-------------------------------------------------------------------------
+ *
+ * ingest.c
+ *	  One batch of consumed messages -> one PostgreSQL transaction.
+ *
+ * Messages are parsed as they arrive (message.c) and sorted into columns:
+ * movies (a NULL title is a tombstone), ratings, rejected messages, and the
+ * next offset of every input partition seen.  pkj_ingest_batch() then hands
+ * each set to its SQL function as arrays, in one transaction:
+ *
+ *	  store_movies    upsert/delete the catalog, publish waiting ratings
+ *	  store_ratings   insert the ratings, publish those whose movie is here
+ *	  store_rejected  keep what could not be accepted, with the reason
+ *	  store_offsets   the next offset to consume, per topic and partition
+ *
+ * The offsets commit with the rows they produced, so after a crash the
+ * worker resumes exactly after the last stored message.  Movies go before
+ * ratings: every message of a batch is stored at the same commit, and a
+ * rating whose movie is stored by that commit is joined by it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+#include "pgkafka_join.h"
+#include "kafka.h"
+
+/* One growable column of a batch: values and null flags */
+typedef struct Column
+{
+	Oid			type;
+	Datum	   *values;
+	bool	   *nulls;
+} Column;
+
+#define MAX_COLUMNS 6
+
+/* A set of rows for one SQL function, stored column by column */
+typedef struct Rows
+{
+	int			count;
+	int			capacity;
+	int			ncolumns;
+	Column		columns[MAX_COLUMNS];
+} Rows;
+
+typedef struct InputOffset
+{
+	const char *topic;
+	int32		partition;
+	int64		next_offset;
+} InputOffset;
+
+struct PkjBatch
+{
+	MemoryContext cxt;
+	int			count;			/* messages in the batch */
+	Rows		movies;			/* id, title (NULL: tombstone), release_year */
+	Rows		ratings;		/* movie_id, rating, rated_at, partition, offset */
+	Rows		rejected;		/* topic, partition, offset, key, payload, reason */
+	List	   *offsets;		/* of InputOffset */
+};
+
+/* Plans of the SQL calls, kept across batches */
+static SPIPlanPtr store_movies_plan = NULL;
+static SPIPlanPtr store_ratings_plan = NULL;
+static SPIPlanPtr store_rejected_plan = NULL;
+static SPIPlanPtr store_offsets_plan = NULL;
+
+static void
+rows_init(Rows *rows, int ncolumns, const Oid *types)
+{
+	memset(rows, 0, sizeof(Rows));
+	rows->ncolumns = ncolumns;
+	for (int i = 0; i < ncolumns; i++)
+		rows->columns[i].type = types[i];
+}
+
+/* Make room for one more row and return its index */
+static int
+rows_add(Rows *rows)
+{
+	if (rows->count == rows->capacity)
+	{
+		int			newcap = rows->capacity == 0 ? 256 : rows->capacity * 2;
+
+		for (int i = 0; i < rows->ncolumns; i++)
+		{
+			Column	   *col = &rows->columns[i];
+
+			if (col->values == NULL)
+			{
+				col->values = palloc(newcap * sizeof(Datum));
+				col->nulls = palloc(newcap * sizeof(bool));
+			}
+			else
+			{
+				col->values = repalloc(col->values, newcap * sizeof(Datum));
+				col->nulls = repalloc(col->nulls, newcap * sizeof(bool));
+			}
+		}
+		rows->capacity = newcap;
+	}
+	for (int i = 0; i < rows->ncolumns; i++)
+		rows->columns[i].nulls[rows->count] = false;
+	return rows->count++;
+}
+
+static inline void
+rows_set(Rows *rows, int row, int column, Datum value)
+{
+	rows->columns[column].values[row] = value;
+}
+
+static inline void
+rows_set_null(Rows *rows, int row, int column)
+{
+	rows->columns[column].values[row] = (Datum) 0;
+	rows->columns[column].nulls[row] = true;
+}
+
+/* One column as an array Datum, the parameter of an SQL function */
+static Datum
+column_array(Rows *rows, int column)
+{
+	Column	   *col = &rows->columns[column];
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1];
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(col->type, &typlen, &typbyval, &typalign);
+	dims[0] = rows->count;
+	return PointerGetDatum(construct_md_array(col->values, col->nulls, 1,
+											  dims, lbs, col->type,
+											  typlen, typbyval, typalign));
+}
+
+PkjBatch *
+pkj_batch_create(MemoryContext cxt)
+{
+	PkjBatch   *batch = MemoryContextAllocZero(cxt, sizeof(PkjBatch));
+
+	batch->cxt = cxt;
+	pkj_batch_reset(batch);
+	return batch;
+}
+
+/* Forget the batch; its memory goes with the caller's reset of batch->cxt */
+void
+pkj_batch_reset(PkjBatch *batch)
+{
+	static const Oid movie_types[] = {INT8OID, TEXTOID, INT4OID};
+	static const Oid rating_types[] = {INT8OID, FLOAT8OID, TIMESTAMPTZOID, INT4OID, INT8OID};
+	static const Oid rejected_types[] = {TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID, TEXTOID};
+
+	batch->count = 0;
+	rows_init(&batch->movies, 3, movie_types);
+	rows_init(&batch->ratings, 5, rating_types);
+	rows_init(&batch->rejected, 6, rejected_types);
+	batch->offsets = NIL;
+}
+
+int
+pkj_batch_count(PkjBatch *batch)
+{
+	return batch->count;
+}
+
+static Datum
+bytes_datum(const void *data, size_t len)
+{
+	bytea	   *b = palloc(VARHDRSZ + len);
+
+	SET_VARSIZE(b, VARHDRSZ + len);
+	memcpy(VARDATA(b), data, len);
+	return PointerGetDatum(b);
+}
+
+static void
+note_offset(PkjBatch *batch, const char *topic, int32 partition, int64 offset)
+{
+	ListCell   *lc;
+	InputOffset *io;
+
+	foreach(lc, batch->offsets)
+	{
+		io = lfirst(lc);
+		if (io->partition == partition && strcmp(io->topic, topic) == 0)
+		{
+			io->next_offset = Max(io->next_offset, offset + 1);
+			return;
+		}
+	}
+	io = palloc(sizeof(InputOffset));
+	io->topic = topic;
+	io->partition = partition;
+	io->next_offset = offset + 1;
+	batch->offsets = lappend(batch->offsets, io);
+}
+
+static void
+reject(PkjBatch *batch, const char *topic, const rd_kafka_message_t *msg,
+	   const char *reason)
+{
+	int			row = rows_add(&batch->rejected);
+	size_t		len = msg->len;
+
+	rows_set(&batch->rejected, row, 0, CStringGetTextDatum(topic));
+	rows_set(&batch->rejected, row, 1, Int32GetDatum(msg->partition));
+	rows_set(&batch->rejected, row, 2, Int64GetDatum(msg->offset));
+	if (msg->key)
+		rows_set(&batch->rejected, row, 3, bytes_datum(msg->key, msg->key_len));
+	else
+		rows_set_null(&batch->rejected, row, 3);
+	/* an oversized value is kept up to the size limit */
+	if (msg->payload)
+		rows_set(&batch->rejected, row, 4,
+				 bytes_datum(msg->payload, Min(len, (size_t) pkj_max_message_bytes)));
+	else
+		rows_set_null(&batch->rejected, row, 4);
+	rows_set(&batch->rejected, row, 5, CStringGetTextDatum(reason));
+}
+
+static void
+add_movie(PkjBatch *batch, const char *topic, const rd_kafka_message_t *msg)
+{
+	PkjMovie	movie;
+	const char *reason;
+	int			row;
+
+	if (msg->payload == NULL)
+	{
+		int64		id;
+
+		/* a tombstone: the key is the movie id */
+		if (msg->key == NULL || !pkj_parse_id_text(msg->key, msg->key_len, &id))
+		{
+			reject(batch, topic, msg, "tombstone key is not a movie id");
+			return;
+		}
+		row = rows_add(&batch->movies);
+		rows_set(&batch->movies, row, 0, Int64GetDatum(id));
+		rows_set_null(&batch->movies, row, 1);
+		rows_set_null(&batch->movies, row, 2);
+		return;
+	}
+
+	if (!pkj_parse_movie(msg->payload, msg->len, &movie, &reason))
+	{
+		reject(batch, topic, msg, reason);
+		return;
+	}
+	row = rows_add(&batch->movies);
+	rows_set(&batch->movies, row, 0, Int64GetDatum(movie.id));
+	rows_set(&batch->movies, row, 1, CStringGetTextDatum(movie.title));
+	if (movie.has_release_year)
+		rows_set(&batch->movies, row, 2, Int32GetDatum(movie.release_year));
+	else
+		rows_set_null(&batch->movies, row, 2);
+}
+
+static void
+add_rating(PkjBatch *batch, const char *topic, const rd_kafka_message_t *msg)
+{
+	PkjRating	rating;
+	const char *reason;
+	int			row;
+
+	if (msg->payload == NULL)
+	{
+		reject(batch, topic, msg, "a rating cannot be a tombstone");
+		return;
+	}
+	if (!pkj_parse_rating(msg->payload, msg->len, &rating, &reason))
+	{
+		reject(batch, topic, msg, reason);
+		return;
+	}
+	if (!rating.has_rated_at)
+	{
+		rd_kafka_timestamp_type_t tstype;
+		int64		ms = rd_kafka_message_timestamp(msg, &tstype);
+
+		if (ms < 0)
+		{
+			reject(batch, topic, msg, "rated_at is missing and the message has no timestamp");
+			return;
+		}
+		rating.rated_at = (TimestampTz) ms * 1000 -
+			(TimestampTz) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY;
+		if (!pkj_timestamp_in_range(rating.rated_at))
+		{
+			reject(batch, topic, msg, "message timestamp is out of range");
+			return;
+		}
+	}
+
+	row = rows_add(&batch->ratings);
+	rows_set(&batch->ratings, row, 0, Int64GetDatum(rating.movie_id));
+	rows_set(&batch->ratings, row, 1, Float8GetDatum(rating.rating));
+	rows_set(&batch->ratings, row, 2, TimestampTzGetDatum(rating.rated_at));
+	rows_set(&batch->ratings, row, 3, Int32GetDatum(msg->partition));
+	rows_set(&batch->ratings, row, 4, Int64GetDatum(msg->offset));
+}
+
+/*
+ * pkj_batch_add
+ *		Parse one consumed message into the batch.  Never throws for what a
+ *		message contains: whatever cannot be accepted is kept as rejected.
+ */
+void
+pkj_batch_add(PkjBatch *batch, const rd_kafka_message_t *msg)
+{
+	MemoryContext old = MemoryContextSwitchTo(batch->cxt);
+	const char *topic;
+
+	if (strcmp(rd_kafka_topic_name(msg->rkt), pkj_kafka.movies_topic) == 0)
+		topic = pkj_kafka.movies_topic;
+	else
+		topic = pkj_kafka.ratings_topic;
+
+	if (msg->payload != NULL && msg->len > (size_t) pkj_max_message_bytes)
+		reject(batch, topic, msg,
+			   psprintf("value of %zu bytes is larger than pgkafka_join.max_message_bytes (%d)",
+						msg->len, pkj_max_message_bytes));
+	else if (topic == pkj_kafka.movies_topic)
+		add_movie(batch, topic, msg);
+	else
+		add_rating(batch, topic, msg);
+
+	note_offset(batch, topic, msg->partition, msg->offset);
+	batch->count++;
+	MemoryContextSwitchTo(old);
+}
+
+static SPIPlanPtr
+prepare(const char *sql, int nargs, const Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, unconstify(Oid *, argtypes));
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+static void
+prepare_plans(void)
+{
+	static const Oid movies_args[] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID};
+	static const Oid ratings_args[] = {INT8ARRAYOID, FLOAT8ARRAYOID, TIMESTAMPTZARRAYOID,
+	INT4ARRAYOID, INT8ARRAYOID};
+	static const Oid rejected_args[] = {TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID,
+	BYTEAARRAYOID, BYTEAARRAYOID, TEXTARRAYOID};
+	static const Oid offsets_args[] = {TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
+
+	if (store_movies_plan != NULL)
+		return;
+	store_movies_plan = prepare("SELECT pgkafka_join.store_movies($1, $2, $3)",
+								3, movies_args);
+	store_ratings_plan = prepare("SELECT pgkafka_join.store_ratings($1, $2, $3, $4, $5)",
+								 5, ratings_args);
+	store_rejected_plan = prepare("SELECT pgkafka_join.store_rejected($1, $2, $3, $4, $5, $6)",
+								  6, rejected_args);
+	store_offsets_plan = prepare("SELECT pgkafka_join.store_offsets($1, $2, $3)",
+								 3, offsets_args);
+}
+
+/* Call one store function with a set of rows; returns what it returned */
+static int64
+store_rows(SPIPlanPtr plan, Rows *rows)
+{
+	Datum		args[MAX_COLUMNS];
+	int			ret;
+	bool		isnull;
+	Datum		result;
+
+	if (rows->count == 0)
+		return 0;
+	for (int i = 0; i < rows->ncolumns; i++)
+		args[i] = column_array(rows, i);
+	ret = SPI_execute_plan(plan, args, NULL, false, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
+	if (SPI_tuptable->tupdesc->attrs[0].atttypid != INT8OID)
+		return 0;
+	result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : DatumGetInt64(result);
+}
+
+static void
+ingest_error_callback(void *arg)
+{
+	PkjBatch   *batch = arg;
+
+	errcontext("pgkafka_join storing a batch of %d messages: %d movies, %d ratings, %d rejected",
+			   batch->count, batch->movies.count, batch->ratings.count,
+			   batch->rejected.count);
+}
+
+/*
+ * pkj_ingest_batch
+ *		Store a batch and the offsets after it, in one transaction.  Returns
+ *		with the transaction committed; an error aborts it whole and the
+ *		batch is consumed again from the stored offsets.
+ */
+void
+pkj_ingest_batch(PkjBatch *batch, int64 *results)
+{
+	static const Oid offset_types[] = {TEXTOID, INT4OID, INT8OID};
+	ErrorContextCallback errcallback;
+	Rows		offsets;
+	ListCell   *lc;
+	MemoryContext old;
+
+	*results = 0;
+	if (batch->count == 0)
+		return;
+
+	errcallback.callback = ingest_error_callback;
+	errcallback.arg = batch;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	pgstat_report_activity(STATE_RUNNING, "storing a batch");
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+
+	old = MemoryContextSwitchTo(batch->cxt);
+	prepare_plans();
+
+	*results += store_rows(store_movies_plan, &batch->movies);
+	*results += store_rows(store_ratings_plan, &batch->ratings);
+	store_rows(store_rejected_plan, &batch->rejected);
+
+	rows_init(&offsets, 3, offset_types);
+	foreach(lc, batch->offsets)
+	{
+		InputOffset *io = lfirst(lc);
+		int			row = rows_add(&offsets);
+
+		rows_set(&offsets, row, 0, CStringGetTextDatum(io->topic));
+		rows_set(&offsets, row, 1, Int32GetDatum(io->partition));
+		rows_set(&offsets, row, 2, Int64GetDatum(io->next_offset));
+	}
+	store_rows(store_offsets_plan, &offsets);
+	MemoryContextSwitchTo(old);
+
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	error_context_stack = errcallback.previous;
+}

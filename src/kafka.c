@@ -1,0 +1,297 @@
+/*-------------------------------------------------------------------------
+ *
+ * kafka.c
+ *	  The librdkafka handles of the join worker: one consumer for the input
+ *	  topics, one transactional producer for the output topic.
+ *
+ * librdkafka runs threads of its own; PostgreSQL may only be called from the
+ * worker's thread.  So every callback that can reach ereport (logs, errors,
+ * delivery reports) is queued by librdkafka and served from the worker's
+ * loop: logs and errors through the main queue (log.queue=true), which for
+ * the consumer is forwarded to its consumer queue, and delivery reports
+ * through rd_kafka_poll() and rd_kafka_flush() on the producer.  The
+ * consumer queue also writes a byte to a pipe when it becomes non-empty, so
+ * the worker can sleep on its latch and on that pipe together.
+ *
+ * The consumer does not join a consumer group: partitions are assigned
+ * explicitly at the offsets stored in PostgreSQL, which are the truth.  Its
+ * group id only names where the publisher's position is committed, inside
+ * each Kafka transaction (see publish.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "access/xlog.h"
+#include "miscadmin.h"
+#include "utils/memutils.h"
+
+#include "pgkafka_join.h"
+#include "kafka.h"
+
+PkjKafka	pkj_kafka = {0};
+
+/* The last error librdkafka reported, for the log and the status */
+char		pkj_kafka_last_error[512];
+
+static void
+log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+	int			elevel;
+
+	/* syslog levels: 0..3 are errors, 4 warnings, the rest informational */
+	if (level <= 4)
+		elevel = WARNING;
+	else if (level <= 6)
+		elevel = LOG;
+	else
+		elevel = DEBUG1;
+
+	ereport(elevel,
+			(errmsg("librdkafka %s: %s: %s", rd_kafka_name(rk), fac, buf)));
+}
+
+static void
+error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+	strlcpy(pkj_kafka_last_error, reason, sizeof(pkj_kafka_last_error));
+
+	/*
+	 * A fatal error of the idempotent/transactional producer cannot be
+	 * recovered in this instance; the publisher sees it on its next call and
+	 * rebuilds the producer.  Anything else librdkafka retries by itself:
+	 * log it, at most as a warning.
+	 */
+	ereport(err == RD_KAFKA_RESP_ERR__FATAL ? WARNING : LOG,
+			(errmsg("kafka client %s: %s", rd_kafka_name(rk), reason),
+			 errdetail("librdkafka error %s.", rd_kafka_err2name(err))));
+}
+
+static void
+conf_set(rd_kafka_conf_t *conf, const char *key, const char *value)
+{
+	char		errstr[512];
+
+	if (rd_kafka_conf_set(conf, key, value, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
+	{
+		rd_kafka_conf_destroy(conf);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid Kafka property \"%s\"", key),
+				 errdetail("%s", errstr),
+				 errhint("Check pgkafka_join.kafka_properties and pgkafka_join.brokers.")));
+	}
+}
+
+/*
+ * The configuration common to both handles: brokers, logging, then the
+ * user's extra properties, which may override anything but what guc.c
+ * reserves for us.
+ */
+static rd_kafka_conf_t *
+base_conf(const char *role)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	List	   *props;
+	char	   *errmsg;
+	ListCell   *lc;
+
+	conf_set(conf, "bootstrap.servers", pkj_brokers);
+	conf_set(conf, "client.id", psprintf("pgkafka_join-%s", role));
+	conf_set(conf, "log.queue", "true");
+	conf_set(conf, "log.connection.close", "false");
+	rd_kafka_conf_set_log_cb(conf, log_cb);
+	rd_kafka_conf_set_error_cb(conf, error_cb);
+
+	if (!pkj_parse_properties(pkj_kafka_properties, &props, &errmsg))
+		elog(ERROR, "pgkafka_join.kafka_properties: %s", errmsg);	/* checked by the GUC */
+	foreach(lc, props)
+	{
+		PkjProperty *prop = lfirst(lc);
+
+		conf_set(conf, prop->key, prop->value);
+	}
+	return conf;
+}
+
+static rd_kafka_t *
+new_handle(rd_kafka_type_t type, rd_kafka_conf_t *conf)
+{
+	char		errstr[512];
+	rd_kafka_t *rk;
+
+	rk = rd_kafka_new(type, conf, errstr, sizeof(errstr));
+	if (rk == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("could not create Kafka %s", type == RD_KAFKA_CONSUMER ? "consumer" : "producer"),
+				 errdetail("%s", errstr)));
+	/* logs go to the main queue, served from the worker's thread */
+	rd_kafka_set_log_queue(rk, NULL);
+	return rk;
+}
+
+/*
+ * pkj_transactional_id_value
+ *		The transactional id of the publisher, which is also the group id its
+ *		position is committed under.  Unique per cluster and database unless
+ *		set explicitly.
+ */
+char *
+pkj_transactional_id_value(void)
+{
+	if (pkj_transactional_id[0] != '\0')
+		return pstrdup(pkj_transactional_id);
+	return psprintf("pgkafka_join-" UINT64_FORMAT "-%u",
+					GetSystemIdentifier(), MyDatabaseId);
+}
+
+/*
+ * pkj_kafka_connect
+ *		Create the consumer and the producer.  Connections are made in the
+ *		background by librdkafka; nothing here waits for the brokers.
+ */
+void
+pkj_kafka_connect(void)
+{
+	rd_kafka_conf_t *conf;
+	char	   *txn_id = pkj_transactional_id_value();
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	Assert(pkj_kafka.consumer == NULL && pkj_kafka.producer == NULL);
+
+	/* consumer */
+	conf = base_conf("consumer");
+	conf_set(conf, "group.id", txn_id);
+	conf_set(conf, "enable.auto.commit", "false");
+	conf_set(conf, "enable.auto.offset.store", "false");
+	conf_set(conf, "isolation.level", "read_committed");
+	conf_set(conf, "auto.offset.reset", "earliest");
+	conf_set(conf, "enable.partition.eof", "false");
+	pkj_kafka.consumer = new_handle(RD_KAFKA_CONSUMER, conf);
+	rd_kafka_poll_set_consumer(pkj_kafka.consumer);
+	pkj_kafka.queue = rd_kafka_queue_get_consumer(pkj_kafka.consumer);
+
+	if (pipe2(pkj_kafka.wakeup, O_NONBLOCK | O_CLOEXEC) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create pipe: %m")));
+	rd_kafka_queue_io_event_enable(pkj_kafka.queue, pkj_kafka.wakeup[1], "1", 1);
+
+	/* producer */
+	conf = base_conf("producer");
+	conf_set(conf, "transactional.id", txn_id);
+	conf_set(conf, "enable.idempotence", "true");
+	conf_set(conf, "partitioner", "murmur2_random");
+	conf_set(conf, "linger.ms", "5");
+	rd_kafka_conf_set_dr_msg_cb(conf, pkj_delivery_report);
+	pkj_kafka.producer = new_handle(RD_KAFKA_PRODUCER, conf);
+	pkj_kafka.cgmd = rd_kafka_consumer_group_metadata_new(txn_id);
+	pkj_kafka.transactions_ready = false;
+
+	pkj_kafka.brokers = pstrdup(pkj_brokers);
+	pkj_kafka.properties = pstrdup(pkj_kafka_properties);
+	pkj_kafka.movies_topic = pstrdup(pkj_movies_topic);
+	pkj_kafka.ratings_topic = pstrdup(pkj_ratings_topic);
+	pkj_kafka.output_topic = pstrdup(pkj_output_topic);
+	pkj_kafka.assigned_movies = 0;
+	pkj_kafka.assigned_ratings = 0;
+
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * pkj_kafka_disconnect
+ *		Destroy both handles.  An open Kafka transaction is left to the
+ *		broker: the next producer with the same transactional id aborts it.
+ */
+void
+pkj_kafka_disconnect(void)
+{
+	if (pkj_kafka.queue)
+		rd_kafka_queue_destroy(pkj_kafka.queue);
+	if (pkj_kafka.consumer)
+	{
+		rd_kafka_consumer_close(pkj_kafka.consumer);
+		rd_kafka_destroy(pkj_kafka.consumer);
+	}
+	if (pkj_kafka.producer)
+		rd_kafka_destroy(pkj_kafka.producer);
+	if (pkj_kafka.cgmd)
+		rd_kafka_consumer_group_metadata_destroy(pkj_kafka.cgmd);
+	if (pkj_kafka.wakeup[0] > 0)
+	{
+		close(pkj_kafka.wakeup[0]);
+		close(pkj_kafka.wakeup[1]);
+	}
+	if (pkj_kafka.brokers)
+	{
+		pfree(pkj_kafka.brokers);
+		pfree(pkj_kafka.properties);
+		pfree(pkj_kafka.movies_topic);
+		pfree(pkj_kafka.ratings_topic);
+		pfree(pkj_kafka.output_topic);
+	}
+	memset(&pkj_kafka, 0, sizeof(pkj_kafka));
+}
+
+/* Have the settings the handles were made with changed? */
+bool
+pkj_kafka_settings_changed(void)
+{
+	return strcmp(pkj_kafka.brokers, pkj_brokers) != 0 ||
+		strcmp(pkj_kafka.properties, pkj_kafka_properties) != 0 ||
+		strcmp(pkj_kafka.movies_topic, pkj_movies_topic) != 0 ||
+		strcmp(pkj_kafka.ratings_topic, pkj_ratings_topic) != 0 ||
+		strcmp(pkj_kafka.output_topic, pkj_output_topic) != 0;
+}
+
+/* Empty the wake-up pipe; call before the last check of the queue */
+void
+pkj_kafka_drain_wakeup(void)
+{
+	char		buf[64];
+
+	while (read(pkj_kafka.wakeup[0], buf, sizeof(buf)) > 0)
+		;
+}
+
+/*
+ * pkj_kafka_partition_count
+ *		Number of partitions of a topic, 0 if it does not exist (yet), -1 if
+ *		the brokers could not be asked.
+ */
+int
+pkj_kafka_partition_count(const char *topic, int timeout_ms)
+{
+	rd_kafka_topic_t *rkt;
+	const struct rd_kafka_metadata *md;
+	rd_kafka_resp_err_t err;
+	int			count = 0;
+
+	rkt = rd_kafka_topic_new(pkj_kafka.consumer, topic, NULL);
+	err = rd_kafka_metadata(pkj_kafka.consumer, 0, rkt, &md, timeout_ms);
+	rd_kafka_topic_destroy(rkt);
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		snprintf(pkj_kafka_last_error, sizeof(pkj_kafka_last_error),
+				 "metadata request for topic \"%s\" failed: %s",
+				 topic, rd_kafka_err2str(err));
+		return -1;
+	}
+	if (md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		count = md->topics[0].partition_cnt;
+	rd_kafka_metadata_destroy(md);
+	return count;
+}
+
+/* Serve the producer's queued callbacks (logs, delivery reports) */
+void
+pkj_kafka_serve_producer(void)
+{
+	if (pkj_kafka.producer)
+		rd_kafka_poll(pkj_kafka.producer, 0);
+}

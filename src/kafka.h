@@ -1,0 +1,53 @@
+/*-------------------------------------------------------------------------
+ *
+ * kafka.h
+ *	  librdkafka handles of the join worker, and the functions around them.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PGKAFKA_JOIN_KAFKA_H
+#define PGKAFKA_JOIN_KAFKA_H
+
+#include <librdkafka/rdkafka.h>
+
+typedef struct PkjKafka
+{
+	rd_kafka_t *consumer;
+	rd_kafka_queue_t *queue;	/* the consumer's queue */
+	int			wakeup[2];		/* pipe written when the queue fills */
+	rd_kafka_t *producer;
+	rd_kafka_consumer_group_metadata_t *cgmd;
+	bool		transactions_ready; /* init_transactions done */
+
+	/* settings the handles were made with */
+	char	   *brokers;
+	char	   *properties;
+	char	   *movies_topic;
+	char	   *ratings_topic;
+	char	   *output_topic;
+
+	/* partitions currently assigned, per input topic */
+	int			assigned_movies;
+	int			assigned_ratings;
+} PkjKafka;
+
+extern PkjKafka pkj_kafka;
+extern char pkj_kafka_last_error[512];
+
+extern char *pkj_transactional_id_value(void);
+extern void pkj_kafka_connect(void);
+extern void pkj_kafka_disconnect(void);
+extern bool pkj_kafka_settings_changed(void);
+extern void pkj_kafka_drain_wakeup(void);
+extern int	pkj_kafka_partition_count(const char *topic, int timeout_ms);
+extern void pkj_kafka_serve_producer(void);
+
+/* ingest.c */
+struct PkjBatch;
+extern void pkj_batch_add(struct PkjBatch *batch, const rd_kafka_message_t *msg);
+
+/* publish.c */
+extern void pkj_delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg,
+								void *opaque);
+
+#endif							/* PGKAFKA_JOIN_KAFKA_H */

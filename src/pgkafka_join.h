@@ -1,0 +1,107 @@
+/*-------------------------------------------------------------------------
+ *
+ * pgkafka_join.h
+ *	  Declarations shared by the files of pgkafka_join.
+ *
+ * The data path, one file a role:
+ *	  guc.c       settings (pgkafka_join.*) and their checks
+ *	  message.c   parse one Kafka message value into a movie or a rating,
+ *	              or say why it is rejected; never throws on bad input
+ *	  kafka.c     librdkafka handles: consumer, transactional producer
+ *	  ingest.c    one batch of consumed messages -> one transaction
+ *	  publish.c   new rated movies -> one Kafka transaction
+ *	  worker.c    launcher and join worker processes, their loop and signals
+ *	  sql_api.c   SQL-callable C functions
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PGKAFKA_JOIN_H
+#define PGKAFKA_JOIN_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
+#include "utils/timestamp.h"
+
+/* ---- guc.c ---- */
+extern char *pkj_brokers;
+extern char *pkj_database;
+extern char *pkj_movies_topic;
+extern char *pkj_ratings_topic;
+extern char *pkj_output_topic;
+extern char *pkj_join_window;
+extern char *pkj_kafka_properties;
+extern char *pkj_transactional_id;
+extern int	pkj_batch_size;
+extern int	pkj_batch_delay;
+extern int	pkj_retry_interval;
+extern int	pkj_max_message_bytes;
+extern int	pkj_premake_months;
+
+extern void pkj_define_gucs(void);
+
+/*
+ * A parsed list of extra librdkafka properties, from
+ * pgkafka_join.kafka_properties ("key=value key2='v a l'").
+ */
+typedef struct PkjProperty
+{
+	char	   *key;
+	char	   *value;
+} PkjProperty;
+
+extern bool pkj_parse_properties(const char *text, List **props,
+								 char **errmsg);
+
+/* ---- message.c ---- */
+
+/* What one message value on the movies topic says */
+typedef struct PkjMovie
+{
+	int64		id;
+	char	   *title;			/* palloc'd, NUL-terminated, valid UTF-8 */
+	bool		has_release_year;
+	int32		release_year;
+} PkjMovie;
+
+/* What one message value on the ratings topic says */
+typedef struct PkjRating
+{
+	int64		movie_id;
+	float8		rating;
+	bool		has_rated_at;	/* false: use the Kafka message timestamp */
+	TimestampTz rated_at;
+} PkjRating;
+
+/*
+ * Each returns true and fills *out when the value is accepted; otherwise
+ * returns false and sets *reason to a constant, human-readable reason.  They
+ * never ereport on bad input: a bad message must not abort a batch.
+ */
+extern bool pkj_parse_movie(const char *value, size_t len, PkjMovie *out,
+							const char **reason);
+extern bool pkj_parse_rating(const char *value, size_t len, PkjRating *out,
+							 const char **reason);
+extern bool pkj_parse_id_text(const char *text, size_t len, int64 *id);
+extern bool pkj_timestamp_in_range(TimestampTz ts);
+
+/* ---- ingest.c ---- */
+typedef struct PkjBatch PkjBatch;
+
+extern PkjBatch *pkj_batch_create(MemoryContext cxt);
+extern void pkj_batch_reset(PkjBatch *batch);
+extern int	pkj_batch_count(PkjBatch *batch);
+extern void pkj_ingest_batch(PkjBatch *batch, int64 *results);
+
+/* ---- publish.c ---- */
+extern bool pkj_publisher_ready(void);
+extern int64 pkj_publish(MemoryContext cxt);
+extern void pkj_publisher_reset(void);
+
+/* ---- worker.c ---- */
+extern void pkj_register_launcher(void);
+extern PGDLLEXPORT void pkj_launcher_main(Datum arg);
+extern PGDLLEXPORT void pkj_worker_main(Datum arg);
+
+#endif							/* PGKAFKA_JOIN_H */

@@ -1,0 +1,520 @@
+/*-------------------------------------------------------------------------
+ *
+ * publish.c
+ *	  New rated movies -> one Kafka transaction on the output topic.
+ *
+ * Results are numbered by rated_movies_id_seq, and every transaction that
+ * adds results holds the ingest lock from its first number to its commit
+ * (see lock_ingest in the install script).  Numbers therefore become
+ * visible in order: once id N is visible, every lower id that will ever
+ * commit is visible too.  The publisher's position is thus one number, the
+ * last id published, and a batch is "every id above it, in order".
+ *
+ * That position is kept in Kafka, in the same Kafka transaction as the
+ * records: it is committed with rd_kafka_send_offsets_to_transaction() as
+ * the offset of the output topic's partition 0 for a group named after the
+ * transactional id.  Either the records and the position both commit, or
+ * neither does; a read_committed consumer never sees the records of an
+ * aborted or fenced transaction.  On start the producer calls
+ * init_transactions(), which aborts whatever transaction a previous
+ * incarnation left open, then reads the committed position back.  So no
+ * result is skipped (the position only moves past records that committed)
+ * and none is repeated (records only commit with the position past them).
+ *
+ * After each commit, output_position in PostgreSQL records the partition
+ * offsets the records landed at, from the delivery reports.  It is written
+ * after the Kafka commit, so it can only lag the truth; it serves clients
+ * that hand over from a snapshot to the topic, and as a lower bound should
+ * the group's offsets ever expire on the brokers.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/wait_event.h"
+
+#include "pgkafka_join.h"
+#include "kafka.h"
+
+/* Kafka calls that wait for the brokers give up after this long */
+#define KAFKA_TIMEOUT_MS 10000
+
+/* One result to publish */
+typedef struct PendingResult
+{
+	int64		id;
+	char	   *key;
+	char	   *value;
+} PendingResult;
+
+/* Where the records of one transaction landed, per output partition */
+typedef struct Landed
+{
+	int64		next_offset;
+	int64		last_id;
+} Landed;
+
+static int64 published_id = -1;	/* last id committed to Kafka; -1: unknown */
+static bool output_topic_checked = false;
+
+/* filled by the delivery reports of the transaction in progress */
+static Landed *landed = NULL;
+static int	nlanded = 0;
+static bool delivery_failed = false;
+
+static SPIPlanPtr fetch_plan = NULL;
+static SPIPlanPtr position_plan = NULL;
+static SPIPlanPtr record_plan = NULL;
+
+/*
+ * pkj_delivery_report
+ *		librdkafka's delivery report callback, served from the worker's
+ *		thread by rd_kafka_poll() and rd_kafka_flush().
+ */
+void
+pkj_delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
+{
+	int64		id = (int64) (intptr_t) msg->_private;
+
+	if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		delivery_failed = true;
+		strlcpy(pkj_kafka_last_error, rd_kafka_err2str(msg->err),
+				sizeof(pkj_kafka_last_error));
+		return;
+	}
+	if (msg->partition >= nlanded)
+	{
+		int			n = msg->partition + 1;
+
+		landed = landed ? repalloc(landed, n * sizeof(Landed))
+			: MemoryContextAlloc(TopMemoryContext, n * sizeof(Landed));
+		for (int i = nlanded; i < n; i++)
+			landed[i].next_offset = -1;
+		nlanded = n;
+	}
+	landed[msg->partition].next_offset = Max(landed[msg->partition].next_offset,
+											 msg->offset + 1);
+	landed[msg->partition].last_id = Max(landed[msg->partition].last_id, id);
+}
+
+/* Forget the position: it is read again from Kafka before the next batch */
+void
+pkj_publisher_reset(void)
+{
+	published_id = -1;
+	output_topic_checked = false;
+}
+
+static void
+kafka_error_report(int elevel, rd_kafka_error_t *error, const char *what)
+{
+	strlcpy(pkj_kafka_last_error, rd_kafka_error_string(error),
+			sizeof(pkj_kafka_last_error));
+	ereport(elevel,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("could not %s on the output topic \"%s\": %s",
+					what, pkj_kafka.output_topic, rd_kafka_error_string(error)),
+			 errdetail("librdkafka error %s%s%s.", rd_kafka_error_name(error),
+					   rd_kafka_error_is_retriable(error) ? ", retriable" : "",
+					   rd_kafka_error_is_fatal(error) ? ", fatal" : "")));
+}
+
+/*
+ * A fatal producer error (fenced by another producer with our
+ * transactional id, or a broken idempotence sequence) cannot be recovered in
+ * this producer.  Ending the worker is the safe answer: its successor builds
+ * a new producer, whose init_transactions() fences and aborts the rest.
+ */
+static void
+check_fatal(rd_kafka_error_t *error, const char *what)
+{
+	if (rd_kafka_error_is_fatal(error))
+	{
+		kafka_error_report(LOG, error, what);
+		rd_kafka_error_destroy(error);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("fatal error of the transactional producer; the join worker restarts"),
+				 errhint("Another producer may use the same pgkafka_join.transactional_id.")));
+	}
+}
+
+/* Wait a little before a retry, staying responsive to signals */
+static void
+retry_wait(long ms)
+{
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}
+
+/* Run one SPI query in a transaction of its own, for small reads */
+static void
+begin_spi(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+static void
+end_spi(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+static SPIPlanPtr
+keep_plan(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+/* The highest id output_position says was published to the output topic */
+static int64
+stored_position(void)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1];
+	bool		isnull;
+	int64		result;
+
+	begin_spi("reading the output position");
+	if (position_plan == NULL)
+		position_plan = keep_plan("SELECT coalesce(max(last_id), 0) FROM pgkafka_join.output_position WHERE topic = $1",
+								  1, argtypes);
+	args[0] = CStringGetTextDatum(pkj_kafka.output_topic);
+	if (SPI_execute_plan(position_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pgkafka_join.output_position");
+	result = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										 SPI_tuptable->tupdesc, 1, &isnull));
+	end_spi();
+	return result;
+}
+
+/*
+ * pkj_publisher_ready
+ *		Make the producer ready for transactions and learn the position.
+ *		Returns false, having logged why, when the brokers cannot be reached
+ *		yet; the caller retries later.
+ */
+bool
+pkj_publisher_ready(void)
+{
+	rd_kafka_error_t *error;
+
+	if (!output_topic_checked)
+	{
+		int			n = pkj_kafka_partition_count(pkj_kafka.output_topic, KAFKA_TIMEOUT_MS);
+
+		if (n <= 0)
+		{
+			ereport(LOG,
+					(errmsg("pgkafka_join is waiting for the output topic \"%s\"",
+							pkj_kafka.output_topic),
+					 n == 0 ? errhint("Create the topic, or set pgkafka_join.output_topic.")
+					 : errdetail("%s", pkj_kafka_last_error)));
+			return false;
+		}
+		output_topic_checked = true;
+	}
+
+	if (!pkj_kafka.transactions_ready)
+	{
+		pgstat_report_activity(STATE_RUNNING, "initializing Kafka transactions");
+		error = rd_kafka_init_transactions(pkj_kafka.producer, KAFKA_TIMEOUT_MS);
+		pgstat_report_activity(STATE_IDLE, NULL);
+		if (error)
+		{
+			check_fatal(error, "initialize transactions");
+			kafka_error_report(LOG, error, "initialize transactions");
+			rd_kafka_error_destroy(error);
+			return false;
+		}
+		pkj_kafka.transactions_ready = true;
+		published_id = -1;
+	}
+
+	if (published_id < 0)
+	{
+		rd_kafka_topic_partition_list_t *parts;
+		rd_kafka_resp_err_t err;
+		int64		kafka_position = 0;
+		int64		pg_position;
+
+		parts = rd_kafka_topic_partition_list_new(1);
+		rd_kafka_topic_partition_list_add(parts, pkj_kafka.output_topic, 0);
+		err = rd_kafka_committed(pkj_kafka.consumer, parts, KAFKA_TIMEOUT_MS);
+		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+			err = parts->elems[0].err;
+		if (err == RD_KAFKA_RESP_ERR_NO_ERROR && parts->elems[0].offset >= 0)
+			kafka_position = parts->elems[0].offset;
+		rd_kafka_topic_partition_list_destroy(parts);
+		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+		{
+			ereport(LOG,
+					(errmsg("could not read the publish position from Kafka: %s",
+							rd_kafka_err2str(err))));
+			return false;
+		}
+		pg_position = stored_position();
+		published_id = Max(kafka_position, pg_position);
+		ereport(LOG,
+				(errmsg("pgkafka_join publishes to \"%s\" after result " INT64_FORMAT,
+						pkj_kafka.output_topic, published_id),
+				 errdetail("Position committed in Kafka: " INT64_FORMAT "; recorded in PostgreSQL: " INT64_FORMAT ".",
+						   kafka_position, pg_position)));
+	}
+	return true;
+}
+
+/*
+ * Read the next results after the position, at most batch_size of them,
+ * into memory of the given context.
+ */
+static int
+fetch_results(MemoryContext cxt, PendingResult **results)
+{
+	Oid			argtypes[2] = {INT8OID, INT4OID};
+	Datum		args[2];
+	PendingResult	   *res;
+	int			n;
+
+	begin_spi("reading results to publish");
+	if (fetch_plan == NULL)
+		fetch_plan = keep_plan("SELECT r.id, r.movie_id::text, pgkafka_join.output_value(r) "
+							   "FROM pgkafka_join.rated_movies r "
+							   "WHERE r.id > $1 ORDER BY r.id LIMIT $2",
+							   2, argtypes);
+	args[0] = Int64GetDatum(published_id);
+	args[1] = Int32GetDatum(pkj_batch_size);
+	if (SPI_execute_plan(fetch_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pgkafka_join.rated_movies");
+
+	n = SPI_processed;
+	res = MemoryContextAlloc(cxt, Max(n, 1) * sizeof(PendingResult));
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		res[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		res[i].key = MemoryContextStrdup(cxt, SPI_getvalue(tup, desc, 2));
+		res[i].value = MemoryContextStrdup(cxt, SPI_getvalue(tup, desc, 3));
+	}
+	end_spi();
+	*results = res;
+	return n;
+}
+
+/* Record where the records of the committed transaction landed */
+static void
+record_landed(void)
+{
+	Oid			argtypes[4] = {TEXTOID, INT4OID, INT8OID, INT8OID};
+	Datum		args[4];
+
+	begin_spi("recording the output position");
+	if (record_plan == NULL)
+		record_plan = keep_plan("INSERT INTO pgkafka_join.output_position AS op "
+								"VALUES ($1, $2, $3, $4, now()) "
+								"ON CONFLICT (topic, kafka_partition) DO UPDATE "
+								"SET next_offset = greatest(op.next_offset, excluded.next_offset), "
+								"last_id = greatest(op.last_id, excluded.last_id), "
+								"updated_at = excluded.updated_at",
+								4, argtypes);
+	args[0] = CStringGetTextDatum(pkj_kafka.output_topic);
+	for (int p = 0; p < nlanded; p++)
+	{
+		if (landed[p].next_offset < 0)
+			continue;
+		args[1] = Int32GetDatum(p);
+		args[2] = Int64GetDatum(landed[p].next_offset);
+		args[3] = Int64GetDatum(landed[p].last_id);
+		if (SPI_execute_plan(record_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not update pgkafka_join.output_position");
+	}
+	end_spi();
+}
+
+/* Produce one record into the open transaction, waiting while the queue is full */
+static bool
+produce(const PendingResult *r)
+{
+	char		idtext[32];
+	int			idlen = snprintf(idtext, sizeof(idtext), INT64_FORMAT, r->id);
+
+	for (;;)
+	{
+		rd_kafka_resp_err_t err;
+
+		err = rd_kafka_producev(pkj_kafka.producer,
+								RD_KAFKA_V_TOPIC(pkj_kafka.output_topic),
+								RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+								RD_KAFKA_V_KEY(r->key, strlen(r->key)),
+								RD_KAFKA_V_VALUE(r->value, strlen(r->value)),
+								RD_KAFKA_V_HEADER("pgkafka_join.id", idtext, idlen),
+								RD_KAFKA_V_OPAQUE((void *) (intptr_t) r->id),
+								RD_KAFKA_V_END);
+		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+			return true;
+		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+		{
+			strlcpy(pkj_kafka_last_error, rd_kafka_err2str(err),
+					sizeof(pkj_kafka_last_error));
+			ereport(LOG,
+					(errmsg("could not produce to \"%s\": %s",
+							pkj_kafka.output_topic, rd_kafka_err2str(err))));
+			return false;
+		}
+		rd_kafka_poll(pkj_kafka.producer, 100);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * Abort the open Kafka transaction; its records are never seen by
+ * read_committed consumers, and the same results are sent again.
+ */
+static void
+abort_transaction(void)
+{
+	rd_kafka_error_t *error;
+
+	while ((error = rd_kafka_abort_transaction(pkj_kafka.producer, KAFKA_TIMEOUT_MS)) != NULL)
+	{
+		check_fatal(error, "abort a transaction");
+		kafka_error_report(LOG, error, "abort a transaction");
+		if (!rd_kafka_error_is_retriable(error))
+		{
+			rd_kafka_error_destroy(error);
+			/* the producer's state is unknown: rebuild it */
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("could not abort a Kafka transaction; the join worker restarts")));
+		}
+		rd_kafka_error_destroy(error);
+		retry_wait(1000);
+	}
+}
+
+/*
+ * pkj_publish
+ *		Publish the next batch of results in one Kafka transaction.  Returns
+ *		the number published (0: nothing new), or -1 when the brokers could
+ *		not take them now; the same results are tried again later.
+ */
+int64
+pkj_publish(MemoryContext cxt)
+{
+	PendingResult	   *results;
+	int			n;
+	int64		last_id;
+	rd_kafka_error_t *error;
+	rd_kafka_topic_partition_list_t *position;
+
+	if (!pkj_publisher_ready())
+		return -1;
+
+	n = fetch_results(cxt, &results);
+	if (n == 0)
+		return 0;
+	last_id = results[n - 1].id;
+
+	pgstat_report_activity(STATE_RUNNING, "publishing results");
+	error = rd_kafka_begin_transaction(pkj_kafka.producer);
+	if (error)
+	{
+		check_fatal(error, "begin a transaction");
+		kafka_error_report(LOG, error, "begin a transaction");
+		rd_kafka_error_destroy(error);
+		return -1;
+	}
+
+	for (int p = 0; p < nlanded; p++)
+		landed[p].next_offset = -1;
+	delivery_failed = false;
+
+	for (int i = 0; i < n; i++)
+	{
+		if (!produce(&results[i]))
+		{
+			abort_transaction();
+			return -1;
+		}
+	}
+
+	/* the position moves with the records, atomically */
+	position = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_topic_partition_list_add(position, pkj_kafka.output_topic, 0)->offset = last_id;
+	for (;;)
+	{
+		error = rd_kafka_send_offsets_to_transaction(pkj_kafka.producer, position,
+													 pkj_kafka.cgmd, KAFKA_TIMEOUT_MS);
+		if (error == NULL)
+			break;
+		check_fatal(error, "store the position");
+		kafka_error_report(LOG, error, "store the position");
+		if (rd_kafka_error_is_retriable(error))
+		{
+			rd_kafka_error_destroy(error);
+			retry_wait(1000);
+			continue;
+		}
+		rd_kafka_error_destroy(error);
+		rd_kafka_topic_partition_list_destroy(position);
+		abort_transaction();
+		return -1;
+	}
+	rd_kafka_topic_partition_list_destroy(position);
+
+	for (;;)
+	{
+		error = rd_kafka_commit_transaction(pkj_kafka.producer, KAFKA_TIMEOUT_MS);
+		if (error == NULL)
+			break;
+		check_fatal(error, "commit a transaction");
+		kafka_error_report(LOG, error, "commit a transaction");
+		if (rd_kafka_error_is_retriable(error))
+		{
+			/* the outcome is not known yet: committing again is the way to learn it */
+			rd_kafka_error_destroy(error);
+			retry_wait(1000);
+			continue;
+		}
+		rd_kafka_error_destroy(error);
+		abort_transaction();
+		return -1;
+	}
+
+	/* committed: serve the remaining delivery reports, then record them */
+	rd_kafka_poll(pkj_kafka.producer, 0);
+	published_id = last_id;
+	pgstat_report_activity(STATE_IDLE, NULL);
+	if (!delivery_failed)
+		record_landed();
+	return n;
+}

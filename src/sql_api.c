@@ -1,0 +1,87 @@
+/*-------------------------------------------------------------------------
+ *
+ * sql_api.c
+ *	  SQL-callable C functions of pgkafka_join.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+
+#include "pgkafka_join.h"
+
+PG_FUNCTION_INFO_V1(pgkafka_join_parse_message);
+
+/*
+ * parse_message(kind text, value bytea) -> (accepted, id, title,
+ *		release_year, rating, rated_at, reason)
+ *
+ * Parses one message value the way the join worker does, kind being
+ * 'movie' or 'rating'; shows what would be stored or why it would be
+ * rejected.
+ */
+Datum
+pgkafka_join_parse_message(PG_FUNCTION_ARGS)
+{
+	char	   *kind = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	bytea	   *value = PG_ARGISNULL(1) ? NULL : PG_GETARG_BYTEA_PP(1);
+	const char *data = value ? VARDATA_ANY(value) : NULL;
+	size_t		len = value ? VARSIZE_ANY_EXHDR(value) : 0;
+	TupleDesc	tupdesc;
+	Datum		values[7];
+	bool		nulls[7] = {false, true, true, true, true, true, true};
+	const char *reason = NULL;
+	bool		accepted;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	if (strcmp(kind, "movie") == 0)
+	{
+		PkjMovie	movie;
+
+		accepted = pkj_parse_movie(data, len, &movie, &reason);
+		if (accepted)
+		{
+			values[1] = Int64GetDatum(movie.id);
+			nulls[1] = false;
+			values[2] = CStringGetTextDatum(movie.title);
+			nulls[2] = false;
+			values[3] = Int32GetDatum(movie.release_year);
+			nulls[3] = !movie.has_release_year;
+		}
+	}
+	else if (strcmp(kind, "rating") == 0)
+	{
+		PkjRating	rating;
+
+		accepted = pkj_parse_rating(data, len, &rating, &reason);
+		if (accepted)
+		{
+			values[1] = Int64GetDatum(rating.movie_id);
+			nulls[1] = false;
+			values[4] = Float8GetDatum(rating.rating);
+			nulls[4] = false;
+			values[5] = TimestampTzGetDatum(rating.rated_at);
+			nulls[5] = !rating.has_rated_at;
+		}
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown message kind \"%s\"", kind),
+				 errhint("Use 'movie' or 'rating'.")));
+
+	values[0] = BoolGetDatum(accepted);
+	nulls[0] = false;
+	if (!accepted)
+	{
+		values[6] = CStringGetTextDatum(reason);
+		nulls[6] = false;
+	}
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
