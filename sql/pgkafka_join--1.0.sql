@@ -312,11 +312,12 @@ $$;
 CREATE FUNCTION output_value(r rated_movies) RETURNS text
 LANGUAGE sql STABLE
 AS $$
-    SELECT json_build_object('id', r.movie_id,
-                             'title', r.title,
-                             'release_year', r.release_year,
-                             'rating', r.rating,
-                             'rated_at', (to_json(r.rated_at AT TIME ZONE 'UTC') #>> '{}') || 'Z')::text
+    SELECT format('{"id":%s,"title":%s,"release_year":%s,"rating":%s,"rated_at":"%sZ"}',
+                  r.movie_id,
+                  to_json(r.title),
+                  coalesce(r.release_year::text, 'null'),
+                  r.rating,
+                  to_json(r.rated_at AT TIME ZONE 'UTC') #>> '{}')
 $$;
 
 /* Parse one message value as the worker would; for tests and for DBAs */

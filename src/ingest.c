@@ -149,10 +149,14 @@ column_array(Rows *rows, int column)
 											  typlen, typbyval, typalign));
 }
 
+/*
+ * A batch whose contents live in cxt, which the caller resets between
+ * batches; the batch itself outlives those resets.
+ */
 PkjBatch *
 pkj_batch_create(MemoryContext cxt)
 {
-	PkjBatch   *batch = MemoryContextAllocZero(cxt, sizeof(PkjBatch));
+	PkjBatch   *batch = MemoryContextAllocZero(TopMemoryContext, sizeof(PkjBatch));
 
 	batch->cxt = cxt;
 	pkj_batch_reset(batch);

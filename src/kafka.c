@@ -16,7 +16,10 @@
  * The consumer does not join a consumer group: partitions are assigned
  * explicitly at the offsets stored in PostgreSQL, which are the truth.  Its
  * group id only names where the publisher's position is committed, inside
- * each Kafka transaction (see publish.c).
+ * each Kafka transaction (see publish.c).  The group id is the
+ * transactional id followed by the oid of the extension, so that a new
+ * CREATE EXTENSION, whose result ids start again from 1, starts from a
+ * position of its own.
  *
  *-------------------------------------------------------------------------
  */
@@ -155,17 +158,18 @@ pkj_transactional_id_value(void)
  *		background by librdkafka; nothing here waits for the brokers.
  */
 void
-pkj_kafka_connect(void)
+pkj_kafka_connect(Oid extension_oid)
 {
 	rd_kafka_conf_t *conf;
 	char	   *txn_id = pkj_transactional_id_value();
+	char	   *group_id = psprintf("%s-%u", txn_id, extension_oid);
 	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
 	Assert(pkj_kafka.consumer == NULL && pkj_kafka.producer == NULL);
 
 	/* consumer */
 	conf = base_conf("consumer");
-	conf_set(conf, "group.id", txn_id);
+	conf_set(conf, "group.id", group_id);
 	conf_set(conf, "enable.auto.commit", "false");
 	conf_set(conf, "enable.auto.offset.store", "false");
 	conf_set(conf, "isolation.level", "read_committed");
@@ -189,8 +193,9 @@ pkj_kafka_connect(void)
 	conf_set(conf, "linger.ms", "5");
 	rd_kafka_conf_set_dr_msg_cb(conf, pkj_delivery_report);
 	pkj_kafka.producer = new_handle(RD_KAFKA_PRODUCER, conf);
-	pkj_kafka.cgmd = rd_kafka_consumer_group_metadata_new(txn_id);
+	pkj_kafka.cgmd = rd_kafka_consumer_group_metadata_new(group_id);
 	pkj_kafka.transactions_ready = false;
+	pkj_kafka.extension_oid = extension_oid;
 
 	pkj_kafka.brokers = pstrdup(pkj_brokers);
 	pkj_kafka.properties = pstrdup(pkj_kafka_properties);

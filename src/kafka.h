@@ -18,6 +18,7 @@ typedef struct PkjKafka
 	rd_kafka_t *producer;
 	rd_kafka_consumer_group_metadata_t *cgmd;
 	bool		transactions_ready; /* init_transactions done */
+	Oid			extension_oid;	/* the extension the handles work for */
 
 	/* settings the handles were made with */
 	char	   *brokers;
@@ -35,7 +36,7 @@ extern PkjKafka pkj_kafka;
 extern char pkj_kafka_last_error[512];
 
 extern char *pkj_transactional_id_value(void);
-extern void pkj_kafka_connect(void);
+extern void pkj_kafka_connect(Oid extension_oid);
 extern void pkj_kafka_disconnect(void);
 extern bool pkj_kafka_settings_changed(void);
 extern void pkj_kafka_drain_wakeup(void);

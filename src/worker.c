@@ -29,7 +29,12 @@
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
@@ -95,13 +100,35 @@ wait_latch(long timeout_ms)
 	}
 }
 
+/*
+ * The oid of pgkafka_join.database, InvalidOid if there is none.  The
+ * launcher is connected to no database, so it can only scan the shared
+ * catalog pg_database sequentially, as the autovacuum launcher does.
+ */
 static Oid
 lookup_database(void)
 {
-	Oid			dboid;
+	Oid			dboid = InvalidOid;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
 
 	StartTransactionCommand();
-	dboid = get_database_oid(pkj_database, true);
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (strcmp(NameStr(db->datname), pkj_database) == 0)
+		{
+			dboid = db->oid;
+			break;
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
 	return dboid;
 }
@@ -181,15 +208,16 @@ log_wait(WaitReason reason, const char *msg, const char *hint)
 	ereport(LOG, (errmsg("%s", msg), hint ? errhint("%s", hint) : 0));
 }
 
-static bool
-extension_installed(void)
+/* The oid of the extension in this database, InvalidOid if not installed */
+static Oid
+extension_oid(void)
 {
-	bool		found;
+	Oid			oid;
 
 	StartTransactionCommand();
-	found = OidIsValid(get_extension_oid("pgkafka_join", true));
+	oid = get_extension_oid("pgkafka_join", true);
 	CommitTransactionCommand();
-	return found;
+	return oid;
 }
 
 /* Run one SQL statement without parameters in a transaction of its own */
@@ -387,6 +415,7 @@ pkj_worker_main(Datum arg)
 	{
 		TimestampTz now;
 		int64		results = 0;
+		Oid			extoid;
 
 		MemoryContextReset(loop_cxt);
 		pkj_batch_reset(batch);
@@ -413,7 +442,8 @@ pkj_worker_main(Datum arg)
 			wait_latch(pkj_retry_interval);
 			continue;
 		}
-		if (!extension_installed())
+		extoid = extension_oid();
+		if (!OidIsValid(extoid))
 		{
 			log_wait(WAIT_EXTENSION,
 					 psprintf("pgkafka_join is waiting for the extension in database \"%s\"",
@@ -430,9 +460,15 @@ pkj_worker_main(Datum arg)
 		if (logged_wait == WAIT_BROKERS || logged_wait == WAIT_EXTENSION)
 			logged_wait = WAIT_NONE;
 
+		if (pkj_kafka.consumer != NULL && pkj_kafka.extension_oid != extoid)
+		{
+			/* dropped and created again since the handles were made */
+			pkj_kafka_disconnect();
+			pkj_publisher_reset();
+		}
 		if (pkj_kafka.consumer == NULL)
 		{
-			pkj_kafka_connect();
+			pkj_kafka_connect(extoid);
 			next_metadata = 0;
 			more_to_publish = true;
 		}
@@ -461,6 +497,11 @@ pkj_worker_main(Datum arg)
 			pkj_ingest_batch(batch, &results);
 			if (results > 0)
 				more_to_publish = true;
+		}
+		else
+		{
+			/* idle: look for results stored by other means (SQL calls) */
+			more_to_publish = true;
 		}
 
 		if (more_to_publish)

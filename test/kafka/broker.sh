@@ -160,6 +160,11 @@ transaction.state.log.num.partitions=3
 # are aborted soon after transaction.timeout.ms expires.
 group.initial.rebalance.delay.ms=0
 transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
+
+# After a SIGKILL the restarted broker cannot register until the session of
+# its previous incarnation has expired: keep that short.
+broker.session.timeout.ms=3000
+broker.heartbeat.interval.ms=500
 EOF
 
 	cat >"$dir/log4j.properties" <<EOF
@@ -346,8 +351,8 @@ cmd_produce()
 	fi
 
 	# Abort.  kcat aborts its transaction when a signal interrupts it, but
-	# it reads its input with 128-byte fread()s, which wait for more input
-	# while the pipe stays open.  So give it the messages followed by
+	# it reads its input with fread()s of 1 kB (in 1.7.1), which wait for
+	# more input while the pipe stays open.  So give it the messages and
 	# enough empty lines (which it skips) that all messages are produced
 	# before it blocks; then let them reach the broker, interrupt kcat and
 	# only then close its input, so that it leaves its read loop and aborts.
@@ -361,7 +366,7 @@ cmd_produce()
 	exec {fd}>"$fifo"
 	rm -f "$fifo"
 	printf '%s' "$input" >&"$fd"
-	head -c $(( $(printf '%s' "$input" | wc -c) + 128 * (nlines + 2) )) /dev/zero | tr '\0' '\n' >&"$fd"
+	head -c $(( $(printf '%s' "$input" | wc -c) + 4096 * (nlines + 2) )) /dev/zero | tr '\0' '\n' >&"$fd"
 	sleep 3
 	kill -INT "$kpid" 2>/dev/null || rc=1
 	exec {fd}>&-
