@@ -329,8 +329,24 @@ RETURNS record
 LANGUAGE C
 AS 'MODULE_PATHNAME', 'pgkafka_join_parse_message';
 
-/* The partitions around now, at installation */
-SELECT count(*) FROM create_partitions(now() - interval '1 month', now() + interval '2 months');
+/*
+ * pg_dump leaves out the data of tables that belong to an extension unless
+ * told otherwise.  The monthly partitions of ratings and rated_movies are
+ * not members (they are made after installation, by the worker or on
+ * demand) and are dumped like any table; the rest is marked here.
+ */
+DO $$
+BEGIN
+    FOR i IN 0..31 LOOP
+        PERFORM pg_catalog.pg_extension_config_dump(
+            format('pgkafka_join.%I', 'movies_p' || lpad(i::text, 2, '0')), '');
+    END LOOP;
+END
+$$;
+SELECT pg_catalog.pg_extension_config_dump('input_offsets', '');
+SELECT pg_catalog.pg_extension_config_dump('output_position', '');
+SELECT pg_catalog.pg_extension_config_dump('rejected_messages', '');
+SELECT pg_catalog.pg_extension_config_dump('rated_movies_id_seq', '');
 
 REVOKE ALL ON ALL TABLES IN SCHEMA pgkafka_join FROM PUBLIC;
 REVOKE ALL ON FUNCTION lock_ingest(), create_partitions(timestamptz, timestamptz),

@@ -27,7 +27,7 @@ PG_FUNCTION_INFO_V1(pgkafka_join_parse_message);
 Datum
 pgkafka_join_parse_message(PG_FUNCTION_ARGS)
 {
-	char	   *kind = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *kind;
 	bytea	   *value = PG_ARGISNULL(1) ? NULL : PG_GETARG_BYTEA_PP(1);
 	const char *data = value ? VARDATA_ANY(value) : NULL;
 	size_t		len = value ? VARSIZE_ANY_EXHDR(value) : 0;
@@ -36,6 +36,13 @@ pgkafka_join_parse_message(PG_FUNCTION_ARGS)
 	bool		nulls[7] = {false, true, true, true, true, true, true};
 	const char *reason = NULL;
 	bool		accepted;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("message kind must not be null"),
+				 errhint("Use 'movie' or 'rating'.")));
+	kind = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");

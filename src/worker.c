@@ -447,7 +447,7 @@ pkj_worker_main(Datum arg)
 		{
 			log_wait(WAIT_EXTENSION,
 					 psprintf("pgkafka_join is waiting for the extension in database \"%s\"",
-							  get_database_name(MyDatabaseId)),
+							  pkj_database),
 					 "Run CREATE EXTENSION pgkafka_join in that database.");
 			if (pkj_kafka.consumer)
 			{

@@ -68,7 +68,7 @@ die()
 
 usage()
 {
-	sed -n '/^# Usage:/,/^# Environment:/p' "${BASH_SOURCE[0]}" | sed 's/^#//' >&2
+	sed -n '/^# Usage:/,/^# Environment:/{/^# Environment:/!p}' "${BASH_SOURCE[0]}" | sed 's/^#//' >&2
 	exit 1
 }
 
@@ -81,14 +81,28 @@ s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1])'
 }
 
-# Print the pid of the broker running on run directory $1, or fail.
+# Whether process $1 exists and is not a zombie (an exited process whose
+# parent, init in some containers, does not reap it).
+alive()
+{
+	local state
+
+	state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+	[[ $state != Z* ]]
+}
+
+# Print the pid of the broker running on run directory $1, or fail.  (The
+# pid file may be a stale one whose pid now belongs to another process:
+# check that the process runs on this directory's configuration.)
 running_pid()
 {
 	local pid
 
 	[ -f "$1/broker.pid" ] || return 1
 	pid=$(cat "$1/broker.pid")
-	kill -0 "$pid" 2>/dev/null || return 1
+	[[ "$pid" =~ ^[0-9]+$ ]] && alive "$pid" || return 1
+	tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null |
+		grep -qF "kafka.Kafka $1/server.properties" || return 1
 	echo "$pid"
 }
 
@@ -97,7 +111,7 @@ wait_exit()
 {
 	local pid=$1 deadline=$((SECONDS + $2))
 
-	while kill -0 "$pid" 2>/dev/null; do
+	while alive "$pid"; do
 		[ $SECONDS -lt $deadline ] || return 1
 		sleep 0.1
 	done
@@ -251,7 +265,7 @@ cmd_start()
 	# Ready when a metadata request lists this broker.
 	deadline=$((SECONDS + BROKER_START_TIMEOUT))
 	until kcat -b "$bs" -L -m 1 -q 2>/dev/null | grep -q "broker 1 at $bs"; do
-		if ! kill -0 "$pid" 2>/dev/null; then
+		if ! alive "$pid"; then
 			tail -n 30 "$dir/broker.log" "$dir/broker.out" >&2 || true
 			rm -f "$dir/broker.pid"
 			die "broker exited during start-up, see $dir/broker.log"
@@ -402,6 +416,12 @@ cmd_consume()
 cmd=$1
 dir=$2
 shift 2
+# Absolute paths (the broker's files are located through them).
+if [ -d "$dir" ]; then
+	dir=$(cd "$dir" && pwd)
+elif [ "$cmd" != start ]; then
+	die "no run directory $dir"
+fi
 
 case $cmd in
 	start) [ $# -eq 0 ] || usage; cmd_start "$dir" ;;

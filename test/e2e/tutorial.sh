@@ -1,0 +1,72 @@
+#!/bin/bash
+#
+# tutorial.sh
+#		The tutorial's five movies and nine ratings give exactly those nine
+#		rated movies on the output topic, read in read_committed mode.
+
+. "$(dirname "$0")/setup.sh"
+pkj_setup tutorial 3
+
+kafka_produce movies <<'EOF2'
+294	{"id": 294, "title": "Die Hard", "release_year": 1988}
+354	{"id": 354, "title": "Tree of Life", "release_year": 2011}
+782	{"id": 782, "title": "A Walk in the Clouds", "release_year": 1995}
+128	{"id": 128, "title": "The Big Lebowski", "release_year": 1998}
+780	{"id": 780, "title": "Super Mario Bros.", "release_year": 1993}
+EOF2
+kafka_produce ratings <<'EOF2'
+294	{"id": 294, "rating": 8.2}
+294	{"id": 294, "rating": 8.5}
+354	{"id": 354, "rating": 9.9}
+354	{"id": 354, "rating": 9.7}
+782	{"id": 782, "rating": 7.8}
+782	{"id": 782, "rating": 7.7}
+128	{"id": 128, "rating": 8.7}
+128	{"id": 128, "rating": 8.4}
+780	{"id": 780, "rating": 2.1}
+EOF2
+
+wait_for_output 9
+check_eq "the output topic holds the nine rated movies" "$(cat <<'EOF2'
+128	{"id":128,"title":"The Big Lebowski","release_year":1998,"rating":8.4}
+128	{"id":128,"title":"The Big Lebowski","release_year":1998,"rating":8.7}
+294	{"id":294,"title":"Die Hard","release_year":1988,"rating":8.2}
+294	{"id":294,"title":"Die Hard","release_year":1988,"rating":8.5}
+354	{"id":354,"title":"Tree of Life","release_year":2011,"rating":9.7}
+354	{"id":354,"title":"Tree of Life","release_year":2011,"rating":9.9}
+780	{"id":780,"title":"Super Mario Bros.","release_year":1993,"rating":2.1}
+782	{"id":782,"title":"A Walk in the Clouds","release_year":1995,"rating":7.7}
+782	{"id":782,"title":"A Walk in the Clouds","release_year":1995,"rating":7.8}
+EOF2
+)" "$(output_without_time)"
+
+check_eq "rated_movies holds the same nine rows" "$(cat <<'EOF2'
+128|The Big Lebowski|1998|8.4
+128|The Big Lebowski|1998|8.7
+294|Die Hard|1988|8.2
+294|Die Hard|1988|8.5
+354|Tree of Life|2011|9.7
+354|Tree of Life|2011|9.9
+780|Super Mario Bros.|1993|2.1
+782|A Walk in the Clouds|1995|7.7
+782|A Walk in the Clouds|1995|7.8
+EOF2
+)" "$(psql_q "SELECT movie_id, title, release_year, rating FROM pgkafka_join.rated_movies ORDER BY 1, 4")"
+
+# every record carries its result id in a header, and each id appears once
+check_eq "each result id is on the topic once" \
+	"$(psql_q "SELECT string_agg(id::text, ',' ORDER BY id) FROM pgkafka_join.rated_movies")" \
+	"$(kafka_consume rated_movies -f '%h\n' | sed -E 's/.*pgkafka_join.id=([0-9]+).*/\1/' | sort -n | paste -sd,)"
+
+# keys land where a Java client (murmur2) would put them
+check_eq "records are partitioned by murmur2 of the key, as the Java client does" \
+	"$(python3 "$TEST_TOP/test/kafka/murmur2_partition.py" 3 128 294 354 780 782)" \
+	"$(kafka_consume rated_movies | cut -f1,3 | LC_ALL=C sort -u -k2)"
+
+check_eq "input offsets are stored" "movies|5
+ratings|9" \
+	"$(psql_q "SELECT topic, sum(next_offset) FROM pgkafka_join.input_offsets GROUP BY 1 ORDER BY 1")"
+
+check_eq "output_position records where the records landed" "9" \
+	"$(psql_q "SELECT sum(next_offset) FROM pgkafka_join.output_position")"
+
