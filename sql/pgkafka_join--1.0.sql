@@ -320,6 +320,38 @@ AS $$
                   to_json(r.rated_at AT TIME ZONE 'UTC') #>> '{}')
 $$;
 
+/*
+ * output_position
+ *		Where a client that has just read rated_movies, in the same
+ *		REPEATABLE READ transaction, starts tailing the output topic.
+ *
+ * For each output partition published to: start_offset, the offset to
+ * consume from, and snapshot_last_id, the highest result id in the
+ * transaction's snapshot.  Records whose pgkafka_join.id header is at most
+ * snapshot_last_id are in the snapshot already and must be skipped; every
+ * later one is new.  Partitions without a row start at their beginning.
+ *
+ * Why it is exact: result ids become visible in commit order (see
+ * rated_movies_id_seq), so the snapshot holds exactly the ids up to
+ * snapshot_last_id.  A partition's row is written after the Kafka
+ * transaction it describes committed, hence after its results committed in
+ * PostgreSQL: if the row is in the snapshot, so are those results, and
+ * everything before next_offset has an id at most snapshot_last_id.  Within
+ * a partition ids grow with offsets, so every record with a higher id lies
+ * at or after start_offset.
+ */
+CREATE FUNCTION output_position(OUT topic text, OUT kafka_partition integer,
+                                OUT start_offset bigint, OUT snapshot_last_id bigint)
+RETURNS SETOF record
+LANGUAGE sql STABLE
+AS $$
+    SELECT op.topic, op.kafka_partition, op.next_offset,
+           (SELECT coalesce(max(id), 0) FROM pgkafka_join.rated_movies)
+      FROM pgkafka_join.output_position op
+     WHERE op.topic = current_setting('pgkafka_join.output_topic')
+     ORDER BY op.kafka_partition
+$$;
+
 /* Parse one message value as the worker would; for tests and for DBAs */
 CREATE FUNCTION parse_message(kind text, value bytea,
                               OUT accepted boolean, OUT id bigint, OUT title text,
