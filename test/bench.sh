@@ -83,52 +83,76 @@ worker_pid()
 }
 
 # CPU time (user + system, in clock ticks) of the processes given, the ones
-# that have exited counting 0.
+# that have exited counting 0.  With -c, the CPU time of their children that
+# have exited and been waited for is added (the postmaster reaps its
+# backends: so a finished COPY backend or psql session still counts).
 cpu_ticks()
 {
-	local pid sum=0 stat
+	local pid sum=0 stat children=false
 
+	if [ "${1:-}" = -c ]; then
+		children=true
+		shift
+	fi
 	for pid in "$@"; do
 		stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
 		# fields after the command name, which is in parentheses
 		stat=${stat##*) }
 		set -- $stat
 		sum=$((sum + ${12} + ${13}))
+		if $children; then
+			sum=$((sum + ${14} + ${15}))
+		fi
 	done
 	echo "$sum"
 }
 
-# Idle + iowait ticks of the whole machine (all cores).
-idle_ticks()
+# Busy ticks of the whole machine (all cores): all but idle and iowait.
+busy_ticks()
 {
-	awk '/^cpu / { print $5 + $6 }' /proc/stat
+	awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
 }
 
-# cpu_sample: print "WORKER PG_OTHER BROKER IDLE" in ticks.  PostgreSQL
-# processes are the postmaster's children (a backend that exits between two
-# samples loses its share: the sampling psql connections are tiny).
+# cpu_sample: print "WORKER PG_OTHER BROKER BUSY" in ticks, PG_OTHER being
+# every other process of the cluster, exited backends included.
 cpu_sample()
 {
-	local pm wp all
+	local pm wp all worker
 
 	pm=$(postmaster_pid)
 	wp=${WORKER_PID:-0}
-	all=$(cpu_ticks "$pm" $(pgrep -P "$pm" | grep -vx "$wp" || true))
-	echo "$(cpu_ticks "$wp") $all $(cpu_ticks "$(broker_pid)") $(idle_ticks)"
+	worker=$(cpu_ticks "$wp")
+	all=$(( $(cpu_ticks -c "$pm") + $(cpu_ticks $(pgrep -P "$pm" || true)) ))
+	echo "$worker $((all - worker)) $(cpu_ticks "$(broker_pid)") $(busy_ticks)"
 }
 
-# cpu_report START_SAMPLE END_SAMPLE SECONDS: shares of one core.
+# cpu_report START_SAMPLE END_SAMPLE SECONDS: CPU used, in shares of one
+# core; "rest of the machine" is everything else that kept the cores busy
+# (kernel threads, this script and its psql and kcat, other users).
 cpu_report()
 {
 	local -a a=($1) b=($2)
-	local secs=$3
+	local secs=$3 rest
 
-	say "$(printf 'CPU (share of one core, %s cores): worker %s%%, other PostgreSQL processes %s%%, Kafka broker %s%%, machine idle %s%%' \
-		"$(nproc)" \
-		"$(calc "100 * (${b[0]} - ${a[0]}) / $CLK_TCK / $secs" %.0f)" \
-		"$(calc "100 * (${b[1]} - ${a[1]}) / $CLK_TCK / $secs" %.0f)" \
-		"$(calc "100 * (${b[2]} - ${a[2]}) / $CLK_TCK / $secs" %.0f)" \
-		"$(calc "100 * (${b[3]} - ${a[3]}) / $CLK_TCK / $secs" %.0f)")"
+	share()
+	{
+		calc "100 * ($1) / $CLK_TCK / $secs" %.0f
+	}
+	rest="(${b[3]} - ${a[3]}) - (${b[0]} - ${a[0]}) - (${b[1]} - ${a[1]}) - (${b[2]} - ${a[2]})"
+	say "CPU, % of one core ($(nproc) cores = $(($(nproc) * 100))%): worker $(share "${b[0]} - ${a[0]}")," \
+		"other PostgreSQL processes $(share "${b[1]} - ${a[1]}"), Kafka broker $(share "${b[2]} - ${a[2]}")," \
+		"rest of the machine $(share "$rest"), idle $(share "$(nproc) * $CLK_TCK * $secs - (${b[3]} - ${a[3]})")"
+}
+
+# WAL position, and the WAL written since a position, in MB
+wal_lsn()
+{
+	psql_q "SELECT pg_current_wal_insert_lsn()"
+}
+
+wal_mb()
+{
+	psql_q "SELECT round(pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '$1') / 1048576.0)"
 }
 
 # reload_with NAME VALUE: ALTER SYSTEM SET + reload.
@@ -216,7 +240,7 @@ BATCH_DELAY=$(psql_q "SHOW pgkafka_join.batch_delay")
 LIBRDKAFKA=$(ldd "$PG_BIN/../lib/pgkafka_join.so" 2>/dev/null | awk '/librdkafka/ { print $3 }')
 LIBRDKAFKA_VERSION=$(dpkg-query -W -f '${Version}' librdkafka1 2>/dev/null || echo "?")
 KAFKA_VERSION=$(basename "$(compgen -G "$TEST_TOP/.cache/kafka-libs/kafka_2.13-*.jar" | head -1)" .jar)
-KAFKA_VERSION=${KAFKA_VERSION#kafka_}
+KAFKA_VERSION=${KAFKA_VERSION#kafka_2.13-}
 
 say "PostgreSQL $PG_VERSION; settings:"
 psql_q "SELECT name || ' = ' || setting || coalesce(' ' || unit, '')
@@ -266,6 +290,7 @@ say "produced $MOVIES movies to Kafka in $(calc "$t1 - $t0" %.1f) s (not part of
 # 3. COPY baseline
 #
 psql_q "CHECKPOINT"
+lsn0=$(wal_lsn)
 cpu0=$(cpu_sample)
 t0=$(now)
 psql_q "COPY pgkafka_join.movies (id, title, release_year, updated_at) FROM '$MOVIES_COPY'"
@@ -274,7 +299,7 @@ cpu1=$(cpu_sample)
 COPY_S=$(calc "$t1 - $t0" %.2f)
 COPY_RATE=$(calc "$MOVIES / $COPY_S" %.0f)
 [ "$(psql_q "SELECT count(*) FROM pgkafka_join.movies")" = "$MOVIES" ] || fail "COPY did not load $MOVIES rows"
-say "COPY: $MOVIES rows in $COPY_S s = $COPY_RATE rows/s"
+say "COPY: $MOVIES rows in $COPY_S s = $COPY_RATE rows/s; WAL $(wal_mb "$lsn0") MB"
 cpu_report "$cpu0" "$cpu1" "$COPY_S"
 
 psql_q "TRUNCATE pgkafka_join.movies"
@@ -285,6 +310,7 @@ psql_q "CHECKPOINT"
 #
 # 4. Catalog ingest through the worker
 #
+lsn0=$(wal_lsn)
 reload_with pgkafka_join.brokers "$KAFKA_BOOTSTRAP"
 t0=$(now)
 cpu0=
@@ -305,6 +331,7 @@ INGEST_RATIO=$(calc "$INGEST_RATE / $COPY_RATE" %.2f)
 [ "$(psql_q "SELECT count(*) FROM pgkafka_join.rejected_messages")" = 0 ] ||
 	fail "some movies were rejected"
 say "catalog ingest: $MOVIES movies in $INGEST_S s = $INGEST_RATE movies/s; COPY: $COPY_S s = $COPY_RATE rows/s; ratio ${INGEST_RATIO}x COPY"
+say "WAL $(wal_mb "$lsn0") MB"
 cpu_report "$cpu0" "$cpu1" "$INGEST_S"
 
 
@@ -320,6 +347,7 @@ say "produced $RATINGS ratings to Kafka in $(calc "$t1 - $t0" %.1f) s (not part 
 [ "$(psql_q "SELECT count(*) FROM pgkafka_join.ratings")" = 0 ] ||
 	fail "the worker read ratings too early"
 
+lsn0=$(wal_lsn)
 reload_with pgkafka_join.ratings_topic ratings_bench
 t0=$(now)
 cpu0=$(cpu_sample)
@@ -347,7 +375,8 @@ OUTPUT_KAFKA=$(kcat -C -b "$KAFKA_BOOTSTRAP" -t rated_movies -o beginning -e -q 
 check_eq "the output topic holds $RATINGS committed records (read_committed)" "$RATINGS" "$OUTPUT_KAFKA"
 KAFKA_TXNS=$(( (OUTPUT_NEXT - RATINGS) ))
 say "ratings: $RATINGS ratings stored and joined in $STORED_S s, published (Kafka commit) by $RATINGS_S s = $RATINGS_RATE ratings/s joined and published"
-say "output_position: sum(next_offset) = $OUTPUT_NEXT = $RATINGS records + $KAFKA_TXNS transaction markers"
+say "output_position: sum(next_offset) = $OUTPUT_NEXT = $RATINGS records + $KAFKA_TXNS markers of committed Kafka transactions (the last ones excluded)"
+say "WAL $(wal_mb "$lsn0") MB"
 cpu_report "$cpu0" "$cpu1" "$RATINGS_S"
 
 
@@ -371,7 +400,7 @@ ratings                $RATINGS_S s = $RATINGS_RATE ratings/s joined and publish
 batch_size             $BATCH_SIZE (batch_delay $BATCH_DELAY)
 PostgreSQL             $PG_VERSION (fsync on, synchronous_commit on)
 librdkafka             $LIBRDKAFKA_VERSION (${LIBRDKAFKA:-?})
-Kafka                  $KAFKA_VERSION (single broker, KRaft)
+Kafka                  $KAFKA_VERSION (Scala 2.13, single broker, KRaft, on the same machine)
 machine                $(nproc) cores, load average now $(cut -d' ' -f1-3 /proc/loadavg)
 whole run              $RUN_S s
 EOF
