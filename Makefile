@@ -20,7 +20,7 @@ PGFILEDESC = "pgkafka_join - Kafka stream-table join inside PostgreSQL"
 PG_CPPFLAGS += -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare -I$(srcdir)/src $(shell pkg-config --cflags rdkafka)
 SHLIB_LINK += $(shell pkg-config --libs rdkafka)
 
-REGRESS = schema partitions messages join_rule rejected
+REGRESS = schema partitions messages join_rule rejected output_position
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(srcdir)/test/pgkafka_join.conf
 
 ISOLATION = rating_movie_race
