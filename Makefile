@@ -11,6 +11,7 @@ OBJS = \
 	src/ingest.o \
 	src/publish.o \
 	src/worker.o \
+	src/status.o \
 	src/sql_api.o
 
 EXTENSION = pgkafka_join
@@ -20,7 +21,7 @@ PGFILEDESC = "pgkafka_join - Kafka stream-table join inside PostgreSQL"
 PG_CPPFLAGS += -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare -I$(srcdir)/src $(shell pkg-config --cflags rdkafka)
 SHLIB_LINK += $(shell pkg-config --libs rdkafka)
 
-REGRESS = schema partitions messages join_rule rejected output_position
+REGRESS = schema partitions messages join_rule rejected output_position pause_resume retention privileges
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(srcdir)/test/pgkafka_join.conf
 
 ISOLATION = rating_movie_race

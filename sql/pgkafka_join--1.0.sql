@@ -48,6 +48,8 @@ CREATE INDEX ratings_pending_idx ON ratings (movie_id) WHERE NOT joined;
  * holds the ingest lock (see lock_ingest) from its first nextval() to its
  * commit, so a higher id never becomes visible before a lower one.  The
  * publisher relies on that to send "every id above the last one sent".
+ * NO CACHE on purpose: values cached by one backend would be handed out
+ * out of order with another's.
  */
 CREATE SEQUENCE rated_movies_id_seq AS bigint;
 
@@ -173,60 +175,107 @@ END
 $$;
 
 /*
+ * reserve_result_ids
+ *		Numbers for the results of the calling batch, which holds the ingest
+ *		lock: the next value of rated_movies_id_seq is the first, and
+ *		finish_result_ids() moves the sequence past the last one used.  One
+ *		nextval() per batch instead of one per result; the lock keeps the
+ *		numbers in commit order all the same.
+ */
+CREATE FUNCTION reserve_result_ids() RETURNS bigint
+LANGUAGE sql
+AS $$ SELECT nextval('pgkafka_join.rated_movies_id_seq') $$;
+
+CREATE FUNCTION finish_result_ids(first_id bigint, used bigint) RETURNS void
+LANGUAGE sql
+AS $$
+    SELECT setval('pgkafka_join.rated_movies_id_seq',
+                  CASE WHEN used > 0 THEN first_id + used - 1 ELSE first_id END,
+                  used > 0)
+$$;
+
+/*
  * store_movies
  *		Store one batch of movie messages, in Kafka order, and publish the
  *		ratings that were waiting for these movies.
  *
  * A NULL title is a tombstone: the movie is deleted.  The last message of an
  * id in the batch wins.  Returns the number of rated movies produced.
+ * New movies go in with a plain INSERT, as fast as it gets; a batch that
+ * updates a known movie falls back to INSERT ... ON CONFLICT.
  */
 CREATE FUNCTION store_movies(ids bigint[], titles text[], release_years integer[])
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET jit = off
 AS $$
 DECLARE
+    l_ids bigint[];
+    l_titles text[];
+    l_years integer[];
+    first_id bigint;
     produced bigint;
 BEGIN
     PERFORM pgkafka_join.lock_ingest();
 
-    WITH latest AS (
-        SELECT DISTINCT ON (id) id, title, release_year
-          FROM unnest(ids, titles, release_years) WITH ORDINALITY AS m(id, title, release_year, ord)
-         ORDER BY id, ord DESC
-    ),
-    deleted AS (
-        DELETE FROM pgkafka_join.movies mv
-         USING latest l
-         WHERE mv.id = l.id AND l.title IS NULL
-    ),
-    upserted AS (
+    SELECT array_agg(id), array_agg(title), array_agg(release_year)
+      INTO l_ids, l_titles, l_years
+      FROM (SELECT DISTINCT ON (id) id, title, release_year
+              FROM unnest(ids, titles, release_years) WITH ORDINALITY
+                   AS m(id, title, release_year, ord)
+             ORDER BY id, ord DESC) latest;
+    IF l_ids IS NULL THEN
+        RETURN 0;
+    END IF;
+
+    DELETE FROM pgkafka_join.movies mv
+     USING unnest(l_ids, l_titles) AS l(id, title)
+     WHERE mv.id = l.id AND l.title IS NULL;
+
+    BEGIN
+        INSERT INTO pgkafka_join.movies (id, title, release_year, updated_at)
+        SELECT id, title, release_year, now()
+          FROM unnest(l_ids, l_titles, l_years) AS l(id, title, release_year)
+         WHERE title IS NOT NULL;
+    EXCEPTION WHEN unique_violation THEN
         INSERT INTO pgkafka_join.movies AS mv (id, title, release_year, updated_at)
-        SELECT id, title, release_year, now() FROM latest WHERE title IS NOT NULL
+        SELECT id, title, release_year, now()
+          FROM unnest(l_ids, l_titles, l_years) AS l(id, title, release_year)
+         WHERE title IS NOT NULL
         ON CONFLICT (id) DO UPDATE
            SET title = excluded.title,
                release_year = excluded.release_year,
-               updated_at = excluded.updated_at
-        RETURNING mv.id, mv.title, mv.release_year
-    ),
-    waiting AS (
+               updated_at = excluded.updated_at;
+    END;
+
+    -- the ratings waiting for these movies; usually none while a catalog loads
+    IF NOT EXISTS (SELECT 1 FROM pgkafka_join.ratings r
+                    WHERE NOT r.joined AND r.rated_at >= now() - pgkafka_join.join_window()) THEN
+        RETURN 0;
+    END IF;
+    first_id := pgkafka_join.reserve_result_ids();
+    WITH waiting AS (
         UPDATE pgkafka_join.ratings r
            SET joined = true
-          FROM upserted u
-         WHERE r.movie_id = u.id
+          FROM unnest(l_ids, l_titles, l_years) AS l(id, title, release_year)
+         WHERE r.movie_id = l.id
+           AND l.title IS NOT NULL
            AND NOT r.joined
            AND r.rated_at >= now() - pgkafka_join.join_window()
-        RETURNING r.movie_id, u.title, u.release_year, r.rating, r.rated_at,
+        RETURNING r.movie_id, l.title, l.release_year, r.rating, r.rated_at,
                   r.kafka_partition, r.kafka_offset
     ),
     published AS (
         INSERT INTO pgkafka_join.rated_movies
-        SELECT nextval('pgkafka_join.rated_movies_id_seq'), movie_id, title, release_year,
+        SELECT first_id + row_number() OVER () - 1, movie_id, title, release_year,
                rating, rated_at, now(), kafka_partition, kafka_offset
           FROM waiting
         RETURNING 1
     )
     SELECT count(*) INTO produced FROM published;
+    PERFORM pgkafka_join.finish_result_ids(first_id, produced);
 
     RETURN produced;
 END
@@ -246,13 +295,17 @@ CREATE FUNCTION store_ratings(movie_ids bigint[], ratings double precision[],
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET jit = off
 AS $$
 DECLARE
+    first_id bigint;
     produced bigint;
 BEGIN
     PERFORM pgkafka_join.lock_ingest();
     PERFORM pgkafka_join.create_partitions_for(rated_ats);
 
+    first_id := pgkafka_join.reserve_result_ids();
     WITH batch AS (
         SELECT b.*, m.title, m.release_year,
                (m.id IS NOT NULL AND b.rated_at >= now() - pgkafka_join.join_window()) AS joined
@@ -267,13 +320,14 @@ BEGIN
     ),
     published AS (
         INSERT INTO pgkafka_join.rated_movies
-        SELECT nextval('pgkafka_join.rated_movies_id_seq'), movie_id, title, release_year,
+        SELECT first_id + row_number() OVER () - 1, movie_id, title, release_year,
                rating, rated_at, now(), kafka_partition, kafka_offset
           FROM batch
          WHERE joined
         RETURNING 1
     )
     SELECT count(*) INTO produced FROM published;
+    PERFORM pgkafka_join.finish_result_ids(first_id, produced);
 
     RETURN produced;
 END
@@ -380,10 +434,276 @@ SELECT pg_catalog.pg_extension_config_dump('output_position', '');
 SELECT pg_catalog.pg_extension_config_dump('rejected_messages', '');
 SELECT pg_catalog.pg_extension_config_dump('rated_movies_id_seq', '');
 
+
+/* ------------------------------------------------------------------------
+ * Operating: pause and resume, offsets, retention, status, privileges
+ * ------------------------------------------------------------------------
+ */
+
+/* Whether ingest is paused; one row, kept across restarts */
+CREATE TABLE control (
+    paused          boolean NOT NULL,
+    changed_at      timestamptz NOT NULL,
+    singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton)
+);
+INSERT INTO control (paused, changed_at) VALUES (false, now());
+SELECT pg_catalog.pg_extension_config_dump('control', '');
+
+CREATE FUNCTION wake_worker() RETURNS void
+LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'pgkafka_join_wake_worker';
+
+/*
+ * begin_batch
+ *		First call of every batch the worker stores: takes the ingest lock and
+ *		says whether ingest is paused, in which case the worker drops the
+ *		batch unstored.  pause() takes the same lock, so once it returns no
+ *		batch commits until resume().
+ */
+CREATE FUNCTION begin_batch() RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pgkafka_join.lock_ingest();
+    RETURN NOT (SELECT paused FROM pgkafka_join.control);
+END
+$$;
+
+/* Stop storing input until resume(); publishing goes on.  Returns true. */
+CREATE FUNCTION pause() RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pgkafka_join.lock_ingest();
+    UPDATE pgkafka_join.control SET paused = true, changed_at = now() WHERE NOT paused;
+    PERFORM pgkafka_join.wake_worker();
+    RETURN true;
+END
+$$;
+
+/* Store input again, from the stored offsets.  Returns true. */
+CREATE FUNCTION resume() RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE pgkafka_join.control SET paused = false, changed_at = now() WHERE paused;
+    PERFORM pgkafka_join.wake_worker();
+    RETURN true;
+END
+$$;
+
+/*
+ * reset_offsets
+ *		Set where consumption of a topic resumes: next_offset for one
+ *		partition, or for every partition when kafka_partition is NULL; a NULL
+ *		next_offset means the beginning of the partition.  Only while paused:
+ *		the worker reads the offsets again on resume().  Messages consumed
+ *		again are stored again and produce new results (new result ids),
+ *		published after those already on the output topic.
+ *		Returns the number of partitions whose offset was set or removed.
+ */
+CREATE FUNCTION reset_offsets(topic text, kafka_partition integer DEFAULT NULL,
+                              next_offset bigint DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    changed bigint;
+BEGIN
+    PERFORM pgkafka_join.lock_ingest();
+    IF NOT (SELECT paused FROM pgkafka_join.control) THEN
+        RAISE EXCEPTION 'pgkafka_join ingest is not paused'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Call pgkafka_join.pause() first, and pgkafka_join.resume() after.';
+    END IF;
+    IF next_offset IS NOT NULL AND next_offset < 0 THEN
+        RAISE EXCEPTION 'offset % is negative', next_offset
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    IF next_offset IS NULL THEN
+        DELETE FROM pgkafka_join.input_offsets io
+         WHERE io.topic = reset_offsets.topic
+           AND (reset_offsets.kafka_partition IS NULL
+                OR io.kafka_partition = reset_offsets.kafka_partition);
+        GET DIAGNOSTICS changed = ROW_COUNT;
+    ELSIF kafka_partition IS NULL THEN
+        UPDATE pgkafka_join.input_offsets io
+           SET next_offset = reset_offsets.next_offset, updated_at = now()
+         WHERE io.topic = reset_offsets.topic;
+        GET DIAGNOSTICS changed = ROW_COUNT;
+    ELSE
+        INSERT INTO pgkafka_join.input_offsets AS io
+        VALUES (topic, kafka_partition, next_offset, now())
+        ON CONFLICT ON CONSTRAINT input_offsets_pkey DO UPDATE
+           SET next_offset = excluded.next_offset, updated_at = excluded.updated_at;
+        changed := 1;
+    END IF;
+    RETURN changed;
+END
+$$;
+
+/*
+ * drop_partitions
+ *		Drop the monthly partitions of ratings and rated_movies that hold
+ *		only times older than older_than ago; returns their names.
+ *
+ * Refuses a ratings partition that can still hold ratings inside the join
+ * window (a waiting rating there may still be published), and a
+ * rated_movies partition holding a result not yet published.  Waits for
+ * the batch being stored, then holds the ingest lock for the drops only;
+ * gives up with an error after lock_timeout (5 s) rather than stall ingest.
+ * Concurrent calls: the second returns nothing.
+ */
+CREATE FUNCTION drop_partitions(older_than interval)
+RETURNS SETOF text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '5s'
+AS $$
+DECLARE
+    part record;
+    cutoff timestamptz := now() - older_than;
+    published bigint;
+    unpublished boolean;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be a positive interval'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(hashtext('pgkafka_join.maintenance')::bigint << 32) THEN
+        RAISE NOTICE 'another pgkafka_join maintenance call is running; nothing done';
+        RETURN;
+    END IF;
+    IF now() - older_than > now() - pgkafka_join.join_window() THEN
+        RAISE EXCEPTION 'cannot drop ratings partitions newer than the join window'
+            USING ERRCODE = 'object_in_use',
+                  DETAIL = format('older_than is %s, pgkafka_join.join_window is %s.',
+                                  older_than, pgkafka_join.join_window()),
+                  HINT = 'Ratings inside the window may still be published when their movie arrives; use an older_than of at least the join window.';
+    END IF;
+
+    PERFORM pgkafka_join.lock_ingest();
+    SELECT coalesce(max(last_id), 0) INTO published
+      FROM pgkafka_join.output_position
+     WHERE topic = current_setting('pgkafka_join.output_topic');
+
+    FOR part IN
+        SELECT c.oid::regclass AS rel, c.relname, p.relname AS parent,
+               (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz AS upper_bound
+          FROM pg_inherits i
+          JOIN pg_class c ON c.oid = i.inhrelid
+          JOIN pg_class p ON p.oid = i.inhparent
+         WHERE p.oid IN ('pgkafka_join.ratings'::regclass, 'pgkafka_join.rated_movies'::regclass)
+         ORDER BY c.relname
+    LOOP
+        CONTINUE WHEN part.upper_bound IS NULL OR part.upper_bound > cutoff;
+        IF part.parent = 'rated_movies' THEN
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE id > $1)', part.rel)
+               INTO unpublished USING published;
+            IF unpublished THEN
+                RAISE EXCEPTION 'cannot drop %: it holds results not yet published', part.relname
+                    USING ERRCODE = 'object_in_use',
+                          HINT = 'Wait for the worker to publish them (see pgkafka_join.status).';
+            END IF;
+        END IF;
+        EXECUTE format('DROP TABLE %s', part.rel);
+        RETURN NEXT part.relname;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION worker_status(OUT pid integer, OUT state text, OUT state_since timestamptz,
+                              OUT last_error text, OUT last_error_at timestamptz,
+                              OUT messages_total bigint, OUT results_total bigint,
+                              OUT published_total bigint,
+                              OUT messages_per_second double precision,
+                              OUT results_per_second double precision,
+                              OUT published_per_second double precision,
+                              OUT published_id bigint)
+RETURNS record
+LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'pgkafka_join_worker_status';
+
+CREATE FUNCTION partition_status(OUT topic text, OUT kafka_partition integer,
+                                 OUT high_watermark bigint, OUT consumed_offset bigint)
+RETURNS SETOF record
+LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'pgkafka_join_partition_status';
+
+/*
+ * status: one row, the worker and the pipeline as a whole.  Counters and
+ * rates are since the worker started; lag is what the brokers hold beyond
+ * the stored offsets, as last seen by the worker.
+ */
+CREATE VIEW status AS
+SELECT w.pid, w.state, w.state_since,
+       (SELECT paused FROM control) AS paused,
+       w.last_error, w.last_error_at,
+       w.messages_total, w.results_total, w.published_total,
+       round(w.messages_per_second::numeric, 1) AS messages_per_second,
+       round(w.results_per_second::numeric, 1) AS results_per_second,
+       round(w.published_per_second::numeric, 1) AS published_per_second,
+       l.lag AS input_lag,
+       CASE WHEN w.messages_per_second > 0 AND l.lag > 0
+            THEN make_interval(secs => round(l.lag / w.messages_per_second)) END AS catch_up_estimate,
+       (SELECT count(*) FROM ratings r
+         WHERE NOT r.joined AND r.rated_at >= now() - join_window()) AS pending_ratings,
+       w.published_id,
+       (SELECT coalesce(max(id), 0) FROM rated_movies) - coalesce(w.published_id, 0) AS publish_lag
+  FROM worker_status() w,
+       LATERAL (SELECT sum(greatest(p.high_watermark - coalesce(io.next_offset, 0), 0))::bigint AS lag
+                  FROM partition_status() p
+                  LEFT JOIN input_offsets io USING (topic, kafka_partition)) l;
+
+/* input_status: per input topic and partition, stored offset and lag */
+CREATE VIEW input_status AS
+SELECT coalesce(io.topic, p.topic) AS topic,
+       coalesce(io.kafka_partition, p.kafka_partition) AS kafka_partition,
+       io.next_offset AS stored_offset,
+       p.high_watermark,
+       greatest(p.high_watermark - coalesce(io.next_offset, 0), 0) AS lag,
+       io.updated_at AS stored_at
+  FROM input_offsets io
+  FULL JOIN partition_status() p USING (topic, kafka_partition);
+
+/* output_status: per output partition, what was published */
+CREATE VIEW output_status AS
+SELECT op.topic, op.kafka_partition, op.next_offset, op.last_id, op.updated_at
+  FROM output_position op;
+
+/* Roles: a reader of everything, an admin who may also operate */
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgkafka_join_reader') THEN
+        CREATE ROLE pgkafka_join_reader NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgkafka_join_admin') THEN
+        CREATE ROLE pgkafka_join_admin NOLOGIN;
+    END IF;
+END
+$$;
+GRANT pgkafka_join_reader TO pgkafka_join_admin;
+
 REVOKE ALL ON ALL TABLES IN SCHEMA pgkafka_join FROM PUBLIC;
-REVOKE ALL ON FUNCTION lock_ingest(), create_partitions(timestamptz, timestamptz),
-    create_partitions_for(timestamptz[]), store_movies(bigint[], text[], integer[]),
-    store_ratings(bigint[], double precision[], timestamptz[], integer[], bigint[]),
-    store_rejected(text[], integer[], bigint[], bytea[], bytea[], text[]),
-    store_offsets(text[], integer[], bigint[])
-    FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pgkafka_join FROM PUBLIC;
+GRANT USAGE ON SCHEMA pgkafka_join TO PUBLIC;
+GRANT EXECUTE ON FUNCTION parse_message(text, bytea), output_value(rated_movies),
+    join_window() TO PUBLIC;
+
+GRANT SELECT ON movies, ratings, rated_movies, input_offsets, output_position,
+    rejected_messages, control, status, input_status, output_status
+    TO pgkafka_join_reader;
+GRANT EXECUTE ON FUNCTION worker_status(), partition_status(), output_position()
+    TO pgkafka_join_reader;
+GRANT EXECUTE ON FUNCTION pause(), resume(), reset_offsets(text, integer, bigint),
+    drop_partitions(interval), wake_worker()
+    TO pgkafka_join_admin;

@@ -16,6 +16,7 @@
 #include "postgres.h"
 
 #include <ctype.h>
+#include <librdkafka/rdkafka.h>
 
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
@@ -164,18 +165,39 @@ pkj_parse_properties(const char *text, List **props, char **errmsg)
 	return true;
 }
 
+/*
+ * Each property must be one librdkafka knows, with a value it accepts:
+ * tried on a scratch configuration, so that a typo is refused by the reload
+ * instead of stopping the worker.
+ */
 static bool
 check_kafka_properties(char **newval, void **extra, GucSource source)
 {
 	List	   *props;
 	char	   *errmsg;
 	ListCell   *lc;
+	rd_kafka_conf_t *conf;
 
 	if (!pkj_parse_properties(*newval, &props, &errmsg))
 	{
 		GUC_check_errdetail("%s.", errmsg);
 		return false;
 	}
+	conf = rd_kafka_conf_new();
+	foreach(lc, props)
+	{
+		PkjProperty *prop = lfirst(lc);
+		char		errstr[512];
+
+		if (rd_kafka_conf_set(conf, prop->key, prop->value, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
+		{
+			rd_kafka_conf_destroy(conf);
+			GUC_check_errdetail("librdkafka: %s.", errstr);
+			return false;
+		}
+	}
+	rd_kafka_conf_destroy(conf);
+
 	foreach(lc, props)
 	{
 		PkjProperty *prop = lfirst(lc);

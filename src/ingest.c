@@ -25,6 +25,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "lib/qunique.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -67,6 +68,7 @@ struct PkjBatch
 {
 	MemoryContext cxt;
 	int			count;			/* messages in the batch */
+	Size		bytes;			/* bytes of keys and values kept */
 	Rows		movies;			/* id, title (NULL: tombstone), release_year */
 	Rows		ratings;		/* movie_id, rating, rated_at, partition, offset */
 	Rows		rejected;		/* topic, partition, offset, key, payload, reason */
@@ -74,6 +76,7 @@ struct PkjBatch
 };
 
 /* Plans of the SQL calls, kept across batches */
+static SPIPlanPtr begin_batch_plan = NULL;
 static SPIPlanPtr store_movies_plan = NULL;
 static SPIPlanPtr store_ratings_plan = NULL;
 static SPIPlanPtr store_rejected_plan = NULL;
@@ -172,6 +175,7 @@ pkj_batch_reset(PkjBatch *batch)
 	static const Oid rejected_types[] = {TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID, TEXTOID};
 
 	batch->count = 0;
+	batch->bytes = 0;
 	rows_init(&batch->movies, 3, movie_types);
 	rows_init(&batch->ratings, 5, rating_types);
 	rows_init(&batch->rejected, 6, rejected_types);
@@ -182,6 +186,17 @@ int
 pkj_batch_count(PkjBatch *batch)
 {
 	return batch->count;
+}
+
+/*
+ * Is the batch full?  Besides batch_size messages, a batch ends once it
+ * holds PKJ_BATCH_MAX_BYTES of keys and values, so that no array handed to
+ * SQL nears PostgreSQL's 1 GB limit on a value, whatever the messages.
+ */
+bool
+pkj_batch_full(PkjBatch *batch)
+{
+	return batch->count >= pkj_batch_size || batch->bytes >= PKJ_BATCH_MAX_BYTES;
 }
 
 static Datum
@@ -226,8 +241,10 @@ reject(PkjBatch *batch, const char *topic, const rd_kafka_message_t *msg,
 	rows_set(&batch->rejected, row, 0, CStringGetTextDatum(topic));
 	rows_set(&batch->rejected, row, 1, Int32GetDatum(msg->partition));
 	rows_set(&batch->rejected, row, 2, Int64GetDatum(msg->offset));
+	/* a key is kept up to the size limit of values, too */
 	if (msg->key)
-		rows_set(&batch->rejected, row, 3, bytes_datum(msg->key, msg->key_len));
+		rows_set(&batch->rejected, row, 3,
+				 bytes_datum(msg->key, Min(msg->key_len, (size_t) pkj_max_message_bytes)));
 	else
 		rows_set_null(&batch->rejected, row, 3);
 	/* an oversized value is kept up to the size limit */
@@ -304,8 +321,12 @@ add_rating(PkjBatch *batch, const char *topic, const rd_kafka_message_t *msg)
 			reject(batch, topic, msg, "rated_at is missing and the message has no timestamp");
 			return;
 		}
-		rating.rated_at = (TimestampTz) ms * 1000 -
-			(TimestampTz) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY;
+		/* 1e14 ms is past year 5000: anything larger is out of range anyway */
+		if (ms <= INT64CONST(100000000000000))
+			rating.rated_at = (TimestampTz) ms * 1000 -
+				(TimestampTz) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY;
+		else
+			rating.rated_at = DT_NOEND;
 		if (!pkj_timestamp_in_range(rating.rated_at))
 		{
 			reject(batch, topic, msg, "message timestamp is out of range");
@@ -348,6 +369,8 @@ pkj_batch_add(PkjBatch *batch, const rd_kafka_message_t *msg)
 
 	note_offset(batch, topic, msg->partition, msg->offset);
 	batch->count++;
+	batch->bytes += Min(msg->len, (size_t) pkj_max_message_bytes) +
+		Min(msg->key_len, (size_t) pkj_max_message_bytes);
 	MemoryContextSwitchTo(old);
 }
 
@@ -375,6 +398,7 @@ prepare_plans(void)
 
 	if (store_movies_plan != NULL)
 		return;
+	begin_batch_plan = prepare("SELECT pgkafka_join.begin_batch()", 0, NULL);
 	store_movies_plan = prepare("SELECT pgkafka_join.store_movies($1, $2, $3)",
 								3, movies_args);
 	store_ratings_plan = prepare("SELECT pgkafka_join.store_ratings($1, $2, $3, $4, $5)",
@@ -407,6 +431,91 @@ store_rows(SPIPlanPtr plan, Rows *rows)
 	return isnull ? 0 : DatumGetInt64(result);
 }
 
+static int
+month_cmp(const void *a, const void *b)
+{
+	TimestampTz ta = *(const TimestampTz *) a;
+	TimestampTz tb = *(const TimestampTz *) b;
+
+	return ta < tb ? -1 : ta > tb ? 1 : 0;
+}
+
+/*
+ * Ratings spread over many months need many partitions; creating them all
+ * in the batch's transaction could exhaust the lock table
+ * (max_locks_per_transaction) and fail the batch again at every retry.
+ * So when a batch spans more than a few months, its partitions are created
+ * first, a few months per transaction.  Creating a partition early is
+ * harmless: it is only an empty table.
+ */
+#define MONTHS_IN_BATCH_TXN 8
+#define MONTHS_PER_TXN 32
+
+static void
+create_partitions_ahead(Rows *ratings)
+{
+	Datum	   *values = ratings->columns[2].values;
+	TimestampTz min = DT_NOEND,
+				max = DT_NOBEGIN;
+	TimestampTz *months;
+	int			nmonths = 0;
+	SPIPlanPtr	plan;
+	Oid			argtypes[1] = {TIMESTAMPTZARRAYOID};
+
+	for (int i = 0; i < ratings->count; i++)
+	{
+		min = Min(min, DatumGetTimestampTz(values[i]));
+		max = Max(max, DatumGetTimestampTz(values[i]));
+	}
+	if (ratings->count == 0 ||
+		max - min < (TimestampTz) MONTHS_IN_BATCH_TXN * 28 * USECS_PER_DAY)
+		return;
+
+	/* the distinct months, as their first instant (UTC) */
+	months = palloc(ratings->count * sizeof(TimestampTz));
+	for (int i = 0; i < ratings->count; i++)
+	{
+		struct pg_tm tm;
+		fsec_t		fsec;
+
+		if (timestamp2tm(DatumGetTimestampTz(values[i]), NULL, &tm, &fsec, NULL, NULL) != 0)
+			continue;
+		tm.tm_mday = 1;
+		tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+		if (tm2timestamp(&tm, 0, NULL, &months[nmonths]) == 0)
+			nmonths++;
+	}
+	qsort(months, nmonths, sizeof(TimestampTz), month_cmp);
+	nmonths = qunique(months, nmonths, sizeof(TimestampTz), month_cmp);
+	if (nmonths <= MONTHS_IN_BATCH_TXN)
+		return;
+
+	for (int first = 0; first < nmonths; first += MONTHS_PER_TXN)
+	{
+		int			n = Min(MONTHS_PER_TXN, nmonths - first);
+		int			lbs[1] = {1};
+		Datum		args[1];
+		Datum	   *elems = palloc(n * sizeof(Datum));
+
+		for (int i = 0; i < n; i++)
+			elems[i] = TimestampTzGetDatum(months[first + i]);
+		args[0] = PointerGetDatum(construct_md_array(elems, NULL, 1, &n, lbs,
+													 TIMESTAMPTZOID, sizeof(TimestampTz),
+													 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		PushActiveSnapshot(GetTransactionSnapshot());
+		plan = SPI_prepare("SELECT pgkafka_join.create_partitions_for($1)", 1, argtypes);
+		if (plan == NULL || SPI_execute_plan(plan, args, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not create partitions ahead of a batch");
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+}
+
 static void
 ingest_error_callback(void *arg)
 {
@@ -421,9 +530,10 @@ ingest_error_callback(void *arg)
  * pkj_ingest_batch
  *		Store a batch and the offsets after it, in one transaction.  Returns
  *		with the transaction committed; an error aborts it whole and the
- *		batch is consumed again from the stored offsets.
+ *		batch is consumed again from the stored offsets.  Returns false,
+ *		storing nothing, if ingest is paused (see pause() in SQL).
  */
-void
+bool
 pkj_ingest_batch(PkjBatch *batch, int64 *results)
 {
 	static const Oid offset_types[] = {TEXTOID, INT4OID, INT8OID};
@@ -431,15 +541,18 @@ pkj_ingest_batch(PkjBatch *batch, int64 *results)
 	Rows		offsets;
 	ListCell   *lc;
 	MemoryContext old;
+	bool		isnull;
 
 	*results = 0;
 	if (batch->count == 0)
-		return;
+		return true;
 
 	errcallback.callback = ingest_error_callback;
 	errcallback.arg = batch;
 	errcallback.previous = error_context_stack;
 	error_context_stack = &errcallback;
+
+	create_partitions_ahead(&batch->ratings);
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -450,6 +563,20 @@ pkj_ingest_batch(PkjBatch *batch, int64 *results)
 
 	old = MemoryContextSwitchTo(batch->cxt);
 	prepare_plans();
+
+	/* the ingest lock, and whether ingest is paused */
+	if (SPI_execute_plan(begin_batch_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not call pgkafka_join.begin_batch()");
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	{
+		MemoryContextSwitchTo(old);
+		SPI_finish();
+		PopActiveSnapshot();
+		AbortCurrentTransaction();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		error_context_stack = errcallback.previous;
+		return false;
+	}
 
 	*results += store_rows(store_movies_plan, &batch->movies);
 	*results += store_rows(store_ratings_plan, &batch->ratings);
@@ -474,4 +601,6 @@ pkj_ingest_batch(PkjBatch *batch, int64 *results)
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	error_context_stack = errcallback.previous;
+	pkj_status_count_batch(batch->count, *results);
+	return true;
 }

@@ -40,6 +40,14 @@ PkjKafka	pkj_kafka = {0};
 /* The last error librdkafka reported, for the log and the status */
 char		pkj_kafka_last_error[512];
 
+/* Remember an error for the log and the status view */
+void
+pkj_kafka_note_error(const char *error)
+{
+	strlcpy(pkj_kafka_last_error, error, sizeof(pkj_kafka_last_error));
+	pkj_status_set_error(error);
+}
+
 static void
 log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
@@ -60,7 +68,7 @@ log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 static void
 error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
-	strlcpy(pkj_kafka_last_error, reason, sizeof(pkj_kafka_last_error));
+	pkj_kafka_note_error(reason);
 
 	/*
 	 * A fatal error of the idempotent/transactional producer cannot be
@@ -90,12 +98,12 @@ conf_set(rd_kafka_conf_t *conf, const char *key, const char *value)
 }
 
 /*
- * The configuration common to both handles: brokers, logging, then the
- * user's extra properties, which may override anything but what guc.c
- * reserves for us.
+ * A handle's configuration, in three layers: our defaults for the role
+ * (tuning the user may change), then the user's extra properties, then
+ * what exactly-once depends on, which guc.c forbids the user to set.
  */
 static rd_kafka_conf_t *
-base_conf(const char *role)
+make_conf(const char *role, const char *const *defaults, const char *const *reserved)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	List	   *props;
@@ -108,6 +116,8 @@ base_conf(const char *role)
 	conf_set(conf, "log.connection.close", "false");
 	rd_kafka_conf_set_log_cb(conf, log_cb);
 	rd_kafka_conf_set_error_cb(conf, error_cb);
+	for (int i = 0; defaults[i] != NULL; i += 2)
+		conf_set(conf, defaults[i], defaults[i + 1]);
 
 	if (!pkj_parse_properties(pkj_kafka_properties, &props, &errmsg))
 		elog(ERROR, "pgkafka_join.kafka_properties: %s", errmsg);	/* checked by the GUC */
@@ -117,6 +127,9 @@ base_conf(const char *role)
 
 		conf_set(conf, prop->key, prop->value);
 	}
+
+	for (int i = 0; reserved[i] != NULL; i += 2)
+		conf_set(conf, reserved[i], reserved[i + 1]);
 	return conf;
 }
 
@@ -168,13 +181,28 @@ pkj_kafka_connect(Oid extension_oid)
 	Assert(pkj_kafka.consumer == NULL && pkj_kafka.producer == NULL);
 
 	/* consumer */
-	conf = base_conf("consumer");
-	conf_set(conf, "group.id", group_id);
-	conf_set(conf, "enable.auto.commit", "false");
-	conf_set(conf, "enable.auto.offset.store", "false");
-	conf_set(conf, "isolation.level", "read_committed");
-	conf_set(conf, "auto.offset.reset", "earliest");
-	conf_set(conf, "enable.partition.eof", "false");
+	{
+		/*
+		 * librdkafka 2.0 stops fetching while its queue holds
+		 * queued.min.messages and looks again only up to a second later;
+		 * the default of 100000 starves a worker that stores faster.
+		 */
+		const char *const defaults[] = {
+			"queued.min.messages", "1000000",
+			"auto.offset.reset", "earliest",
+			NULL
+		};
+		const char *const reserved[] = {
+			"group.id", group_id,
+			"enable.auto.commit", "false",
+			"enable.auto.offset.store", "false",
+			"isolation.level", "read_committed",
+			"enable.partition.eof", "false",
+			NULL
+		};
+
+		conf = make_conf("consumer", defaults, reserved);
+	}
 	pkj_kafka.consumer = new_handle(RD_KAFKA_CONSUMER, conf);
 	rd_kafka_poll_set_consumer(pkj_kafka.consumer);
 	pkj_kafka.queue = rd_kafka_queue_get_consumer(pkj_kafka.consumer);
@@ -186,11 +214,20 @@ pkj_kafka_connect(Oid extension_oid)
 	rd_kafka_queue_io_event_enable(pkj_kafka.queue, pkj_kafka.wakeup[1], "1", 1);
 
 	/* producer */
-	conf = base_conf("producer");
-	conf_set(conf, "transactional.id", txn_id);
-	conf_set(conf, "enable.idempotence", "true");
-	conf_set(conf, "partitioner", "murmur2_random");
-	conf_set(conf, "linger.ms", "5");
+	{
+		const char *const defaults[] = {
+			"linger.ms", "5",
+			NULL
+		};
+		const char *const reserved[] = {
+			"transactional.id", txn_id,
+			"enable.idempotence", "true",
+			"partitioner", "murmur2_random",
+			NULL
+		};
+
+		conf = make_conf("producer", defaults, reserved);
+	}
 	rd_kafka_conf_set_dr_msg_cb(conf, pkj_delivery_report);
 	pkj_kafka.producer = new_handle(RD_KAFKA_PRODUCER, conf);
 	pkj_kafka.cgmd = rd_kafka_consumer_group_metadata_new(group_id);
@@ -282,9 +319,8 @@ pkj_kafka_partition_count(const char *topic, int timeout_ms)
 	rd_kafka_topic_destroy(rkt);
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
-		snprintf(pkj_kafka_last_error, sizeof(pkj_kafka_last_error),
-				 "metadata request for topic \"%s\" failed: %s",
-				 topic, rd_kafka_err2str(err));
+		pkj_kafka_note_error(psprintf("metadata request for topic \"%s\" failed: %s",
+									  topic, rd_kafka_err2str(err)));
 		return -1;
 	}
 	if (md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)

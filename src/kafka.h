@@ -35,6 +35,7 @@ typedef struct PkjKafka
 extern PkjKafka pkj_kafka;
 extern char pkj_kafka_last_error[512];
 
+extern void pkj_kafka_note_error(const char *error);
 extern char *pkj_transactional_id_value(void);
 extern void pkj_kafka_connect(Oid extension_oid);
 extern void pkj_kafka_disconnect(void);

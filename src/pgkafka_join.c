@@ -33,5 +33,6 @@ _PG_init(void)
 				 errhint("Add pgkafka_join to shared_preload_libraries and restart the server.")));
 		return;
 	}
+	pkj_status_init();
 	pkj_register_launcher();
 }

@@ -92,12 +92,34 @@ typedef struct PkjBatch PkjBatch;
 extern PkjBatch *pkj_batch_create(MemoryContext cxt);
 extern void pkj_batch_reset(PkjBatch *batch);
 extern int	pkj_batch_count(PkjBatch *batch);
-extern void pkj_ingest_batch(PkjBatch *batch, int64 *results);
+extern bool pkj_batch_full(PkjBatch *batch);
+
+/* The most bytes of keys and values one batch holds */
+#define PKJ_BATCH_MAX_BYTES ((Size) 256 * 1024 * 1024)
+extern bool pkj_ingest_batch(PkjBatch *batch, int64 *results);
 
 /* ---- publish.c ---- */
 extern bool pkj_publisher_ready(void);
 extern int64 pkj_publish(MemoryContext cxt);
 extern void pkj_publisher_reset(void);
+
+/* ---- status.c ---- */
+#define PKJ_MAX_PARTITIONS 1024
+
+extern void pkj_status_init(void);
+extern void pkj_status_worker_started(void);
+extern void pkj_status_worker_exit(int code, Datum arg);
+extern void pkj_status_wake_worker(void);
+extern void pkj_status_set_state(const char *state);
+extern void pkj_status_set_error(const char *error);
+extern void pkj_status_count_batch(int64 messages, int64 results);
+extern void pkj_status_count_published(int64 published, int64 last_id);
+extern void pkj_status_reset_partitions(void);
+extern void pkj_status_set_partition(const char *topic, int32 partition,
+									 int64 high_watermark, int64 consumed);
+extern int64 pkj_status_total_lag(void);
+extern double pkj_status_message_rate(void);
+extern int64 pkj_status_messages_total(void);
 
 /* ---- worker.c ---- */
 extern void pkj_register_launcher(void);

@@ -88,8 +88,7 @@ pkj_delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 	if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
 		delivery_failed = true;
-		strlcpy(pkj_kafka_last_error, rd_kafka_err2str(msg->err),
-				sizeof(pkj_kafka_last_error));
+		pkj_kafka_note_error(rd_kafka_err2str(msg->err));
 		return;
 	}
 	if (msg->partition >= nlanded)
@@ -99,7 +98,10 @@ pkj_delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 		landed = landed ? repalloc(landed, n * sizeof(Landed))
 			: MemoryContextAlloc(TopMemoryContext, n * sizeof(Landed));
 		for (int i = nlanded; i < n; i++)
+		{
 			landed[i].next_offset = -1;
+			landed[i].last_id = -1;
+		}
 		nlanded = n;
 	}
 	landed[msg->partition].next_offset = Max(landed[msg->partition].next_offset,
@@ -118,8 +120,7 @@ pkj_publisher_reset(void)
 static void
 kafka_error_report(int elevel, rd_kafka_error_t *error, const char *what)
 {
-	strlcpy(pkj_kafka_last_error, rd_kafka_error_string(error),
-			sizeof(pkj_kafka_last_error));
+	pkj_kafka_note_error(rd_kafka_error_string(error));
 	ereport(elevel,
 			(errcode(ERRCODE_CONNECTION_FAILURE),
 			 errmsg("could not %s on the output topic \"%s\": %s",
@@ -261,7 +262,7 @@ pkj_publisher_ready(void)
 	{
 		rd_kafka_topic_partition_list_t *parts;
 		rd_kafka_resp_err_t err;
-		int64		kafka_position = 0;
+		int64		kafka_position = -1;
 		int64		pg_position;
 
 		parts = rd_kafka_topic_partition_list_new(1);
@@ -280,12 +281,31 @@ pkj_publisher_ready(void)
 			return false;
 		}
 		pg_position = stored_position();
-		published_id = Max(kafka_position, pg_position);
+
+		/*
+		 * The position committed in Kafka is exact.  PostgreSQL's record
+		 * can only lag it, and serves when the brokers have none (their
+		 * group offsets expired after a long time without publishing).
+		 */
+		if (kafka_position >= 0)
+		{
+			published_id = kafka_position;
+			if (pg_position > kafka_position)
+				ereport(WARNING,
+						(errmsg("pgkafka_join.output_position is ahead of the position committed in Kafka"),
+						 errdetail("Recorded in PostgreSQL: " INT64_FORMAT "; committed in Kafka: " INT64_FORMAT ".",
+								   pg_position, kafka_position),
+						 errhint("The position in Kafka is used.")));
+		}
+		else
+			published_id = pg_position;
+		pkj_status_count_published(0, published_id);
 		ereport(LOG,
 				(errmsg("pgkafka_join publishes to \"%s\" after result " INT64_FORMAT,
 						pkj_kafka.output_topic, published_id),
-				 errdetail("Position committed in Kafka: " INT64_FORMAT "; recorded in PostgreSQL: " INT64_FORMAT ".",
-						   kafka_position, pg_position)));
+				 errdetail("Position committed in Kafka: %s; recorded in PostgreSQL: " INT64_FORMAT ".",
+						   kafka_position >= 0 ? psprintf(INT64_FORMAT, kafka_position) : "none",
+						   pg_position)));
 	}
 	return true;
 }
@@ -349,7 +369,7 @@ record_landed(void)
 	args[0] = CStringGetTextDatum(pkj_kafka.output_topic);
 	for (int p = 0; p < nlanded; p++)
 	{
-		if (landed[p].next_offset < 0)
+		if (landed[p].next_offset < 0 || landed[p].last_id < 0)
 			continue;
 		args[1] = Int32GetDatum(p);
 		args[2] = Int64GetDatum(landed[p].next_offset);
@@ -383,8 +403,7 @@ produce(const PendingResult *r)
 			return true;
 		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
 		{
-			strlcpy(pkj_kafka_last_error, rd_kafka_err2str(err),
-					sizeof(pkj_kafka_last_error));
+			pkj_kafka_note_error(rd_kafka_err2str(err));
 			ereport(LOG,
 					(errmsg("could not produce to \"%s\": %s",
 							pkj_kafka.output_topic, rd_kafka_err2str(err))));
@@ -455,7 +474,10 @@ pkj_publish(MemoryContext cxt)
 	}
 
 	for (int p = 0; p < nlanded; p++)
+	{
 		landed[p].next_offset = -1;
+		landed[p].last_id = -1;
+	}
 	delivery_failed = false;
 
 	for (int i = 0; i < n; i++)
@@ -513,6 +535,7 @@ pkj_publish(MemoryContext cxt)
 	/* committed: serve the remaining delivery reports, then record them */
 	rd_kafka_poll(pkj_kafka.producer, 0);
 	published_id = last_id;
+	pkj_status_count_published(n, last_id);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	if (!delivery_failed)
 		record_landed();

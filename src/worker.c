@@ -45,6 +45,7 @@
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -58,6 +59,8 @@
 #define METADATA_REFRESH_MS 30000
 /* How often it makes sure monthly partitions exist ahead of time */
 #define PARTITION_CHECK_MS 3600000
+/* How often it logs progress while catching up a backlog */
+#define PROGRESS_LOG_MS 10000
 
 /* What the worker waits for, so that each wait is logged once */
 typedef enum WaitReason
@@ -331,7 +334,7 @@ consume_batch(PkjBatch *batch, long timeout_ms)
 {
 	TimestampTz deadline = 0;
 
-	while (pkj_batch_count(batch) < pkj_batch_size)
+	while (!pkj_batch_full(batch))
 	{
 		rd_kafka_message_t *msg = rd_kafka_consumer_poll(pkj_kafka.consumer, 0);
 		long		wait_ms;
@@ -354,8 +357,7 @@ consume_batch(PkjBatch *batch, long timeout_ms)
 			}
 			else
 			{
-				strlcpy(pkj_kafka_last_error, rd_kafka_message_errstr(msg),
-						sizeof(pkj_kafka_last_error));
+				pkj_kafka_note_error(rd_kafka_message_errstr(msg));
 				ereport(LOG,
 						(errmsg("pgkafka_join consumer: %s", rd_kafka_message_errstr(msg)),
 						 msg->rkt ? errdetail("Topic \"%s\", partition %d, offset " INT64_FORMAT ".",
@@ -388,6 +390,82 @@ consume_batch(PkjBatch *batch, long timeout_ms)
 	}
 }
 
+/* Is ingest paused (pgkafka_join.control)? */
+static bool
+ingest_paused(void)
+{
+	bool		paused;
+	bool		isnull;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_execute("SELECT paused FROM pgkafka_join.control", true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not read pgkafka_join.control");
+	paused = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return paused;
+}
+
+/* Stop fetching while paused; resume() makes the worker assign again */
+static void
+enter_pause(void)
+{
+	rd_kafka_assign(pkj_kafka.consumer, NULL);
+	pkj_kafka.assigned_movies = -1;
+	pkj_kafka.assigned_ratings = -1;
+	pkj_status_reset_partitions();
+	ereport(LOG, (errmsg("pgkafka_join ingest is paused"),
+				  errhint("SELECT pgkafka_join.resume() resumes it from the stored offsets.")));
+}
+
+/*
+ * Record each assigned partition's high watermark (as last seen in fetch
+ * responses, no broker round trip) and the consumer's position.
+ */
+static void
+update_partition_status(void)
+{
+	rd_kafka_topic_partition_list_t *parts;
+
+	if (rd_kafka_assignment(pkj_kafka.consumer, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		return;
+	rd_kafka_position(pkj_kafka.consumer, parts);
+	for (int i = 0; i < parts->cnt; i++)
+	{
+		rd_kafka_topic_partition_t *tp = &parts->elems[i];
+		int64_t		low,
+					high;
+
+		if (rd_kafka_get_watermark_offsets(pkj_kafka.consumer, tp->topic, tp->partition,
+										   &low, &high) != RD_KAFKA_RESP_ERR_NO_ERROR)
+			high = -1;
+		pkj_status_set_partition(tp->topic, tp->partition, high,
+								 tp->offset >= 0 ? tp->offset : -1);
+	}
+	rd_kafka_topic_partition_list_destroy(parts);
+}
+
+/* While a backlog is being caught up, say how it goes every few seconds */
+static void
+log_progress(int64 *last_total)
+{
+	int64		lag = pkj_status_total_lag();
+	double		rate = pkj_status_message_rate();
+
+	if (lag > pkj_batch_size && rate > 0)
+		ereport(LOG,
+				(errmsg("pgkafka_join is catching up: " INT64_FORMAT " messages stored in the last %d s, " INT64_FORMAT " left, %.0f messages/s, about %.0f s to go",
+						pkj_status_messages_total() - *last_total, PROGRESS_LOG_MS / 1000,
+						lag, rate, lag / rate)));
+	*last_total = pkj_status_messages_total();
+}
+
 /*
  * pkj_worker_main
  *		The join worker, in the database the launcher found.
@@ -399,13 +477,27 @@ pkj_worker_main(Datum arg)
 	PkjBatch   *batch;
 	TimestampTz next_metadata = 0;
 	TimestampTz next_partitions = 0;
+	TimestampTz next_status = 0;
+	TimestampTz next_progress = 0;
+	int64		progress_total = 0;
 	bool		more_to_publish = true;
+	bool		paused = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(arg), InvalidOid, 0);
 	pgstat_report_appname("pgkafka_join worker");
+	pkj_status_worker_started();
+
+	/*
+	 * The batch statements join arrays of unknown size with a catalog of any
+	 * size: a generic plan (index lookups) is right for them whatever the
+	 * statistics say, and JIT compiling them per batch costs more than it
+	 * saves.
+	 */
+	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "pgkafka_join loop",
 									 ALLOCSET_DEFAULT_SIZES);
@@ -437,14 +529,21 @@ pkj_worker_main(Datum arg)
 
 		if (pkj_brokers[0] == '\0')
 		{
+			pkj_status_set_state("idle: no brokers set");
 			log_wait(WAIT_BROKERS, "pgkafka_join is idle: pgkafka_join.brokers is empty",
 					 "Set pgkafka_join.brokers in postgresql.conf and reload.");
+			if (pkj_kafka.consumer)
+			{
+				pkj_kafka_disconnect();
+				pkj_publisher_reset();
+			}
 			wait_latch(pkj_retry_interval);
 			continue;
 		}
 		extoid = extension_oid();
 		if (!OidIsValid(extoid))
 		{
+			pkj_status_set_state("waiting for the extension");
 			log_wait(WAIT_EXTENSION,
 					 psprintf("pgkafka_join is waiting for the extension in database \"%s\"",
 							  pkj_database),
@@ -471,6 +570,9 @@ pkj_worker_main(Datum arg)
 			pkj_kafka_connect(extoid);
 			next_metadata = 0;
 			more_to_publish = true;
+			paused = ingest_paused();
+			if (paused)
+				enter_pause();
 		}
 
 		now = GetCurrentTimestamp();
@@ -481,26 +583,57 @@ pkj_worker_main(Datum arg)
 					"creating partitions ahead");
 			next_partitions = TimestampTzPlusMilliseconds(now, PARTITION_CHECK_MS);
 		}
+
+		if (paused)
+		{
+			if (ingest_paused())
+			{
+				pkj_status_set_state("paused");
+				/* results stored before the pause are still published */
+				(void) pkj_publish(loop_cxt);
+				wait_latch(pkj_retry_interval);
+				pkj_kafka_serve_producer();
+				continue;
+			}
+			paused = false;
+			next_metadata = 0;
+			ereport(LOG, (errmsg("pgkafka_join ingest resumes from the stored offsets")));
+		}
+
 		if (now >= next_metadata)
 		{
 			if (!assign_partitions())
 			{
+				pkj_status_set_state("waiting for topics");
 				wait_latch(pkj_retry_interval);
 				continue;
 			}
 			next_metadata = TimestampTzPlusMilliseconds(now, METADATA_REFRESH_MS);
 		}
 
+		pkj_status_set_state("consuming");
 		consume_batch(batch, more_to_publish ? 0 : pkj_retry_interval);
 		if (pkj_batch_count(batch) > 0)
 		{
-			pkj_ingest_batch(batch, &results);
+			if (!pkj_ingest_batch(batch, &results))
+			{
+				paused = true;
+				enter_pause();
+				continue;
+			}
 			if (results > 0)
 				more_to_publish = true;
 		}
 		else
 		{
-			/* idle: look for results stored by other means (SQL calls) */
+			/* idle: pause() or resume() may have woken us */
+			if (ingest_paused())
+			{
+				paused = true;
+				enter_pause();
+				continue;
+			}
+			/* look for results stored by other means (SQL calls) */
 			more_to_publish = true;
 		}
 
@@ -509,10 +642,25 @@ pkj_worker_main(Datum arg)
 			int64		published = pkj_publish(loop_cxt);
 
 			if (published < 0)
+			{
+				pkj_status_set_state("retrying to publish");
 				wait_latch(pkj_retry_interval);
+			}
 			else
 				more_to_publish = (published == pkj_batch_size);
 		}
 		pkj_kafka_serve_producer();
+
+		now = GetCurrentTimestamp();
+		if (now >= next_status)
+		{
+			update_partition_status();
+			next_status = TimestampTzPlusMilliseconds(now, 1000);
+		}
+		if (now >= next_progress)
+		{
+			log_progress(&progress_total);
+			next_progress = TimestampTzPlusMilliseconds(now, PROGRESS_LOG_MS);
+		}
 	}
 }

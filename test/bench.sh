@@ -31,6 +31,10 @@
 #	PGKJ_BENCH_BATCH_SIZE	pgkafka_join.batch_size for the run (default:
 #							the extension's default)
 #	PGKJ_BENCH_TIMEOUT		seconds a timed phase may take (default 3600)
+#	PGKJ_BENCH_CONF			extra postgresql.conf lines, one per line, added
+#							last (e.g. "jit = off", or
+#							"pgkafka_join.kafka_properties = 'queued.min.messages=1000000'"),
+#							to measure a configuration against the defaults
 #	KEEP_RUNNING=1			leave the servers running at exit (lib.sh), e.g.
 #							to run test/bench/explain.sh against them
 
@@ -107,13 +111,13 @@ cpu_ticks()
 	echo "$sum"
 }
 
-# Busy ticks of the whole machine (all cores): all but idle and iowait.
-busy_ticks()
+# Busy and idle (with iowait) ticks of the whole machine, all cores.
+machine_ticks()
 {
-	awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+	awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat
 }
 
-# cpu_sample: print "WORKER PG_OTHER BROKER BUSY" in ticks, PG_OTHER being
+# cpu_sample: print "WORKER PG_OTHER BROKER BUSY IDLE" in ticks, PG_OTHER being
 # every other process of the cluster, exited backends included.
 cpu_sample()
 {
@@ -123,7 +127,7 @@ cpu_sample()
 	wp=${WORKER_PID:-0}
 	worker=$(cpu_ticks "$wp")
 	all=$(( $(cpu_ticks -c "$pm") + $(cpu_ticks $(pgrep -P "$pm" || true)) ))
-	echo "$worker $((all - worker)) $(cpu_ticks "$(broker_pid)") $(busy_ticks)"
+	echo "$worker $((all - worker)) $(cpu_ticks "$(broker_pid)") $(machine_ticks)"
 }
 
 # cpu_report START_SAMPLE END_SAMPLE SECONDS: CPU used, in shares of one
@@ -141,7 +145,7 @@ cpu_report()
 	rest="(${b[3]} - ${a[3]}) - (${b[0]} - ${a[0]}) - (${b[1]} - ${a[1]}) - (${b[2]} - ${a[2]})"
 	say "CPU, % of one core ($(nproc) cores = $(($(nproc) * 100))%): worker $(share "${b[0]} - ${a[0]}")," \
 		"other PostgreSQL processes $(share "${b[1]} - ${a[1]}"), Kafka broker $(share "${b[2]} - ${a[2]}")," \
-		"rest of the machine $(share "$rest"), idle $(share "$(nproc) * $CLK_TCK * $secs - (${b[3]} - ${a[3]})")"
+		"rest of the machine $(share "$rest"), idle $(share "${b[4]} - ${a[4]}")"
 }
 
 # WAL position, and the WAL written since a position, in MB
@@ -162,16 +166,22 @@ reload_with()
 	psql_q "SELECT pg_reload_conf()" >/dev/null
 }
 
-# poll_until SQL: run SQL every 0.2 s until it returns "t"; fail after
-# TIMEOUT seconds.  Prints nothing.
+# poll_until SQL [FIRST_SQL]: run SQL every 0.2 s until it returns "t";
+# fail after TIMEOUT seconds.  With FIRST_SQL, also set FIRST_AT to the
+# time FIRST_SQL first returned "t" (the first batch stored, say).
 poll_until()
 {
-	local sql=$1 deadline=$((SECONDS + TIMEOUT))
+	local sql=$1 first=${2:-} deadline=$((SECONDS + TIMEOUT))
 
+	FIRST_AT=
 	until [ "$(psql_q "$sql")" = t ]; do
 		[ $SECONDS -lt $deadline ] || fail "timed out after ${TIMEOUT}s waiting for: $sql"
+		if [ -n "$first" ] && [ -z "$FIRST_AT" ] && [ "$(psql_q "$first")" = t ]; then
+			FIRST_AT=$(now)
+		fi
 		sleep 0.2
 	done
+	[ -n "$FIRST_AT" ] || FIRST_AT=$(now)
 }
 
 # Produce a KEY<TAB>VALUE file to a topic quickly (not part of any figure).
@@ -230,6 +240,10 @@ PG_SETTINGS=(
 	"pgkafka_join.retry_interval = '1s'"
 )
 [ -z "$BATCH_SIZE" ] || PG_SETTINGS+=("pgkafka_join.batch_size = $BATCH_SIZE")
+if [ -n "${PGKJ_BENCH_CONF:-}" ]; then
+	mapfile -t extra_conf <<<"$PGKJ_BENCH_CONF"
+	PG_SETTINGS+=("${extra_conf[@]}")
+fi
 pg_start "$PG_DIR" "${PG_SETTINGS[@]}"
 psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
 chmod 755 "$TEST_DIR"
@@ -237,10 +251,15 @@ chmod 755 "$TEST_DIR"
 PG_VERSION=$(psql_q "SHOW server_version")
 BATCH_SIZE=$(psql_q "SHOW pgkafka_join.batch_size")
 BATCH_DELAY=$(psql_q "SHOW pgkafka_join.batch_delay")
-LIBRDKAFKA=$(ldd "$PG_BIN/../lib/pgkafka_join.so" 2>/dev/null | awk '/librdkafka/ { print $3 }')
 LIBRDKAFKA_VERSION=$(dpkg-query -W -f '${Version}' librdkafka1 2>/dev/null || echo "?")
 KAFKA_VERSION=$(basename "$(compgen -G "$TEST_TOP/.cache/kafka-libs/kafka_2.13-*.jar" | head -1)" .jar)
 KAFKA_VERSION=${KAFKA_VERSION#kafka_2.13-}
+SO=$("$PG_BIN/pg_config" --pkglibdir 2>/dev/null || echo "$PG_BIN/../lib")/pgkafka_join.so
+[ -f "$SO" ] || SO=/usr/lib/postgresql/15/lib/pgkafka_join.so
+# Others may rebuild the extension meanwhile: say which build was measured.
+SO_ID="$(md5sum "$SO" | cut -c1-12), installed $(date -r "$SO" '+%F %T')"
+say "extension: $SO ($SO_ID)"
+LIBRDKAFKA=$(ldd "$SO" 2>/dev/null | awk '/librdkafka/ { print $3 }')
 
 say "PostgreSQL $PG_VERSION; settings:"
 psql_q "SELECT name || ' = ' || setting || coalesce(' ' || unit, '')
@@ -250,6 +269,7 @@ psql_q "SELECT name || ' = ' || setting || coalesce(' ' || unit, '')
 						'work_mem', 'maintenance_work_mem', 'fsync', 'synchronous_commit',
 						'full_page_writes', 'wal_level', 'jit', 'autovacuum',
 						'pgkafka_join.batch_size', 'pgkafka_join.batch_delay')
+			OR (name LIKE 'pgkafka_join.%' AND source NOT IN ('default', 'override'))
 		 ORDER BY name" | sed 's/^/#   /'
 say "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GB; load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -293,8 +313,14 @@ psql_q "CHECKPOINT"
 lsn0=$(wal_lsn)
 cpu0=$(cpu_sample)
 t0=$(now)
-psql_q "COPY pgkafka_join.movies (id, title, release_year, updated_at) FROM '$MOVIES_COPY'"
+copy_pid=$(psql_q "SELECT pg_backend_pid();
+COPY pgkafka_join.movies (id, title, release_year, updated_at) FROM '$MOVIES_COPY'")
 t1=$(now)
+# the backend's CPU time counts once the postmaster has reaped it
+for _ in $(seq 50); do
+	[ -e "/proc/$copy_pid" ] || break
+	sleep 0.1
+done
 cpu1=$(cpu_sample)
 COPY_S=$(calc "$t1 - $t0" %.2f)
 COPY_RATE=$(calc "$MOVIES / $COPY_S" %.0f)
@@ -303,7 +329,7 @@ say "COPY: $MOVIES rows in $COPY_S s = $COPY_RATE rows/s; WAL $(wal_mb "$lsn0") 
 cpu_report "$cpu0" "$cpu1" "$COPY_S"
 
 psql_q "TRUNCATE pgkafka_join.movies"
-psql_q "VACUUM ANALYZE pgkafka_join.movies"
+psql_q "VACUUM pgkafka_join.movies"
 psql_q "CHECKPOINT"
 
 
@@ -320,8 +346,10 @@ until WORKER_PID=$(worker_pid) && [ -n "$WORKER_PID" ]; do
 	sleep 0.1
 done
 cpu0=$(cpu_sample)
-poll_until "SELECT coalesce(sum(next_offset), 0) = $MOVIES FROM pgkafka_join.input_offsets WHERE topic = 'movies'"
+poll_until "SELECT coalesce(sum(next_offset), 0) = $MOVIES FROM pgkafka_join.input_offsets WHERE topic = 'movies'" \
+	"SELECT coalesce(sum(next_offset), 0) > 0 FROM pgkafka_join.input_offsets WHERE topic = 'movies'"
 t1=$(now)
+FIRST_MOVIES_S=$(calc "$FIRST_AT - $t0" %.1f)
 cpu1=$(cpu_sample)
 INGEST_S=$(calc "$t1 - $t0" %.2f)
 INGEST_RATE=$(calc "$MOVIES / $INGEST_S" %.0f)
@@ -331,7 +359,7 @@ INGEST_RATIO=$(calc "$INGEST_RATE / $COPY_RATE" %.2f)
 [ "$(psql_q "SELECT count(*) FROM pgkafka_join.rejected_messages")" = 0 ] ||
 	fail "some movies were rejected"
 say "catalog ingest: $MOVIES movies in $INGEST_S s = $INGEST_RATE movies/s; COPY: $COPY_S s = $COPY_RATE rows/s; ratio ${INGEST_RATIO}x COPY"
-say "WAL $(wal_mb "$lsn0") MB"
+say "first batch stored after $FIRST_MOVIES_S s (connecting); WAL $(wal_mb "$lsn0") MB"
 cpu_report "$cpu0" "$cpu1" "$INGEST_S"
 
 
@@ -352,8 +380,10 @@ reload_with pgkafka_join.ratings_topic ratings_bench
 t0=$(now)
 cpu0=$(cpu_sample)
 # All stored (each one joined, its movie being there) ...
-poll_until "SELECT coalesce(sum(next_offset), 0) = $RATINGS FROM pgkafka_join.input_offsets WHERE topic = 'ratings_bench'"
+poll_until "SELECT coalesce(sum(next_offset), 0) = $RATINGS FROM pgkafka_join.input_offsets WHERE topic = 'ratings_bench'" \
+	"SELECT coalesce(sum(next_offset), 0) > 0 FROM pgkafka_join.input_offsets WHERE topic = 'ratings_bench'"
 t_stored=$(now)
+FIRST_RATINGS_S=$(calc "$FIRST_AT - $t0" %.1f)
 # ... and the last result committed to Kafka.  (The sum of output_position's
 # next_offset also counts the transaction markers, one per partition and
 # Kafka transaction: the result ids are the exact criterion.)
@@ -376,7 +406,7 @@ check_eq "the output topic holds $RATINGS committed records (read_committed)" "$
 KAFKA_TXNS=$(( (OUTPUT_NEXT - RATINGS) ))
 say "ratings: $RATINGS ratings stored and joined in $STORED_S s, published (Kafka commit) by $RATINGS_S s = $RATINGS_RATE ratings/s joined and published"
 say "output_position: sum(next_offset) = $OUTPUT_NEXT = $RATINGS records + $KAFKA_TXNS markers of committed Kafka transactions (the last ones excluded)"
-say "WAL $(wal_mb "$lsn0") MB"
+say "first batch stored after $FIRST_RATINGS_S s (reconnecting); WAL $(wal_mb "$lsn0") MB"
 cpu_report "$cpu0" "$cpu1" "$RATINGS_S"
 
 
@@ -398,7 +428,8 @@ catalog ingest         $INGEST_S s = $INGEST_RATE movies/s = ${INGEST_RATIO}x CO
 ratings                $RATINGS_S s = $RATINGS_RATE ratings/s joined and published   (target >= 20000/s: $(verdict "$RATINGS_RATE >= 20000"))
                        (all stored and joined after $STORED_S s)
 batch_size             $BATCH_SIZE (batch_delay $BATCH_DELAY)
-PostgreSQL             $PG_VERSION (fsync on, synchronous_commit on)
+extension              $SO_ID
+PostgreSQL             $PG_VERSION (fsync on, synchronous_commit on, jit $(psql_q "SHOW jit"))
 librdkafka             $LIBRDKAFKA_VERSION (${LIBRDKAFKA:-?})
 Kafka                  $KAFKA_VERSION (Scala 2.13, single broker, KRaft, on the same machine)
 machine                $(nproc) cores, load average now $(cut -d' ' -f1-3 /proc/loadavg)

@@ -1,0 +1,68 @@
+-- privileges: who may read, who may operate, and secrets stay hidden
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pgkafka_join;
+RESET client_min_messages;
+
+CREATE ROLE regress_pkj_reader LOGIN IN ROLE pgkafka_join_reader;
+CREATE ROLE regress_pkj_admin LOGIN IN ROLE pgkafka_join_admin;
+CREATE ROLE regress_pkj_nobody LOGIN;
+
+-- a secret in pgkafka_join.kafka_properties
+ALTER SYSTEM SET pgkafka_join.kafka_properties = 'sasl.username=joiner sasl.password=''s3cret''';
+SELECT pg_reload_conf();
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        EXIT WHEN current_setting('pgkafka_join.kafka_properties') <> '';
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END
+$$;
+SHOW pgkafka_join.kafka_properties;
+
+-- a reader reads the tables and the status views, nothing more
+SET ROLE regress_pkj_reader;
+SHOW pgkafka_join.kafka_properties;
+SELECT current_setting('pgkafka_join.kafka_properties');
+SELECT count(*) FROM pg_settings WHERE name = 'pgkafka_join.kafka_properties';
+SELECT count(*) FROM pg_settings WHERE name = 'pgkafka_join.brokers';
+SELECT count(*) FROM pgkafka_join.movies;
+SELECT count(*) FROM pgkafka_join.rated_movies;
+SELECT count(*) FROM pgkafka_join.rejected_messages;
+SELECT paused, last_error IS NULL AS no_error FROM pgkafka_join.status;
+SELECT count(*) FROM pgkafka_join.input_status;
+SELECT count(*) FROM pgkafka_join.output_position();
+SELECT pgkafka_join.pause();
+SELECT pgkafka_join.reset_offsets('movies');
+SELECT * FROM pgkafka_join.drop_partitions('2 months');
+SELECT pgkafka_join.store_movies(ARRAY[1], ARRAY['x'], ARRAY[1]);
+INSERT INTO pgkafka_join.movies VALUES (1, 'x', 1, now());
+UPDATE pgkafka_join.input_offsets SET next_offset = 0;
+RESET ROLE;
+
+-- an admin operates: pause, offsets, resume
+SET ROLE regress_pkj_admin;
+SELECT pgkafka_join.pause();
+SELECT paused FROM pgkafka_join.status;
+SELECT pgkafka_join.reset_offsets('movies');
+SELECT pgkafka_join.resume();
+SELECT paused FROM pgkafka_join.status;
+UPDATE pgkafka_join.input_offsets SET next_offset = 0;
+RESET ROLE;
+
+-- anybody else: not even the catalog; parsing a message is open to all
+SET ROLE regress_pkj_nobody;
+SELECT count(*) FROM pgkafka_join.movies;
+SELECT * FROM pgkafka_join.status;
+SELECT accepted, reason FROM pgkafka_join.parse_message('movie', convert_to('{"id": 1}', 'UTF8'));
+RESET ROLE;
+
+-- every SECURITY DEFINER function fixes its search_path
+SELECT p.proname, p.proconfig
+  FROM pg_proc p
+ WHERE p.pronamespace = 'pgkafka_join'::regnamespace AND p.prosecdef
+ ORDER BY p.proname;
+
+ALTER SYSTEM RESET pgkafka_join.kafka_properties;
+SELECT pg_reload_conf();
+DROP ROLE regress_pkj_reader, regress_pkj_admin, regress_pkj_nobody;

@@ -1,0 +1,364 @@
+#!/bin/bash
+#
+# broker_faults.sh
+#		Kafka fails under the running join worker, three ways, one after
+#		the other on the same broker and the same PostgreSQL cluster:
+#
+#	missing topics: the cluster starts with the worker configured while
+#	   only the movies topic exists (no ratings topic, no output topic).
+#	   The worker says once that it waits for each, does not crash, goes
+#	   on storing movies, and once the topics are created consumes the
+#	   ratings and publishes their results;
+#	outage: the broker is stopped (controlled shutdown) in the middle of
+#	   a stream, stays down 60 s, and is started again on the same
+#	   directory (same port, same data).  The worker neither exits nor
+#	   floods the log, says it cannot reach the brokers, and resumes; the
+#	   stream goes on after the restart;
+#	kill: a backlog of 20000 results is being published (batch_size
+#	   5000, so four Kafka transactions) when the broker is SIGKILLed, then
+#	   started again.  The transaction in flight is completed or aborted,
+#	   never half visible.
+#
+# After each case: every expected result is on the output topic exactly
+# once (read_committed), the output topic holds exactly the result ids of
+# rated_movies, output_position matches the topic, the tables hold exactly
+# what was produced, and the worker's exits are counted (none accepted but
+# one after the kill; a process terminated by a signal fails the test).  The
+# worker's log lines written during each fault are shown, prefixed "# |".
+#
+# Takes about 3 minutes (the outage alone is 60 s; OUTAGE=N to change it).
+
+. "$(dirname "$0")/setup.sh"
+OUTAGE=${OUTAGE:-60}
+BATCH=5000
+T0=$SECONDS
+
+test_init broker_faults
+kafka_start "$TEST_DIR/kafka"
+kafka_create_topic movies 3
+PG_DIR=$TEST_DIR/pg
+LOG=$PG_DIR/server.log
+
+#
+# The data.  Ratings are integers, distinct over the whole test, so each
+# result can be told apart; every rating's movie comes, inside the window,
+# so every rating gives exactly one result.  Files are KEY<TAB>VALUE lines
+# (m.* movies, r.* ratings), produced as they are.
+#
+python3 - "$TEST_DIR" <<'PY'
+import random, sys
+out = sys.argv[1]
+rnd = random.Random(11)
+n = 0
+
+def movies(name, ids):
+    with open(f"{out}/{name}", "w") as f:
+        for m in ids:
+            f.write(f'{m}\t{{"id": {m}, "title": "Movie {m}", "release_year": {1900 + m % 120}}}\n')
+
+def ratings(name, count, lo, hi):
+    global n
+    with open(f"{out}/{name}", "w") as f:
+        for _ in range(count):
+            n += 1
+            m = rnd.randint(lo, hi)
+            f.write(f'{m}\t{{"id": {m}, "rating": {n}}}\n')
+
+# missing topics: movies 1..100 while the ratings topic does not exist,
+# then 1000 ratings of them once it does
+movies("m.missing", range(1, 101))
+ratings("r.missing", 1000, 1, 100)
+# outage: 4 chunks before the stop, of movies 1..150 (101..150 come only
+# after the restart, so their ratings wait through the outage), then the
+# late movies and 4 more chunks after the restart
+for c in range(4):
+    ratings(f"r.before.{c}", 500, 1, 150)
+movies("m.after", range(101, 151))
+for c in range(4):
+    ratings(f"r.after.{c}", 500, 1, 150)
+# kill: 20000 ratings waiting for movies 1001..1200, which then arrive
+# together and make 20000 results at once
+ratings("r.backlog", 20000, 1001, 1200)
+movies("m.backlog", range(1001, 1201))
+PY
+
+#
+# Helpers
+#
+
+# Size of the server log now, to show or count what is logged after.
+log_mark() { stat -c %s "$LOG"; }
+# The server log from byte $1 (to byte $2).
+log_since()
+{
+	if [ $# -gt 1 ]; then
+		tail -c +$(($1 + 1)) "$LOG" | head -c $(($2 - $1))
+	else
+		tail -c +$(($1 + 1)) "$LOG"
+	fi
+}
+# The worker's own lines (log_line_prefix '%m [%p] %b: ').
+worker_lines() { grep -E '\] pgkafka_join worker: ' || true; }
+# Exits of the worker, as the postmaster logs them.
+worker_exits() { grep -cE 'background worker "pgkafka_join worker" \(PID [0-9]+\) (exited|was terminated)' || true; }
+# Any server process terminated by a signal (a crash restarts the server).
+worker_signals() { grep -c 'terminated by signal' || true; }
+worker_pid() { psql_q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgkafka_join worker'" 2>/dev/null || true; }
+# Show log lines, indented, at most $1 of them.
+show()
+{
+	awk -v n="$1" 'NR <= n { print "# | " $0 }
+		END { if (NR == 0) print "# | (none)"; if (NR > n) print "# | ... (" NR - n " more lines)" }'
+}
+
+results() { psql_q "SELECT count(*) FROM pgkafka_join.rated_movies" 2>/dev/null || echo 0; }
+
+# Check and report the worker's exits in the log from byte $1; at most $2
+# exits are accepted, none by a signal.
+check_exits()
+{
+	local from=$1 max=$2 what=$3 exits signals
+
+	exits=$(log_since "$from" | worker_exits)
+	signals=$(log_since "$from" | worker_signals)
+	echo "# $what: worker exits: $exits, terminated by a signal: $signals"
+	if [ "$exits" -gt 0 ]; then
+		log_since "$from" | grep -E 'pgkafka_join worker.*(ERROR|FATAL)|background worker "pgkafka_join worker"' | show 20
+	fi
+	check_eq "$what: no process terminated by a signal" 0 "$signals"
+	[ "$exits" -le "$max" ] ||
+		fail "$what: the worker exited $exits times (at most $max accepted)"
+	pass "$what: the worker exited $exits times (at most $max accepted)"
+}
+
+# The exact check, once the ratings of RATINGS-FILES and the movies of
+# MOVIE-FILES are all produced (every rating gives one result): the output
+# topic holds each expected result once and nothing else, its result ids
+# are exactly those of rated_movies, output_position matches the topic, and
+# the tables hold exactly what was produced.
+#	check_outcome WHAT RATINGS-FILES MOVIE-FILES
+check_outcome()
+{
+	local what=$1 rfiles=$2 mfiles=$3 n nmovies lost extra dup
+
+	(cd "$TEST_DIR" && cat $rfiles) | cut -f2 |
+		sed -E 's/.*"id": ([0-9]+), "rating": ([0-9]+).*/\1\t\2/' |
+		LC_ALL=C sort >"$TEST_DIR/expected"
+	n=$(wc -l <"$TEST_DIR/expected")
+	nmovies=$( (cd "$TEST_DIR" && cat $mfiles) | wc -l)
+
+	wait_for 90 "[ \"\$(results)\" -ge $n ]" ||
+		fail "$what: only $(results) of $n results in rated_movies"
+	wait_for_output "$n" 90
+
+	kafka_consume rated_movies -f '%p\t%o\t%h\t%k\t%s\n' >"$TEST_DIR/output"
+	python3 - "$TEST_DIR" <<'PY'
+import json, sys
+d = sys.argv[1]
+landed = {}
+with open(f"{d}/actual", "w") as actual, open(f"{d}/topic_ids", "w") as ids:
+    for line in open(f"{d}/output"):
+        partition, offset, headers, key, value = line.rstrip("\n").split("\t", 4)
+        v = json.loads(value)
+        assert str(v["id"]) == key and v["title"] == f"Movie {key}", line
+        assert headers.startswith("pgkafka_join.id="), line
+        rid = int(headers.split("=", 1)[1])
+        ids.write(f"{rid}\n")
+        actual.write(f'{v["id"]}\t{v["rating"]}\n')
+        p = int(partition)
+        nxt, last = landed.get(p, (0, 0))
+        landed[p] = (max(nxt, int(offset) + 1), max(last, rid))
+with open(f"{d}/topic_position", "w") as f:
+    for p in sorted(landed):
+        f.write(f"rated_movies|{p}|{landed[p][0]}|{landed[p][1]}\n")
+PY
+	LC_ALL=C sort -o "$TEST_DIR/actual" "$TEST_DIR/actual"
+	sort -n -o "$TEST_DIR/topic_ids" "$TEST_DIR/topic_ids"
+	lost=$(LC_ALL=C comm -23 "$TEST_DIR/expected" "$TEST_DIR/actual" | wc -l)
+	extra=$(LC_ALL=C comm -13 "$TEST_DIR/expected" "$TEST_DIR/actual" | wc -l)
+	dup=$(uniq -d "$TEST_DIR/topic_ids" | wc -l)
+	echo "# $what: results expected: $n, published: $(wc -l <"$TEST_DIR/actual"), lost: $lost, duplicated or unexpected: $extra, result ids twice on the topic: $dup"
+	check_eq "$what: the output topic holds every expected result exactly once" "0 0 0" "$lost $extra $dup"
+	check_eq "$what: the output topic holds exactly the result ids of rated_movies" \
+		"$(psql_q "SELECT id FROM pgkafka_join.rated_movies ORDER BY id")" "$(cat "$TEST_DIR/topic_ids")"
+	check_eq "$what: tables hold every input once, every rating joined once" \
+		"ratings $n $n 0; offsets $n; movies $nmovies; results $n $n; rejected 0" \
+		"$(psql_q "SELECT format('ratings %s %s %s; offsets %s; movies %s; results %s %s; rejected %s',
+			(SELECT count(*) FROM pgkafka_join.ratings),
+			(SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM pgkafka_join.ratings),
+			(SELECT count(*) FROM pgkafka_join.ratings WHERE NOT joined),
+			(SELECT sum(next_offset) FROM pgkafka_join.input_offsets WHERE topic = 'ratings'),
+			(SELECT count(*) FROM pgkafka_join.movies),
+			(SELECT count(*) FROM pgkafka_join.rated_movies),
+			(SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM pgkafka_join.rated_movies),
+			(SELECT count(*) FROM pgkafka_join.rejected_messages))")"
+	check_eq "$what: output_position holds, per partition, the next offset and the last result id on the topic" \
+		"$(cat "$TEST_DIR/topic_position")" \
+		"$(psql_q "SELECT topic, kafka_partition, next_offset, last_id FROM pgkafka_join.output_position ORDER BY 1, 2")"
+}
+
+
+#
+# Missing topics at start-up
+#
+echo "# missing topics: the ratings and output topics do not exist when the worker starts"
+pg_start "$PG_DIR" \
+	"pgkafka_join.brokers = '$KAFKA_BOOTSTRAP'" \
+	"pgkafka_join.database = 'postgres'" \
+	"pgkafka_join.retry_interval = '1s'" \
+	"pgkafka_join.batch_size = $BATCH" \
+	"pgkafka_join.batch_delay = '50ms'"
+psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
+mark1=0
+kafka_produce movies <"$TEST_DIR/m.missing"
+
+wait_for 30 "grep -q 'pgkafka_join is waiting for topic \"ratings\" to exist' \"$LOG\"" ||
+	fail "the worker did not say it waits for the ratings topic"
+wait_for 30 "grep -q 'pgkafka_join is waiting for the output topic \"rated_movies\"' \"$LOG\"" ||
+	fail "the worker did not say it waits for the output topic"
+wait_for 30 "[ \"\$(psql_q 'SELECT count(*) FROM pgkafka_join.movies')\" = 100 ]" ||
+	fail "the movies were not stored while the other topics were missing"
+pass "the movies are stored while the ratings and output topics are missing"
+# Let the worker retry a while (retry_interval = 1s) before looking at the log.
+sleep 8
+pid1=$(worker_pid)
+echo "# worker log while the topics were missing ($(log_since $mark1 | worker_lines | wc -l) lines):"
+log_since $mark1 | worker_lines | show 30
+n_ratings=$(log_since $mark1 | grep -c 'waiting for topic "ratings"' || true)
+n_output=$(log_since $mark1 | grep -c 'waiting for the output topic' || true)
+check_eq "the wait for the ratings topic is logged once" 1 "$n_ratings"
+check_eq "the wait for the output topic is logged once (not at every retry)" 1 "$n_output"
+
+created_at=$SECONDS
+kafka_create_topic ratings 3
+kafka_create_topic rated_movies 3
+kafka_produce ratings <"$TEST_DIR/r.missing"
+wait_for 60 "[ \"\$(results)\" -gt 0 ]" ||
+	fail "no rating was joined within 60 s of creating the topics"
+echo "# first results $((SECONDS - created_at)) s after the topics were created"
+wait_for_output 1 60
+echo "# first results on the output topic $((SECONDS - created_at)) s after the topics were created"
+check_outcome "missing topics" "r.missing" "m.missing"
+log_since $mark1 | grep -E 'pgkafka_join (consumes|publishes)' | show 5
+check_eq "the worker is the same process as while it waited" "$pid1" "$(worker_pid)"
+check_exits $mark1 0 "missing topics"
+
+
+#
+# Outage: the broker is stopped for OUTAGE seconds in the middle of a stream
+#
+echo "# outage: the broker is stopped for $OUTAGE s in the middle of a stream"
+pid2=$(worker_pid)
+mark2=$(log_mark)
+for c in 0 1 2 3; do
+	kafka_produce ratings <"$TEST_DIR/r.before.$c"
+	sleep 0.3
+done
+stop_at=$SECONDS
+kafka_stop
+echo "# broker stopped; $(results) results in rated_movies"
+mark2s=$(log_mark)
+sleep "$OUTAGE"
+mark2e=$(log_mark)
+check_eq "the worker is the same process after $OUTAGE s without the broker" "$pid2" "$(worker_pid)"
+psql_q "SELECT 'worker state during the outage: ' || state || ', ' || coalesce(wait_event, '-') || ', ' || query FROM pg_stat_activity WHERE backend_type = 'pgkafka_join worker'" | sed 's/^/# /'
+nlines=$(log_since "$mark2s" "$mark2e" | worker_lines | wc -l)
+echo "# worker log during the outage ($nlines lines in $OUTAGE s, $(log_since "$mark2s" "$mark2e" | wc -l) in all):"
+log_since "$mark2s" "$mark2e" | worker_lines | show 40
+[ "$nlines" -le 30 ] || fail "the worker wrote $nlines log lines during a $OUTAGE s outage"
+pass "the worker wrote $nlines log lines during the $OUTAGE s outage"
+# It checks the brokers at least every 30 s, with a 10 s timeout.
+check_eq "the worker said once during the outage that it cannot reach the brokers" 1 \
+	"$(log_since "$mark2" "$mark2e" | grep -c 'pgkafka_join cannot reach the Kafka brokers' || true)"
+
+kafka_start "$KAFKA_DIR" >/dev/null
+restarted_at=$SECONDS
+echo "# broker started again after $((SECONDS - stop_at)) s"
+before_restart=$(output_count)
+kafka_produce movies <"$TEST_DIR/m.after"
+for c in 0 1 2 3; do
+	kafka_produce ratings <"$TEST_DIR/r.after.$c"
+	sleep 0.3
+done
+wait_for 60 "[ \"\$(output_count)\" -gt $before_restart ]" ||
+	fail "nothing was published within 60 s of the restart"
+echo "# first new result on the output topic $((SECONDS - restarted_at)) s after the broker started again"
+check_outcome "outage" "r.missing r.before.* r.after.*" "m.missing m.after"
+echo "# every result was out $((SECONDS - restarted_at)) s after the broker started again"
+echo "# worker log after the restart:"
+log_since "$mark2e" | worker_lines | show 30
+check_eq "the worker is the same process after the outage" "$pid2" "$(worker_pid)"
+check_exits "$mark2" 0 "outage"
+
+
+#
+# Kill: the broker is SIGKILLed while a backlog of results is published
+#
+echo "# kill: the broker is killed while 20000 results are being published"
+mark3=$(log_mark)
+base=$(psql_q "SELECT max(id) FROM pgkafka_join.rated_movies")
+kafka_produce ratings <"$TEST_DIR/r.backlog"
+wait_for 90 "[ \"\$(psql_q 'SELECT count(*) FROM pgkafka_join.ratings WHERE NOT joined')\" = 20000 ]" ||
+	fail "the backlog's ratings were not stored"
+# Watch for the start of publishing from inside the server (a psql per
+# probe would be too slow); then kill the broker a fraction of a second in.
+psql_q >"$TEST_DIR/watch.out" 2>&1 <<'SQL' &
+DO $$
+DECLARE
+	deadline timestamptz := clock_timestamp() + interval '90 s';
+BEGIN
+	LOOP
+		PERFORM pg_stat_clear_snapshot();
+		EXIT WHEN EXISTS (SELECT FROM pg_stat_activity
+						  WHERE backend_type = 'pgkafka_join worker'
+							AND state = 'active' AND query = 'publishing results');
+		IF clock_timestamp() > deadline THEN
+			RAISE EXCEPTION 'the worker did not start publishing within 90 s';
+		END IF;
+		PERFORM pg_sleep(0.002);
+	END LOOP;
+END
+$$;
+SQL
+watcher=$!
+broker_pid=$(cat "$KAFKA_DIR/broker.pid")
+kafka_produce movies <"$TEST_DIR/m.backlog"
+wait $watcher || { cat "$TEST_DIR/watch.out" >&2; fail "watching for the publisher failed"; }
+sleep 0.05
+mark3k=$(log_mark)
+kill -KILL "$broker_pid"
+killed_at=$SECONDS
+kafka_kill		# waits until it is gone
+sleep 1
+at_kill=$(psql_q "SELECT 'worker ' || state || ' in \"' || query || '\"' FROM pg_stat_activity WHERE backend_type = 'pgkafka_join worker'")
+# How far publishing had gone: output_position is written after each Kafka
+# commit (a value above every result id would be a bug, which check_outcome
+# reports).  The kill hit the publishing if not all was committed and the
+# worker is still publishing.
+published=$(psql_q "SELECT coalesce(max(last_id), 0) FROM pgkafka_join.output_position
+	WHERE last_id <= (SELECT max(id) FROM pgkafka_join.rated_movies)")
+echo "# broker killed; $at_kill; results committed to Kafka before the kill: $((published - base)) of 20000"
+[ "$published" -lt $((base + 20000)) ] && [[ "$at_kill" == *'active in "publishing results"' ]] ||
+	fail "the broker was not killed in the middle of publishing the backlog"
+pass "the broker was killed in the middle of publishing the backlog"
+sleep 5
+kafka_start "$KAFKA_DIR" >/dev/null
+mark3r=$(log_mark)
+echo "# broker started again after $((SECONDS - killed_at)) s"
+echo "# worker log while the broker was dead:"
+log_since "$mark3k" "$mark3r" | worker_lines | show 30
+check_outcome "kill" "r.missing r.before.* r.after.* r.backlog" "m.missing m.after m.backlog"
+echo "# every result was out $((SECONDS - killed_at)) s after the kill"
+echo "# worker log after the restart:"
+log_since "$mark3r" | worker_lines | show 30
+committed=$(kafka_consume rated_movies | wc -l)
+uncommitted=$(kafka_consume rated_movies --uncommitted | wc -l)
+if [ "$uncommitted" -gt "$committed" ]; then
+	outcome="aborted, and its results published again in a later one"
+else
+	outcome="completed after the restart"
+fi
+echo "# output topic: $committed committed records, $((uncommitted - committed)) records of aborted transactions: the transaction in flight was $outcome"
+check_exits "$mark3" 1 "kill"
+
+echo "# worker exits in the whole run: $(worker_exits <"$LOG"); duration: $((SECONDS - T0)) s"

@@ -1,0 +1,120 @@
+#!/bin/bash
+#
+# operations.sh
+#		What a DBA does while the stream runs: watch the status views and
+#		the catch-up progress, pause, rewind and resume ingest, drop old
+#		partitions (by hand and from pg_cron) without blocking ingest, and
+#		see a wrong Kafka security setting reported instead of a silent
+#		stall.
+
+. "$(dirname "$0")/setup.sh"
+pkj_setup operations 3 \
+	"shared_preload_libraries = 'pgkafka_join,pg_cron'" \
+	"cron.database_name = 'postgres'" \
+	"cron.use_background_workers = on" \
+	"max_worker_processes = 16" \
+	"pgkafka_join.batch_size = 500" \
+	"log_lock_waits = on" \
+	"deadlock_timeout = '1s'"
+
+ratings() # FIRST COUNT: ratings of movies 1..100 with values FIRST.. as "key<TAB>value"
+{
+	local i
+	for ((i = $1; i < $1 + $2; i++)); do
+		printf '%d\t{"id": %d, "rating": %d}\n' $((i % 100 + 1)) $((i % 100 + 1)) "$i"
+	done
+}
+
+for ((m = 1; m <= 100; m++)); do
+	printf '%d\t{"id": %d, "title": "Movie %d"}\n' $m $m $m
+done | kafka_produce movies
+wait_for 60 '[ "$(psql_q "SELECT count(*) FROM pgkafka_join.movies")" = 100 ]' ||
+	fail "the movies were not stored"
+
+# --- status while idle
+wait_for 30 '[ "$(psql_q "SELECT state, paused, input_lag, pending_ratings, publish_lag FROM pgkafka_join.status")" = "consuming|f|0|0|0" ]' ||
+	fail "the status view is not as expected: $(psql_q "SELECT * FROM pgkafka_join.status")"
+pass "the status view shows the worker consuming, no lag, no pending rating"
+check_eq "the worker shows in pg_stat_activity" "1" \
+	"$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pgkafka_join worker'")"
+
+# --- a backlog: the status shows lag and rates, the log shows progress
+psql_q "SELECT pgkafka_join.pause()" >/dev/null
+ratings 0 200000 | kafka_produce ratings
+psql_q "SELECT pgkafka_join.resume()" >/dev/null
+wait_for 60 '[ "$(psql_q "SELECT input_lag > 0 AND messages_per_second > 0 AND catch_up_estimate IS NOT NULL FROM pgkafka_join.status")" = t ]' ||
+	fail "the status view did not show the backlog: $(psql_q "SELECT * FROM pgkafka_join.status")"
+pass "the status view shows the backlog: $(psql_q "SELECT 'lag ' || input_lag || ', ' || messages_per_second || ' messages/s, estimate ' || catch_up_estimate FROM pgkafka_join.status")"
+wait_for 120 "grep -q 'pgkafka_join is catching up' '$PG_DIR/server.log'" ||
+	fail "no progress line in the log while catching up"
+pass "the log shows progress: $(grep -m1 -o 'pgkafka_join is catching up.*' "$PG_DIR/server.log")"
+
+# --- retention while the backlog streams: old months dropped, ingest not blocked
+psql_q "SELECT count(*) FROM pgkafka_join.create_partitions('2020-01-15', '2020-06-15')" >/dev/null
+for ((i = 0; i < 5; i++)); do
+	psql_q "SELECT count(*) FROM pgkafka_join.create_partitions('2019-01-15', '2019-03-15')" >/dev/null
+	psql_q "SELECT count(*) FROM pgkafka_join.drop_partitions('13 months')" >/dev/null
+	sleep 0.5
+done
+check_eq "old partitions are gone" "0" \
+	"$(psql_q "SELECT count(*) FROM pg_class WHERE relname ~ '^(ratings|rated_movies)_y20(19|20)'")"
+
+wait_for 180 '[ "$(psql_q "SELECT count(*) FROM pgkafka_join.rated_movies")" = 200000 ]' ||
+	fail "the backlog was not joined: $(psql_q "SELECT count(*) FROM pgkafka_join.rated_movies")"
+wait_for_output 200000 120
+check_eq "the backlog gave every result once" "200000|200000" \
+	"$(psql_q "SELECT count(*), count(DISTINCT rating) FROM pgkafka_join.rated_movies")"
+check_eq "no lock wait of a second or more during retention" "0" \
+	"$(grep -c 'still waiting for' "$PG_DIR/server.log" || true)"
+
+# --- pause: nothing is stored; resume: everything is
+psql_q "SELECT pgkafka_join.pause()" >/dev/null
+ratings 200000 100 | kafka_produce ratings
+sleep 3
+check_eq "while paused nothing is stored, and the status says so" "200000|paused|t" \
+	"$(psql_q "SELECT (SELECT count(*) FROM pgkafka_join.ratings), state, paused FROM pgkafka_join.status")"
+psql_q "SELECT pgkafka_join.resume()" >/dev/null
+wait_for 60 '[ "$(psql_q "SELECT count(*) FROM pgkafka_join.ratings")" = 200100 ]' ||
+	fail "ratings were not stored after resume"
+pass "after resume the ratings produced meanwhile are stored"
+
+# --- rewind partition 0 of ratings to its beginning: reprocessed as new
+p0=$(psql_q "SELECT next_offset FROM pgkafka_join.input_offsets WHERE topic = 'ratings' AND kafka_partition = 0")
+psql_q "SELECT pgkafka_join.pause()" >/dev/null
+check_eq "reset_offsets while paused" "1" "$(psql_q "SELECT pgkafka_join.reset_offsets('ratings', 0)")"
+psql_q "SELECT pgkafka_join.resume()" >/dev/null
+wait_for 120 "[ \"\$(psql_q 'SELECT count(*) FROM pgkafka_join.ratings')\" = $((200100 + p0)) ]" ||
+	fail "the rewound partition was not consumed again"
+wait_for_output $((200100 + p0)) 120
+check_eq "a rewound partition's ratings are stored and published again, once more each" \
+	"$((200100 + p0))|$((200100 + p0))|$p0" \
+	"$(psql_q "SELECT count(*), (SELECT count(*) FROM pgkafka_join.ratings), count(*) - count(DISTINCT rating) FROM pgkafka_join.rated_movies")"
+check_eq "the output topic holds each result once" "$((200100 + p0))" "$(output_count)"
+
+# --- retention from pg_cron
+psql_q "CREATE EXTENSION pg_cron" >/dev/null
+psql_q "SELECT count(*) FROM pgkafka_join.create_partitions('2021-01-15', '2021-02-15')" >/dev/null
+psql_q "SELECT cron.schedule('pgkafka_join retention', '* * * * *', \$\$SELECT pgkafka_join.drop_partitions('13 months')\$\$)" >/dev/null
+wait_for 90 '[ "$(psql_q "SELECT count(*) FROM pg_class WHERE relname ~ '"'"'^(ratings|rated_movies)_y2021'"'"'")" = 0 ]' ||
+	fail "pg_cron did not drop the old partitions"
+check_eq "pg_cron ran the retention job successfully" "succeeded" \
+	"$(psql_q "SELECT status FROM cron.job_run_details ORDER BY start_time LIMIT 1")"
+
+# --- a wrong security setting: a clear error, not a silent stall
+psql_q "ALTER SYSTEM SET pgkafka_join.kafka_properties = 'security.protocol=SASL_PLAINTEXT sasl.mechanisms=PLAIN sasl.username=joiner sasl.password=wrong'" >/dev/null
+psql_q "SELECT pg_reload_conf()" >/dev/null
+wait_for 60 '[ "$(psql_q "SELECT last_error IS NOT NULL AND last_error_at > now() - interval '"'"'30 s'"'"' FROM pgkafka_join.status")" = t ]' ||
+	fail "no error in the status view: $(psql_q "SELECT * FROM pgkafka_join.status")"
+pass "the status view reports: $(psql_q "SELECT last_error FROM pgkafka_join.status")"
+grep -q "kafka client pgkafka_join-" "$PG_DIR/server.log" ||
+	fail "the error is not in the server log"
+! grep -q "sasl.password=wrong\|'wrong'" <(grep -v 'parameter "pgkafka_join.kafka_properties" changed' "$PG_DIR/server.log") ||
+	fail "the password was written to the log by pgkafka_join"
+pass "the error is in the server log, without the password"
+
+# a property librdkafka does not know is refused by the reload
+psql_q "ALTER SYSTEM SET pgkafka_join.kafka_properties = 'ssl.bogus=1'" 2>&1 | grep -q 'No such configuration property' ||
+	fail "an unknown property was not refused"
+pass "an unknown librdkafka property is refused"
+psql_q "ALTER SYSTEM RESET pgkafka_join.kafka_properties" >/dev/null
+psql_q "SELECT pg_reload_conf()" >/dev/null
