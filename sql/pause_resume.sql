@@ -7,7 +7,7 @@ TRUNCATE pgkafka_join.input_offsets;
 SELECT pgkafka_join.store_offsets(ARRAY['movies', 'movies', 'ratings'], ARRAY[0, 1, 0],
                                   ARRAY[100, 200, 300]::bigint[]);
 
--- running: a batch may be stored
+-- running: a batch may be stored; begin_batch() gives the offsets generation
 SELECT pgkafka_join.begin_batch();
 
 -- offsets can only be reset while paused
@@ -15,7 +15,7 @@ SELECT pgkafka_join.reset_offsets('movies', 0, 5);
 
 SELECT pgkafka_join.pause();
 SELECT paused FROM pgkafka_join.control;
--- paused: the worker drops its batch unstored
+-- paused: NULL, the worker drops its batch unstored
 SELECT pgkafka_join.begin_batch();
 -- pausing twice is harmless
 SELECT pgkafka_join.pause();
@@ -32,6 +32,8 @@ SELECT pgkafka_join.reset_offsets('movies', NULL, 10);
 SELECT topic, kafka_partition, next_offset FROM pgkafka_join.input_offsets ORDER BY 1, 2;
 
 SELECT pgkafka_join.resume();
+-- four resets since: a worker that assigned its partitions at generation 0
+-- drops its next batch and assigns them again from the stored offsets
 SELECT pgkafka_join.begin_batch();
 SELECT paused FROM pgkafka_join.control;
 TRUNCATE pgkafka_join.input_offsets;

@@ -444,9 +444,10 @@ SELECT pg_catalog.pg_extension_config_dump('rated_movies_id_seq', '');
 CREATE TABLE control (
     paused          boolean NOT NULL,
     changed_at      timestamptz NOT NULL,
+    offsets_generation bigint NOT NULL,   -- counts reset_offsets() calls
     singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton)
 );
-INSERT INTO control (paused, changed_at) VALUES (false, now());
+INSERT INTO control (paused, changed_at, offsets_generation) VALUES (false, now(), 0);
 SELECT pg_catalog.pg_extension_config_dump('control', '');
 
 CREATE FUNCTION wake_worker() RETURNS void
@@ -456,17 +457,20 @@ AS 'MODULE_PATHNAME', 'pgkafka_join_wake_worker';
 /*
  * begin_batch
  *		First call of every batch the worker stores: takes the ingest lock and
- *		says whether ingest is paused, in which case the worker drops the
- *		batch unstored.  pause() takes the same lock, so once it returns no
- *		batch commits until resume().
+ *		returns the offsets generation, or NULL if ingest is paused, in which
+ *		case the worker drops the batch unstored.  pause() takes the same
+ *		lock, so once it returns no batch commits until resume().  If the
+ *		generation is not the one the worker assigned its partitions with,
+ *		offsets were reset meanwhile: the worker drops the batch and assigns
+ *		again from the stored offsets.
  */
-CREATE FUNCTION begin_batch() RETURNS boolean
+CREATE FUNCTION begin_batch() RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM pgkafka_join.lock_ingest();
-    RETURN NOT (SELECT paused FROM pgkafka_join.control);
+    RETURN (SELECT CASE WHEN NOT paused THEN offsets_generation END FROM pgkafka_join.control);
 END
 $$;
 
@@ -546,6 +550,7 @@ BEGIN
            SET next_offset = excluded.next_offset, updated_at = excluded.updated_at;
         changed := 1;
     END IF;
+    UPDATE pgkafka_join.control SET offsets_generation = offsets_generation + 1;
     RETURN changed;
 END
 $$;

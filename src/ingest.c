@@ -531,10 +531,12 @@ ingest_error_callback(void *arg)
  *		Store a batch and the offsets after it, in one transaction.  Returns
  *		with the transaction committed; an error aborts it whole and the
  *		batch is consumed again from the stored offsets.  Returns false,
- *		storing nothing, if ingest is paused (see pause() in SQL).
+ *		storing nothing, if ingest is paused or the offsets were reset since
+ *		the partitions were assigned with offsets_generation (see pause()
+ *		and reset_offsets() in SQL); the caller then looks at control again.
  */
 bool
-pkj_ingest_batch(PkjBatch *batch, int64 *results)
+pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 {
 	static const Oid offset_types[] = {TEXTOID, INT4OID, INT8OID};
 	ErrorContextCallback errcallback;
@@ -542,6 +544,7 @@ pkj_ingest_batch(PkjBatch *batch, int64 *results)
 	ListCell   *lc;
 	MemoryContext old;
 	bool		isnull;
+	int64		generation;
 
 	*results = 0;
 	if (batch->count == 0)
@@ -564,10 +567,14 @@ pkj_ingest_batch(PkjBatch *batch, int64 *results)
 	old = MemoryContextSwitchTo(batch->cxt);
 	prepare_plans();
 
-	/* the ingest lock, and whether ingest is paused */
+	/*
+	 * The ingest lock; then whether ingest is paused, or the offsets were
+	 * reset since the partitions were assigned
+	 */
 	if (SPI_execute_plan(begin_batch_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not call pgkafka_join.begin_batch()");
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	generation = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (isnull || generation != offsets_generation)
 	{
 		MemoryContextSwitchTo(old);
 		SPI_finish();

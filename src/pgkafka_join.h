@@ -96,7 +96,8 @@ extern bool pkj_batch_full(PkjBatch *batch);
 
 /* The most bytes of keys and values one batch holds */
 #define PKJ_BATCH_MAX_BYTES ((Size) 256 * 1024 * 1024)
-extern bool pkj_ingest_batch(PkjBatch *batch, int64 *results);
+extern bool pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation,
+							 int64 *results);
 
 /* ---- publish.c ---- */
 extern bool pkj_publisher_ready(void);

@@ -73,6 +73,9 @@ typedef enum WaitReason
 
 static WaitReason logged_wait = WAIT_NONE;
 
+/* control.offsets_generation when the partitions were last assigned */
+static int64 offsets_generation = -1;
+
 void
 pkj_register_launcher(void)
 {
@@ -254,6 +257,7 @@ assign_partitions(void)
 	int			nratings = pkj_kafka_partition_count(pkj_kafka.ratings_topic, 10000);
 	rd_kafka_topic_partition_list_t *parts;
 	rd_kafka_resp_err_t err;
+	bool		isnull0;
 
 	if (nmovies < 0 || nratings < 0)
 	{
@@ -284,6 +288,11 @@ assign_partitions(void)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_execute("SELECT offsets_generation FROM pgkafka_join.control", true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not read pgkafka_join.control");
+	offsets_generation = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+													 SPI_tuptable->tupdesc, 1, &isnull0));
 	if (SPI_execute("SELECT topic, kafka_partition, next_offset FROM pgkafka_join.input_offsets",
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pgkafka_join.input_offsets");
@@ -385,16 +394,16 @@ consume_batch(PkjBatch *batch, long timeout_ms)
 		pkj_kafka_serve_producer();
 		if (ConfigReloadPending)
 			break;
-		if ((rc & WL_TIMEOUT) && pkj_batch_count(batch) == 0)
+		/* an empty batch returns on a timeout or a wake-up (pause, resume) */
+		if ((rc & (WL_TIMEOUT | WL_LATCH_SET)) && pkj_batch_count(batch) == 0)
 			break;
 	}
 }
 
-/* Is ingest paused (pgkafka_join.control)? */
-static bool
-ingest_paused(void)
+/* What pgkafka_join.control says: paused, and the offsets generation */
+static void
+read_control(bool *paused, int64 *generation)
 {
-	bool		paused;
 	bool		isnull;
 
 	SetCurrentStatementStartTimestamp();
@@ -402,14 +411,43 @@ ingest_paused(void)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
-	if (SPI_execute("SELECT paused FROM pgkafka_join.control", true, 1) != SPI_OK_SELECT ||
+	if (SPI_execute("SELECT paused, offsets_generation FROM pgkafka_join.control", true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not read pgkafka_join.control");
-	paused = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	*paused = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	*generation = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+}
+
+static bool
+ingest_paused(void)
+{
+	bool		paused;
+	int64		generation;
+
+	read_control(&paused, &generation);
 	return paused;
+}
+
+/* Have the offsets been reset since the partitions were assigned? */
+static bool
+offsets_reset(void)
+{
+	bool		paused;
+	int64		generation;
+
+	read_control(&paused, &generation);
+	return generation != offsets_generation;
+}
+
+/* Assign the partitions again, from the stored offsets, before the next batch */
+static void
+force_reassign(void)
+{
+	pkj_kafka.assigned_movies = -1;
+	pkj_kafka.assigned_ratings = -1;
 }
 
 /* Stop fetching while paused; resume() makes the worker assign again */
@@ -417,8 +455,7 @@ static void
 enter_pause(void)
 {
 	rd_kafka_assign(pkj_kafka.consumer, NULL);
-	pkj_kafka.assigned_movies = -1;
-	pkj_kafka.assigned_ratings = -1;
+	force_reassign();
 	pkj_status_reset_partitions();
 	ereport(LOG, (errmsg("pgkafka_join ingest is paused"),
 				  errhint("SELECT pgkafka_join.resume() resumes it from the stored offsets.")));
@@ -456,14 +493,14 @@ static void
 log_progress(int64 *last_total)
 {
 	int64		lag = pkj_status_total_lag();
-	double		rate = pkj_status_message_rate();
+	int64		total = pkj_status_messages_total();
+	double		rate = (double) (total - *last_total) / (PROGRESS_LOG_MS / 1000);
 
 	if (lag > pkj_batch_size && rate > 0)
 		ereport(LOG,
 				(errmsg("pgkafka_join is catching up: " INT64_FORMAT " messages stored in the last %d s, " INT64_FORMAT " left, %.0f messages/s, about %.0f s to go",
-						pkj_status_messages_total() - *last_total, PROGRESS_LOG_MS / 1000,
-						lag, rate, lag / rate)));
-	*last_total = pkj_status_messages_total();
+						total - *last_total, PROGRESS_LOG_MS / 1000, lag, rate, lag / rate)));
+	*last_total = total;
 }
 
 /*
@@ -615,10 +652,21 @@ pkj_worker_main(Datum arg)
 		consume_batch(batch, more_to_publish ? 0 : pkj_retry_interval);
 		if (pkj_batch_count(batch) > 0)
 		{
-			if (!pkj_ingest_batch(batch, &results))
+			if (!pkj_ingest_batch(batch, offsets_generation, &results))
 			{
-				paused = true;
-				enter_pause();
+				/* dropped unstored: paused, or offsets were reset */
+				if (ingest_paused())
+				{
+					paused = true;
+					enter_pause();
+				}
+				else
+				{
+					ereport(LOG,
+							(errmsg("pgkafka_join input offsets were reset; consuming from the stored offsets")));
+					force_reassign();
+					next_metadata = 0;
+				}
 				continue;
 			}
 			if (results > 0)
@@ -626,11 +674,19 @@ pkj_worker_main(Datum arg)
 		}
 		else
 		{
-			/* idle: pause() or resume() may have woken us */
+			/* idle: pause() or reset_offsets() may have woken us */
 			if (ingest_paused())
 			{
 				paused = true;
 				enter_pause();
+				continue;
+			}
+			if (offsets_reset())
+			{
+				ereport(LOG,
+						(errmsg("pgkafka_join input offsets were reset; consuming from the stored offsets")));
+				force_reassign();
+				next_metadata = 0;
 				continue;
 			}
 			/* look for results stored by other means (SQL calls) */
