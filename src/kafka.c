@@ -60,6 +60,9 @@ log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 		elevel = LOG;
 	else
 		elevel = DEBUG1;
+	/* a broker connection failure: error_cb reports it too, once is enough */
+	if (strcmp(fac, "FAIL") == 0)
+		elevel = DEBUG1;
 
 	ereport(elevel,
 			(errmsg("librdkafka %s: %s: %s", rd_kafka_name(rk), fac, buf)));

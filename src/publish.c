@@ -65,6 +65,7 @@ typedef struct Landed
 
 static int64 published_id = -1;	/* last id committed to Kafka; -1: unknown */
 static bool output_topic_checked = false;
+static bool output_wait_logged = false;	/* said we wait for the output topic */
 
 /* filled by the delivery reports of the transaction in progress */
 static Landed *landed = NULL;
@@ -158,6 +159,7 @@ retry_wait(long ms)
 					 ms, PG_WAIT_EXTENSION);
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
+	pkj_kafka_serve_producer();	/* its logs, while the brokers are away */
 }
 
 /* Run one SPI query in a transaction of its own, for small reads */
@@ -232,13 +234,17 @@ pkj_publisher_ready(void)
 
 		if (n <= 0)
 		{
-			ereport(LOG,
-					(errmsg("pgkafka_join is waiting for the output topic \"%s\"",
-							pkj_kafka.output_topic),
-					 n == 0 ? errhint("Create the topic, or set pgkafka_join.output_topic.")
-					 : errdetail("%s", pkj_kafka_last_error)));
+			/* once per wait, not at every retry */
+			if (!output_wait_logged)
+				ereport(LOG,
+						(errmsg("pgkafka_join is waiting for the output topic \"%s\"",
+								pkj_kafka.output_topic),
+						 n == 0 ? errhint("Create the topic, or set pgkafka_join.output_topic.")
+						 : errdetail("%s", pkj_kafka_last_error)));
+			output_wait_logged = true;
 			return false;
 		}
+		output_wait_logged = false;
 		output_topic_checked = true;
 	}
 

@@ -68,6 +68,7 @@ typedef enum WaitReason
 	WAIT_NONE,
 	WAIT_BROKERS,
 	WAIT_EXTENSION,
+	WAIT_UNREACHABLE,
 	WAIT_TOPICS
 } WaitReason;
 
@@ -253,18 +254,25 @@ run_sql(const char *sql, const char *activity)
 static bool
 assign_partitions(void)
 {
-	int			nmovies = pkj_kafka_partition_count(pkj_kafka.movies_topic, 10000);
-	int			nratings = pkj_kafka_partition_count(pkj_kafka.ratings_topic, 10000);
+	int			nmovies = pkj_kafka_partition_count(pkj_kafka.movies_topic, 5000);
+	int			nratings = nmovies < 0 ? -1 :
+		pkj_kafka_partition_count(pkj_kafka.ratings_topic, 5000);
 	rd_kafka_topic_partition_list_t *parts;
 	rd_kafka_resp_err_t err;
 	bool		isnull0;
 
 	if (nmovies < 0 || nratings < 0)
 	{
-		log_wait(WAIT_TOPICS, psprintf("pgkafka_join cannot reach the Kafka brokers: %s",
-									   pkj_kafka_last_error),
+		log_wait(WAIT_UNREACHABLE, psprintf("pgkafka_join cannot reach the Kafka brokers: %s",
+											pkj_kafka_last_error),
 				 "Check pgkafka_join.brokers and pgkafka_join.kafka_properties.");
 		return false;
+	}
+	if (logged_wait == WAIT_UNREACHABLE)
+	{
+		/* say so, and log the next outage again */
+		ereport(LOG, (errmsg("pgkafka_join reaches the Kafka brokers again")));
+		logged_wait = WAIT_NONE;
 	}
 	if (nmovies == pkj_kafka.assigned_movies && nratings == pkj_kafka.assigned_ratings)
 		return true;
@@ -642,10 +650,15 @@ pkj_worker_main(Datum arg)
 			if (!assign_partitions())
 			{
 				pkj_status_set_state("waiting for topics");
+				pkj_kafka_serve_producer();
 				wait_latch(pkj_retry_interval);
 				continue;
 			}
-			next_metadata = TimestampTzPlusMilliseconds(now, METADATA_REFRESH_MS);
+			/* a missing input topic is looked for again soon */
+			next_metadata = TimestampTzPlusMilliseconds(now,
+														pkj_kafka.assigned_movies == 0 ||
+														pkj_kafka.assigned_ratings == 0 ?
+														pkj_retry_interval : METADATA_REFRESH_MS);
 		}
 
 		pkj_status_set_state("consuming");

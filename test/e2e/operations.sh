@@ -106,7 +106,7 @@ psql_q "SELECT pg_reload_conf()" >/dev/null
 wait_for 60 '[ "$(psql_q "SELECT last_error IS NOT NULL AND last_error_at > now() - interval '"'"'30 s'"'"' FROM pgkafka_join.status")" = t ]' ||
 	fail "no error in the status view: $(psql_q "SELECT * FROM pgkafka_join.status")"
 pass "the status view reports: $(psql_q "SELECT last_error FROM pgkafka_join.status")"
-grep -q "kafka client pgkafka_join-" "$PG_DIR/server.log" ||
+wait_for 30 "grep -qE 'cannot reach the Kafka brokers|kafka client pgkafka_join-' '$PG_DIR/server.log'" ||
 	fail "the error is not in the server log"
 ! grep -q "sasl.password=wrong\|'wrong'" <(grep -v 'parameter "pgkafka_join.kafka_properties" changed' "$PG_DIR/server.log") ||
 	fail "the password was written to the log by pgkafka_join"
