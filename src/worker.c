@@ -359,9 +359,18 @@ consume_batch(PkjBatch *batch, long timeout_ms)
 
 		if (msg == NULL)
 		{
-			/* empty: clear the pipe, then look once more before sleeping */
+			/*
+			 * A poll that served a callback (a log line, an error) returns
+			 * no message although more may be queued: look again while the
+			 * queue holds anything.  Only an empty queue writes to the pipe
+			 * when it fills again, so clear the pipe, then check once more
+			 * before sleeping on it.
+			 */
+			if (rd_kafka_queue_length(pkj_kafka.queue) > 0)
+				continue;
 			pkj_kafka_drain_wakeup();
-			msg = rd_kafka_consumer_poll(pkj_kafka.consumer, 0);
+			if (rd_kafka_queue_length(pkj_kafka.queue) > 0)
+				continue;
 		}
 		if (msg != NULL)
 		{
