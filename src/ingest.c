@@ -502,17 +502,11 @@ create_partitions_ahead(Rows *ratings)
 		args[0] = PointerGetDatum(construct_md_array(elems, NULL, 1, &n, lbs,
 													 TIMESTAMPTZOID, sizeof(TimestampTz),
 													 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		PushActiveSnapshot(GetTransactionSnapshot());
+		pkj_begin_spi("creating partitions for a batch");
 		plan = SPI_prepare("SELECT pgkafka_join.create_partitions_for($1)", 1, argtypes);
 		if (plan == NULL || SPI_execute_plan(plan, args, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not create partitions ahead of a batch");
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		pkj_end_spi();
 	}
 }
 
@@ -557,12 +551,7 @@ pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 
 	create_partitions_ahead(&batch->ratings);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	pgstat_report_activity(STATE_RUNNING, "storing a batch");
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
+	pkj_begin_spi("storing a batch");
 
 	old = MemoryContextSwitchTo(batch->cxt);
 	prepare_plans();
@@ -602,10 +591,7 @@ pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 	store_rows(store_offsets_plan, &offsets);
 	MemoryContextSwitchTo(old);
 
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_activity(STATE_IDLE, NULL);
+	pkj_end_spi();
 
 	error_context_stack = errcallback.previous;
 	pkj_status_count_batch(batch->count, *results);

@@ -123,6 +123,8 @@ extern double pkj_status_message_rate(void);
 extern int64 pkj_status_messages_total(void);
 
 /* ---- worker.c ---- */
+extern void pkj_begin_spi(const char *activity);
+extern void pkj_end_spi(void);
 extern void pkj_register_launcher(void);
 extern PGDLLEXPORT void pkj_launcher_main(Datum arg);
 extern PGDLLEXPORT void pkj_worker_main(Datum arg);

@@ -162,27 +162,6 @@ retry_wait(long ms)
 	pkj_kafka_serve_producer();	/* its logs, while the brokers are away */
 }
 
-/* Run one SPI query in a transaction of its own, for small reads */
-static void
-begin_spi(const char *activity)
-{
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, activity);
-}
-
-static void
-end_spi(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_activity(STATE_IDLE, NULL);
-}
-
 static SPIPlanPtr
 keep_plan(const char *sql, int nargs, Oid *argtypes)
 {
@@ -204,7 +183,7 @@ stored_position(void)
 	bool		isnull;
 	int64		result;
 
-	begin_spi("reading the output position");
+	pkj_begin_spi("reading the output position");
 	if (position_plan == NULL)
 		position_plan = keep_plan("SELECT coalesce(max(last_id), 0) FROM pgkafka_join.output_position WHERE topic = $1",
 								  1, argtypes);
@@ -213,7 +192,7 @@ stored_position(void)
 		elog(ERROR, "could not read pgkafka_join.output_position");
 	result = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 										 SPI_tuptable->tupdesc, 1, &isnull));
-	end_spi();
+	pkj_end_spi();
 	return result;
 }
 
@@ -328,7 +307,7 @@ fetch_results(MemoryContext cxt, PendingResult **results)
 	PendingResult	   *res;
 	int			n;
 
-	begin_spi("reading results to publish");
+	pkj_begin_spi("reading results to publish");
 	if (fetch_plan == NULL)
 		fetch_plan = keep_plan("SELECT r.id, r.movie_id::text, pgkafka_join.output_value(r) "
 							   "FROM pgkafka_join.rated_movies r "
@@ -351,7 +330,7 @@ fetch_results(MemoryContext cxt, PendingResult **results)
 		res[i].key = MemoryContextStrdup(cxt, SPI_getvalue(tup, desc, 2));
 		res[i].value = MemoryContextStrdup(cxt, SPI_getvalue(tup, desc, 3));
 	}
-	end_spi();
+	pkj_end_spi();
 	*results = res;
 	return n;
 }
@@ -363,7 +342,7 @@ record_landed(void)
 	Oid			argtypes[4] = {TEXTOID, INT4OID, INT8OID, INT8OID};
 	Datum		args[4];
 
-	begin_spi("recording the output position");
+	pkj_begin_spi("recording the output position");
 	if (record_plan == NULL)
 		record_plan = keep_plan("INSERT INTO pgkafka_join.output_position AS op "
 								"VALUES ($1, $2, $3, $4, now()) "
@@ -383,7 +362,7 @@ record_landed(void)
 		if (SPI_execute_plan(record_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not update pgkafka_join.output_position");
 	}
-	end_spi();
+	pkj_end_spi();
 }
 
 /* Produce one record into the open transaction, waiting while the queue is full */

@@ -227,22 +227,40 @@ extension_oid(void)
 	return oid;
 }
 
-/* Run one SQL statement without parameters in a transaction of its own */
-static void
-run_sql(const char *sql, const char *activity)
+/*
+ * pkj_begin_spi / pkj_end_spi
+ *		A transaction of its own, with SPI and a snapshot, around one step of
+ *		the worker; activity is what pg_stat_activity shows meanwhile.
+ */
+void
+pkj_begin_spi(const char *activity)
 {
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, activity);
-	if (SPI_execute(sql, false, 0) < 0)
-		elog(ERROR, "could not run \"%s\"", sql);
+	if (activity)
+		pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+void
+pkj_end_spi(void)
+{
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* Run one SQL statement without parameters in a transaction of its own */
+static void
+run_sql(const char *sql, const char *activity)
+{
+	pkj_begin_spi(activity);
+	if (SPI_execute(sql, false, 0) < 0)
+		elog(ERROR, "could not run \"%s\"", sql);
+	pkj_end_spi();
 }
 
 /*
@@ -291,11 +309,7 @@ assign_partitions(void)
 			RD_KAFKA_OFFSET_BEGINNING;
 
 	/* the stored offsets */
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
+	pkj_begin_spi("reading the input offsets");
 	if (SPI_execute("SELECT offsets_generation FROM pgkafka_join.control", true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not read pgkafka_join.control");
@@ -317,9 +331,7 @@ assign_partitions(void)
 		if (tp)
 			tp->offset = offset;
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	pkj_end_spi();
 
 	err = rd_kafka_assign(pkj_kafka.consumer, parts);
 	rd_kafka_topic_partition_list_destroy(parts);
@@ -423,19 +435,13 @@ read_control(bool *paused, int64 *generation)
 {
 	bool		isnull;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
+	pkj_begin_spi(NULL);
 	if (SPI_execute("SELECT paused, offsets_generation FROM pgkafka_join.control", true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not read pgkafka_join.control");
 	*paused = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	*generation = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	pkj_end_spi();
 }
 
 static bool
