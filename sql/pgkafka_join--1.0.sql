@@ -195,6 +195,55 @@ AS $$
 $$;
 
 /*
+ * join_waiting
+ *		Publish the ratings inside the window that wait for the movies just
+ *		stored (NULL titles, tombstones, are skipped).  Called by store_movies
+ *		and by the worker after it copied new movies in; the caller holds the
+ *		ingest lock.  Returns the number of rated movies produced.
+ */
+CREATE FUNCTION join_waiting(ids bigint[], titles text[], release_years integer[])
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET jit = off
+AS $$
+DECLARE
+    first_id bigint;
+    produced bigint;
+BEGIN
+    -- the ratings waiting for these movies; usually none while a catalog loads
+    IF NOT EXISTS (SELECT 1 FROM pgkafka_join.ratings r
+                    WHERE NOT r.joined AND r.rated_at >= now() - pgkafka_join.join_window()) THEN
+        RETURN 0;
+    END IF;
+    first_id := pgkafka_join.reserve_result_ids();
+    WITH waiting AS (
+        UPDATE pgkafka_join.ratings r
+           SET joined = true
+          FROM unnest(ids, titles, release_years) AS l(id, title, release_year)
+         WHERE r.movie_id = l.id
+           AND l.title IS NOT NULL
+           AND NOT r.joined
+           AND r.rated_at >= now() - pgkafka_join.join_window()
+        RETURNING r.movie_id, l.title, l.release_year, r.rating, r.rated_at,
+                  r.kafka_partition, r.kafka_offset
+    ),
+    published AS (
+        INSERT INTO pgkafka_join.rated_movies
+        SELECT first_id + row_number() OVER () - 1, movie_id, title, release_year,
+               rating, rated_at, now(), kafka_partition, kafka_offset
+          FROM waiting
+        RETURNING 1
+    )
+    SELECT count(*) INTO produced FROM published;
+    PERFORM pgkafka_join.finish_result_ids(first_id, produced);
+
+    RETURN produced;
+END
+$$;
+
+/*
  * store_movies
  *		Store one batch of movie messages, in Kafka order, and publish the
  *		ratings that were waiting for these movies.
@@ -215,8 +264,6 @@ DECLARE
     l_ids bigint[];
     l_titles text[];
     l_years integer[];
-    first_id bigint;
-    produced bigint;
 BEGIN
     PERFORM pgkafka_join.lock_ingest();
 
@@ -250,34 +297,7 @@ BEGIN
                updated_at = excluded.updated_at;
     END;
 
-    -- the ratings waiting for these movies; usually none while a catalog loads
-    IF NOT EXISTS (SELECT 1 FROM pgkafka_join.ratings r
-                    WHERE NOT r.joined AND r.rated_at >= now() - pgkafka_join.join_window()) THEN
-        RETURN 0;
-    END IF;
-    first_id := pgkafka_join.reserve_result_ids();
-    WITH waiting AS (
-        UPDATE pgkafka_join.ratings r
-           SET joined = true
-          FROM unnest(l_ids, l_titles, l_years) AS l(id, title, release_year)
-         WHERE r.movie_id = l.id
-           AND l.title IS NOT NULL
-           AND NOT r.joined
-           AND r.rated_at >= now() - pgkafka_join.join_window()
-        RETURNING r.movie_id, l.title, l.release_year, r.rating, r.rated_at,
-                  r.kafka_partition, r.kafka_offset
-    ),
-    published AS (
-        INSERT INTO pgkafka_join.rated_movies
-        SELECT first_id + row_number() OVER () - 1, movie_id, title, release_year,
-               rating, rated_at, now(), kafka_partition, kafka_offset
-          FROM waiting
-        RETURNING 1
-    )
-    SELECT count(*) INTO produced FROM published;
-    PERFORM pgkafka_join.finish_result_ids(first_id, produced);
-
-    RETURN produced;
+    RETURN pgkafka_join.join_waiting(l_ids, l_titles, l_years);
 END
 $$;
 

@@ -22,14 +22,20 @@
  */
 #include "postgres.h"
 
+#include "access/table.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "commands/copy.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_node.h"
+#include "parser/parse_relation.h"
 #include "executor/spi.h"
 #include "lib/qunique.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "utils/array.h"
+#include "utils/resowner.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -75,9 +81,22 @@ struct PkjBatch
 	List	   *offsets;		/* of InputOffset */
 };
 
+/*
+ * After COPY of a batch of movies failed on an id already stored (the
+ * catalog is being updated, not loaded), this many batches use the upsert
+ * directly instead of trying COPY first.
+ */
+#define COPY_BACKOFF_BATCHES 100
+static int	copy_backoff = 0;
+
+/* What copy_movies_read() hands to COPY, and how far it got */
+static StringInfoData copy_data;
+static int	copy_data_pos;
+
 /* Plans of the SQL calls, kept across batches */
 static SPIPlanPtr begin_batch_plan = NULL;
 static SPIPlanPtr store_movies_plan = NULL;
+static SPIPlanPtr join_waiting_plan = NULL;
 static SPIPlanPtr store_ratings_plan = NULL;
 static SPIPlanPtr store_rejected_plan = NULL;
 static SPIPlanPtr store_offsets_plan = NULL;
@@ -401,6 +420,8 @@ prepare_plans(void)
 	begin_batch_plan = prepare("SELECT pgkafka_join.begin_batch()", 0, NULL);
 	store_movies_plan = prepare("SELECT pgkafka_join.store_movies($1, $2, $3)",
 								3, movies_args);
+	join_waiting_plan = prepare("SELECT pgkafka_join.join_waiting($1, $2, $3)",
+								3, movies_args);
 	store_ratings_plan = prepare("SELECT pgkafka_join.store_ratings($1, $2, $3, $4, $5)",
 								 5, ratings_args);
 	store_rejected_plan = prepare("SELECT pgkafka_join.store_rejected($1, $2, $3, $4, $5, $6)",
@@ -510,6 +531,149 @@ create_partitions_ahead(Rows *ratings)
 	}
 }
 
+/* COPY's data source: the text built by copy_new_movies() */
+static int
+copy_movies_read(void *outbuf, int minread, int maxread)
+{
+	int			n = Min(maxread, copy_data.len - copy_data_pos);
+
+	memcpy(outbuf, copy_data.data + copy_data_pos, n);
+	copy_data_pos += n;
+	return n;
+}
+
+/* Append a text value in COPY's text format */
+static void
+copy_append_text(StringInfo buf, const char *s)
+{
+	for (; *s; s++)
+	{
+		switch (*s)
+		{
+			case '\\':
+				appendStringInfoString(buf, "\\\\");
+				break;
+			case '\t':
+				appendStringInfoString(buf, "\\t");
+				break;
+			case '\n':
+				appendStringInfoString(buf, "\\n");
+				break;
+			case '\r':
+				appendStringInfoString(buf, "\\r");
+				break;
+			default:
+				appendStringInfoChar(buf, *s);
+		}
+	}
+}
+
+static int
+int64_cmp(const void *a, const void *b)
+{
+	int64		ia = *(const int64 *) a;
+	int64		ib = *(const int64 *) b;
+
+	return ia < ib ? -1 : ia > ib ? 1 : 0;
+}
+
+/*
+ * copy_new_movies
+ *		Store a batch of movies that are all new with COPY, the fastest way
+ *		into a table, as while a catalog is first loaded.
+ *
+ * Only for a batch without tombstones or repeated ids.  COPY runs in a
+ * subtransaction: if an id is already stored, it is rolled back and false
+ * returned, and the caller upserts the batch instead.  The caller holds the
+ * ingest lock.
+ */
+static bool
+copy_new_movies(Rows *movies)
+{
+	int64	   *ids;
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	char	   *now_text;
+	volatile bool copied = false;
+
+	if (copy_backoff > 0)
+	{
+		copy_backoff--;
+		return false;
+	}
+
+	ids = palloc(movies->count * sizeof(int64));
+	for (int i = 0; i < movies->count; i++)
+	{
+		if (movies->columns[1].nulls[i])
+			return false;		/* a tombstone */
+		ids[i] = DatumGetInt64(movies->columns[0].values[i]);
+	}
+	qsort(ids, movies->count, sizeof(int64), int64_cmp);
+	if (qunique(ids, movies->count, sizeof(int64), int64_cmp) != movies->count)
+		return false;			/* an id twice: the last one must win */
+
+	now_text = DatumGetCString(DirectFunctionCall1(timestamptz_out,
+												   TimestampTzGetDatum(GetCurrentTransactionStartTimestamp())));
+	initStringInfo(&copy_data);
+	for (int i = 0; i < movies->count; i++)
+	{
+		appendStringInfo(&copy_data, INT64_FORMAT "\t",
+						 DatumGetInt64(movies->columns[0].values[i]));
+		copy_append_text(&copy_data, TextDatumGetCString(movies->columns[1].values[i]));
+		if (movies->columns[2].nulls[i])
+			appendStringInfoString(&copy_data, "\t\\N\t");
+		else
+			appendStringInfo(&copy_data, "\t%d\t", DatumGetInt32(movies->columns[2].values[i]));
+		appendStringInfoString(&copy_data, now_text);
+		appendStringInfoChar(&copy_data, '\n');
+	}
+	copy_data_pos = 0;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		Relation	rel;
+		ParseState *pstate;
+		CopyFromState cstate;
+
+		rel = table_openrv(makeRangeVar("pgkafka_join", "movies", -1), RowExclusiveLock);
+		pstate = make_parsestate(NULL);
+		(void) addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock,
+											 NULL, false, false);
+		cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_movies_read,
+							   NIL, NIL);
+		(void) CopyFrom(cstate);
+		EndCopyFrom(cstate);
+		free_parsestate(pstate);
+		table_close(rel, NoLock);
+
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		copied = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION)
+			ReThrowError(edata);
+		FreeErrorData(edata);
+		copy_backoff = COPY_BACKOFF_BATCHES;
+	}
+	PG_END_TRY();
+
+	return copied;
+}
+
 static void
 ingest_error_callback(void *arg)
 {
@@ -574,7 +738,10 @@ pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 		return false;
 	}
 
-	*results += store_rows(store_movies_plan, &batch->movies);
+	if (batch->movies.count > 0 && copy_new_movies(&batch->movies))
+		*results += store_rows(join_waiting_plan, &batch->movies);
+	else
+		*results += store_rows(store_movies_plan, &batch->movies);
 	*results += store_rows(store_ratings_plan, &batch->ratings);
 	store_rows(store_rejected_plan, &batch->rejected);
 
