@@ -23,6 +23,7 @@ SHOW pgkafka_join.kafka_properties;
 -- a reader reads the tables and the status views, nothing more
 SET ROLE regress_pkj_reader;
 SHOW pgkafka_join.kafka_properties;
+SHOW pgkafka_join.kafka_properties_file;
 SELECT current_setting('pgkafka_join.kafka_properties');
 SELECT count(*) FROM pg_settings WHERE name = 'pgkafka_join.kafka_properties';
 SELECT count(*) FROM pg_settings WHERE name = 'pgkafka_join.brokers';

@@ -33,6 +33,7 @@ char	   *pkj_ratings_topic = NULL;
 char	   *pkj_output_topic = NULL;
 char	   *pkj_join_window = NULL;
 char	   *pkj_kafka_properties = NULL;
+char	   *pkj_kafka_properties_file = NULL;
 char	   *pkj_transactional_id = NULL;
 int			pkj_batch_size = 10000;
 int			pkj_batch_delay = 100;
@@ -166,41 +167,22 @@ pkj_parse_properties(const char *text, List **props, char **errmsg)
 }
 
 /*
- * Each property must be one librdkafka knows, with a value it accepts:
- * tried on a scratch configuration, so that a typo is refused by the reload
- * instead of stopping the worker.
+ * pkj_check_properties
+ *		Each property must be one librdkafka knows, with a value it accepts
+ *		(tried on a scratch configuration, so that a typo is refused by the
+ *		reload instead of stopping the worker), and none of those
+ *		exactly-once depends on.  Returns false with *errmsg set otherwise.
  */
-static bool
-check_kafka_properties(char **newval, void **extra, GucSource source)
+bool
+pkj_check_properties(List *props, char **errmsg)
 {
-	List	   *props;
-	char	   *errmsg;
 	ListCell   *lc;
-	rd_kafka_conf_t *conf;
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 
-	if (!pkj_parse_properties(*newval, &props, &errmsg))
-	{
-		GUC_check_errdetail("%s.", errmsg);
-		return false;
-	}
-	conf = rd_kafka_conf_new();
 	foreach(lc, props)
 	{
 		PkjProperty *prop = lfirst(lc);
 		char		errstr[512];
-
-		if (rd_kafka_conf_set(conf, prop->key, prop->value, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
-		{
-			rd_kafka_conf_destroy(conf);
-			GUC_check_errdetail("librdkafka: %s.", errstr);
-			return false;
-		}
-	}
-	rd_kafka_conf_destroy(conf);
-
-	foreach(lc, props)
-	{
-		PkjProperty *prop = lfirst(lc);
 
 		/* these are owned by pgkafka_join: changing them breaks exactly-once */
 		if (strcmp(prop->key, "transactional.id") == 0 ||
@@ -209,11 +191,44 @@ check_kafka_properties(char **newval, void **extra, GucSource source)
 			strcmp(prop->key, "enable.idempotence") == 0 ||
 			strcmp(prop->key, "partitioner") == 0)
 		{
-			GUC_check_errdetail("Property \"%s\" is set by pgkafka_join itself.",
-								prop->key);
-			GUC_check_errhint("Use pgkafka_join.transactional_id for the transactional id.");
+			rd_kafka_conf_destroy(conf);
+			*errmsg = psprintf("property \"%s\" is set by pgkafka_join itself", prop->key);
 			return false;
 		}
+		if (rd_kafka_conf_set(conf, prop->key, prop->value, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
+		{
+			rd_kafka_conf_destroy(conf);
+			*errmsg = psprintf("librdkafka: %s", errstr);
+			return false;
+		}
+	}
+	rd_kafka_conf_destroy(conf);
+	return true;
+}
+
+static bool
+check_kafka_properties(char **newval, void **extra, GucSource source)
+{
+	List	   *props;
+	char	   *errmsg;
+
+	if (!pkj_parse_properties(*newval, &props, &errmsg) ||
+		!pkj_check_properties(props, &errmsg))
+	{
+		GUC_check_errdetail("%s.", errmsg);
+		GUC_check_errhint("Use pgkafka_join.transactional_id for the transactional id.");
+		return false;
+	}
+	return true;
+}
+
+static bool
+check_kafka_properties_file(char **newval, void **extra, GucSource source)
+{
+	if (**newval != '\0' && !is_absolute_path(*newval))
+	{
+		GUC_check_errdetail("The path of the properties file must be absolute.");
+		return false;
 	}
 	return true;
 }
@@ -297,6 +312,14 @@ pkj_define_gucs(void)
 							   "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
 							   check_kafka_properties, NULL, NULL);
+
+	DefineCustomStringVariable("pgkafka_join.kafka_properties_file",
+							   "File of extra librdkafka properties, one key=value per line.",
+							   "For secrets: its contents are never shown nor logged.",
+							   &pkj_kafka_properties_file,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   check_kafka_properties_file, NULL, NULL);
 
 	DefineCustomStringVariable("pgkafka_join.transactional_id",
 							   "Kafka transactional id of the publisher, and group id of its position.",

@@ -28,7 +28,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <ctype.h>
+
 #include "access/xlog.h"
+#include "storage/fd.h"
 #include "miscadmin.h"
 #include "utils/memutils.h"
 
@@ -101,12 +104,86 @@ conf_set(rd_kafka_conf_t *conf, const char *key, const char *value)
 }
 
 /*
+ * pkj_read_properties_file
+ *		The properties of pgkafka_join.kafka_properties_file: "key=value"
+ *		lines, '#' comments and blank lines ignored, the value being the rest
+ *		of the line (spaces around it trimmed).  Returns false with *errmsg
+ *		set if the file cannot be read or holds a bad line; the message never
+ *		quotes the file's contents, which are secrets.  No file set: true,
+ *		no properties.
+ */
+bool
+pkj_read_properties_file(List **props, char **content, char **errmsg)
+{
+	FILE	   *file;
+	StringInfoData buf;
+	char		line[8192];
+	int			lineno = 0;
+
+	*props = NIL;
+	*content = pstrdup("");
+	if (pkj_kafka_properties_file[0] == '\0')
+		return true;
+
+	file = AllocateFile(pkj_kafka_properties_file, "r");
+	if (file == NULL)
+	{
+		*errmsg = psprintf("could not open pgkafka_join.kafka_properties_file \"%s\": %m",
+						   pkj_kafka_properties_file);
+		return false;
+	}
+	initStringInfo(&buf);
+	while (fgets(line, sizeof(line), file) != NULL)
+	{
+		char	   *key = line;
+		char	   *eq;
+		char	   *end;
+		PkjProperty *prop;
+
+		lineno++;
+		appendStringInfoString(&buf, line);
+		while (isspace((unsigned char) *key))
+			key++;
+		if (*key == '\0' || *key == '#')
+			continue;
+		eq = strchr(key, '=');
+		if (eq == NULL)
+		{
+			FreeFile(file);
+			*errmsg = psprintf("line %d of pgkafka_join.kafka_properties_file \"%s\" is not key=value",
+							   lineno, pkj_kafka_properties_file);
+			return false;
+		}
+		for (end = eq; end > key && isspace((unsigned char) end[-1]); end--)
+			;
+		prop = palloc(sizeof(PkjProperty));
+		prop->key = pnstrdup(key, end - key);
+		for (key = eq + 1; isspace((unsigned char) *key); key++)
+			;
+		for (end = key + strlen(key); end > key && isspace((unsigned char) end[-1]); end--)
+			;
+		prop->value = pnstrdup(key, end - key);
+		*props = lappend(*props, prop);
+	}
+	FreeFile(file);
+	if (!pkj_check_properties(*props, errmsg))
+	{
+		*errmsg = psprintf("pgkafka_join.kafka_properties_file \"%s\": %s",
+						   pkj_kafka_properties_file, *errmsg);
+		return false;
+	}
+	*content = buf.data;
+	return true;
+}
+
+/*
  * A handle's configuration, in three layers: our defaults for the role
  * (tuning the user may change), then the user's extra properties, then
  * what exactly-once depends on, which guc.c forbids the user to set.
  */
 static rd_kafka_conf_t *
-make_conf(const char *role, const char *const *defaults, const char *const *reserved)
+make_conf(const char *role, const char *const *defaults, const char *const *reserved,
+		  List *file_props)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	List	   *props;
@@ -124,7 +201,7 @@ make_conf(const char *role, const char *const *defaults, const char *const *rese
 
 	if (!pkj_parse_properties(pkj_kafka_properties, &props, &errmsg))
 		elog(ERROR, "pgkafka_join.kafka_properties: %s", errmsg);	/* checked by the GUC */
-	foreach(lc, props)
+	foreach(lc, list_concat(props, file_props))
 	{
 		PkjProperty *prop = lfirst(lc);
 
@@ -179,9 +256,19 @@ pkj_kafka_connect(Oid extension_oid)
 	rd_kafka_conf_t *conf;
 	char	   *txn_id = pkj_transactional_id_value();
 	char	   *group_id = psprintf("%s-%u", txn_id, extension_oid);
-	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	List	   *file_props;
+	char	   *file_content;
+	char	   *problem;
+	MemoryContext old;
 
 	Assert(pkj_kafka.consumer == NULL && pkj_kafka.producer == NULL);
+
+	/* the caller made sure the file reads well */
+	if (!pkj_read_properties_file(&file_props, &file_content, &problem))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 errmsg("%s", problem)));
+	old = MemoryContextSwitchTo(TopMemoryContext);
 
 	/* consumer */
 	{
@@ -204,7 +291,7 @@ pkj_kafka_connect(Oid extension_oid)
 			NULL
 		};
 
-		conf = make_conf("consumer", defaults, reserved);
+		conf = make_conf("consumer", defaults, reserved, file_props);
 	}
 	pkj_kafka.consumer = new_handle(RD_KAFKA_CONSUMER, conf);
 	rd_kafka_poll_set_consumer(pkj_kafka.consumer);
@@ -229,7 +316,7 @@ pkj_kafka_connect(Oid extension_oid)
 			NULL
 		};
 
-		conf = make_conf("producer", defaults, reserved);
+		conf = make_conf("producer", defaults, reserved, file_props);
 	}
 	rd_kafka_conf_set_dr_msg_cb(conf, pkj_delivery_report);
 	pkj_kafka.producer = new_handle(RD_KAFKA_PRODUCER, conf);
@@ -239,6 +326,8 @@ pkj_kafka_connect(Oid extension_oid)
 
 	pkj_kafka.brokers = pstrdup(pkj_brokers);
 	pkj_kafka.properties = pstrdup(pkj_kafka_properties);
+	pkj_kafka.properties_file = pstrdup(pkj_kafka_properties_file);
+	pkj_kafka.properties_file_content = pstrdup(file_content);
 	pkj_kafka.movies_topic = pstrdup(pkj_movies_topic);
 	pkj_kafka.ratings_topic = pstrdup(pkj_ratings_topic);
 	pkj_kafka.output_topic = pstrdup(pkj_output_topic);
@@ -276,6 +365,8 @@ pkj_kafka_disconnect(void)
 	{
 		pfree(pkj_kafka.brokers);
 		pfree(pkj_kafka.properties);
+		pfree(pkj_kafka.properties_file);
+		pfree(pkj_kafka.properties_file_content);
 		pfree(pkj_kafka.movies_topic);
 		pfree(pkj_kafka.ratings_topic);
 		pfree(pkj_kafka.output_topic);
@@ -287,6 +378,16 @@ pkj_kafka_disconnect(void)
 bool
 pkj_kafka_settings_changed(void)
 {
+	List	   *file_props;
+	char	   *file_content;
+	char	   *problem;
+
+	/* the file's contents count too; one that no longer reads is a change */
+	if (strcmp(pkj_kafka.properties_file, pkj_kafka_properties_file) != 0 ||
+		!pkj_read_properties_file(&file_props, &file_content, &problem) ||
+		strcmp(pkj_kafka.properties_file_content, file_content) != 0)
+		return true;
+
 	return strcmp(pkj_kafka.brokers, pkj_brokers) != 0 ||
 		strcmp(pkj_kafka.properties, pkj_kafka_properties) != 0 ||
 		strcmp(pkj_kafka.movies_topic, pkj_movies_topic) != 0 ||

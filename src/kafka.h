@@ -23,6 +23,8 @@ typedef struct PkjKafka
 	/* settings the handles were made with */
 	char	   *brokers;
 	char	   *properties;
+	char	   *properties_file;
+	char	   *properties_file_content;
 	char	   *movies_topic;
 	char	   *ratings_topic;
 	char	   *output_topic;
@@ -38,6 +40,7 @@ extern char pkj_kafka_last_error[512];
 extern void pkj_kafka_note_error(const char *error);
 extern char *pkj_transactional_id_value(void);
 extern void pkj_kafka_connect(Oid extension_oid);
+extern bool pkj_read_properties_file(List **props, char **content, char **errmsg);
 extern void pkj_kafka_disconnect(void);
 extern bool pkj_kafka_settings_changed(void);
 extern void pkj_kafka_drain_wakeup(void);

@@ -32,6 +32,7 @@ extern char *pkj_ratings_topic;
 extern char *pkj_output_topic;
 extern char *pkj_join_window;
 extern char *pkj_kafka_properties;
+extern char *pkj_kafka_properties_file;
 extern char *pkj_transactional_id;
 extern int	pkj_batch_size;
 extern int	pkj_batch_delay;
@@ -53,6 +54,7 @@ typedef struct PkjProperty
 
 extern bool pkj_parse_properties(const char *text, List **props,
 								 char **errmsg);
+extern bool pkj_check_properties(List *props, char **errmsg);
 
 /* ---- message.c ---- */
 

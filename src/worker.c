@@ -68,6 +68,7 @@ typedef enum WaitReason
 	WAIT_NONE,
 	WAIT_BROKERS,
 	WAIT_EXTENSION,
+	WAIT_PROPERTIES_FILE,
 	WAIT_UNREACHABLE,
 	WAIT_TOPICS
 } WaitReason;
@@ -93,6 +94,10 @@ pkj_register_launcher(void)
 	RegisterBackgroundWorker(&worker);
 }
 
+/*
+ * Sleep on the latch.  A reload (SIGHUP) sets it too; the caller's loop
+ * processes it, the worker's comparing the Kafka settings before and after.
+ */
 static void
 wait_latch(long timeout_ms)
 {
@@ -100,11 +105,6 @@ wait_latch(long timeout_ms)
 					 timeout_ms, PG_WAIT_EXTENSION);
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
-	if (ConfigReloadPending)
-	{
-		ConfigReloadPending = false;
-		ProcessConfigFile(PGC_SIGHUP);
-	}
 }
 
 /*
@@ -159,7 +159,14 @@ pkj_launcher_main(Datum arg)
 		BackgroundWorker worker;
 		BackgroundWorkerHandle *handle;
 		pid_t		pid;
-		Oid			dboid = lookup_database();
+		Oid			dboid;
+
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		dboid = lookup_database();
 
 		if (!OidIsValid(dboid))
 		{
@@ -473,6 +480,20 @@ force_reassign(void)
 	pkj_kafka.assigned_ratings = -1;
 }
 
+/*
+ * Start consuming afresh from the stored offsets, after resume() or
+ * reset_offsets(): new Kafka handles, made as at start-up.  (Assigning the
+ * same partitions again on the old consumer can leave librdkafka 2.0
+ * fetching nothing.)
+ */
+static void
+restart_kafka(const char *why)
+{
+	ereport(LOG, (errmsg("%s", why)));
+	pkj_kafka_disconnect();
+	pkj_publisher_reset();
+}
+
 /* Stop fetching while paused; resume() makes the worker assign again */
 static void
 enter_pause(void)
@@ -627,6 +648,21 @@ pkj_worker_main(Datum arg)
 		}
 		if (pkj_kafka.consumer == NULL)
 		{
+			List	   *file_props;
+			char	   *file_content;
+			char	   *errmsg;
+
+			if (!pkj_read_properties_file(&file_props, &file_content, &errmsg))
+			{
+				pkj_status_set_state("waiting for the properties file");
+				pkj_status_set_error(errmsg);
+				log_wait(WAIT_PROPERTIES_FILE, errmsg,
+						 "Fix the file or pgkafka_join.kafka_properties_file and reload.");
+				wait_latch(pkj_retry_interval);
+				continue;
+			}
+			if (logged_wait == WAIT_PROPERTIES_FILE)
+				logged_wait = WAIT_NONE;
 			pkj_kafka_connect(extoid);
 			next_metadata = 0;
 			more_to_publish = true;
@@ -656,8 +692,8 @@ pkj_worker_main(Datum arg)
 				continue;
 			}
 			paused = false;
-			next_metadata = 0;
-			ereport(LOG, (errmsg("pgkafka_join ingest resumes from the stored offsets")));
+			restart_kafka("pgkafka_join ingest resumes from the stored offsets");
+			continue;
 		}
 
 		if (now >= next_metadata)
@@ -689,12 +725,7 @@ pkj_worker_main(Datum arg)
 					enter_pause();
 				}
 				else
-				{
-					ereport(LOG,
-							(errmsg("pgkafka_join input offsets were reset; consuming from the stored offsets")));
-					force_reassign();
-					next_metadata = 0;
-				}
+					restart_kafka("pgkafka_join input offsets were reset; consuming from the stored offsets");
 				continue;
 			}
 			if (results > 0)
@@ -711,10 +742,7 @@ pkj_worker_main(Datum arg)
 			}
 			if (offsets_reset())
 			{
-				ereport(LOG,
-						(errmsg("pgkafka_join input offsets were reset; consuming from the stored offsets")));
-				force_reassign();
-				next_metadata = 0;
+				restart_kafka("pgkafka_join input offsets were reset; consuming from the stored offsets");
 				continue;
 			}
 			/* look for results stored by other means (SQL calls) */
