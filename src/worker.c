@@ -650,13 +650,13 @@ pkj_worker_main(Datum arg)
 		{
 			List	   *file_props;
 			char	   *file_content;
-			char	   *errmsg;
+			char	   *problem;
 
-			if (!pkj_read_properties_file(&file_props, &file_content, &errmsg))
+			if (!pkj_read_properties_file(&file_props, &file_content, &problem))
 			{
 				pkj_status_set_state("waiting for the properties file");
-				pkj_status_set_error(errmsg);
-				log_wait(WAIT_PROPERTIES_FILE, errmsg,
+				pkj_status_set_error(problem);
+				log_wait(WAIT_PROPERTIES_FILE, problem,
 						 "Fix the file or pgkafka_join.kafka_properties_file and reload.");
 				wait_latch(pkj_retry_interval);
 				continue;
