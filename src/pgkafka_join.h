@@ -121,7 +121,6 @@ extern void pkj_status_reset_partitions(void);
 extern void pkj_status_set_partition(const char *topic, int32 partition,
 									 int64 high_watermark, int64 consumed);
 extern int64 pkj_status_total_lag(void);
-extern double pkj_status_message_rate(void);
 extern int64 pkj_status_messages_total(void);
 
 /* ---- worker.c ---- */

@@ -272,21 +272,6 @@ pkj_status_messages_total(void)
 	return total;
 }
 
-/* Messages stored per second over the last minute */
-double
-pkj_status_message_rate(void)
-{
-	int64		now = GetCurrentTimestamp() / USECS_PER_SEC;
-	int64		sum = 0;
-
-	SpinLockAcquire(&shared->mutex);
-	for (int i = 0; i < RING_SECONDS; i++)
-		if (shared->ring_second[i] > now - RING_SECONDS)
-			sum += shared->ring_messages[i];
-	SpinLockRelease(&shared->mutex);
-	return (double) sum / RING_SECONDS;
-}
-
 PG_FUNCTION_INFO_V1(pgkafka_join_wake_worker);
 
 /* wake_worker(): set the worker's latch, so that it looks at control now */

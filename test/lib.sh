@@ -66,23 +66,7 @@ _die()
 	exit 1
 }
 
-# Whether process $1 exists and is not a zombie (an exited process whose
-# parent, init in some containers, does not reap it).
-_alive()
-{
-	local state
-
-	state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
-	[[ $state != Z* ]]
-}
-
-free_port()
-{
-	python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
-}
+. "$TEST_TOP/test/procs.sh"
 
 # Create directory $1 (and parents), owned by postgres, and make sure the
 # postgres user can reach it.
@@ -333,7 +317,7 @@ _postmaster_pid()
 
 	[ -f "$1/data/postmaster.pid" ] || return 1
 	pid=$(head -1 "$1/data/postmaster.pid")
-	[[ "$pid" =~ ^[0-9]+$ ]] && _alive "$pid" || return 1
+	[[ "$pid" =~ ^[0-9]+$ ]] && alive "$pid" || return 1
 	tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-D $1/data" || return 1
 	echo "$pid"
 }
@@ -351,7 +335,7 @@ _pg_kill_pid()
 	mapfile -t procs < <(echo "$pid"; pgrep -P "$pid")
 	kill -KILL "${procs[@]}" 2>/dev/null || true
 	for p in "${procs[@]}"; do
-		while _alive "$p"; do
+		while alive "$p"; do
 			[ $SECONDS -lt $deadline ] || _die "process $p survived SIGKILL"
 			sleep 0.1
 		done
