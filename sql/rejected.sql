@@ -25,9 +25,25 @@ SELECT topic, kafka_partition, kafka_offset, key, payload, reason, received_at =
  ORDER BY topic, kafka_partition, kafka_offset;
 COMMIT;
 
--- A message's position is kept once
-SELECT pgkafka_join.store_rejected('{movies}', '{0}', '{5}', '{NULL}', '{NULL}', '{"again"}');
+-- A message rejected again (consumed again after reset_offsets() or a
+-- crash) replaces its row: one row per position, the last reason wins, also
+-- within one batch
+SELECT pgkafka_join.store_rejected('{movies, movies}', '{0, 0}', '{5, 5}', '{NULL, NULL}',
+                                   ARRAY[NULL, '\x01'::bytea], '{"first", "again"}');
+SELECT topic, kafka_partition, kafka_offset, key, payload, reason
+  FROM pgkafka_join.rejected_messages
+ WHERE topic = 'movies' AND kafka_partition = 0;
 SELECT count(*) FROM pgkafka_join.rejected_messages;
+
+--
+-- delete_rejected: retention of rejected messages by age
+--
+UPDATE pgkafka_join.rejected_messages SET received_at = now() - interval '10 days'
+ WHERE kafka_offset IN (6, 7);
+SELECT pgkafka_join.delete_rejected('7 days');
+SELECT topic, kafka_partition, kafka_offset FROM pgkafka_join.rejected_messages ORDER BY 1, 2, 3;
+SELECT pgkafka_join.delete_rejected('-1 day');
+SELECT pgkafka_join.delete_rejected(NULL);
 
 --
 -- store_offsets: inserts the positions not seen yet, updates the others

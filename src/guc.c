@@ -40,6 +40,7 @@ int			pkj_batch_delay = 100;
 int			pkj_retry_interval = 5000;
 int			pkj_max_message_bytes = 1048576;
 int			pkj_premake_months = 2;
+int			pkj_max_partitions = 1024;
 
 /*
  * Parse an interval without throwing: the check hook must report a bad value
@@ -189,7 +190,8 @@ pkj_check_properties(List *props, char **errmsg)
 			strcmp(prop->key, "isolation.level") == 0 ||
 			strcmp(prop->key, "enable.auto.commit") == 0 ||
 			strcmp(prop->key, "enable.idempotence") == 0 ||
-			strcmp(prop->key, "partitioner") == 0)
+			strcmp(prop->key, "partitioner") == 0 ||
+			strcmp(prop->key, "auto.offset.reset") == 0)
 		{
 			rd_kafka_conf_destroy(conf);
 			*errmsg = psprintf("property \"%s\" is set by pgkafka_join itself", prop->key);
@@ -367,6 +369,14 @@ pkj_define_gucs(void)
 							&pkj_premake_months,
 							2, 0, 120,
 							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pgkafka_join.max_partitions",
+							"Input partitions listed in pgkafka_join.input_status.",
+							"The lag of partitions beyond it still counts in pgkafka_join.status.",
+							&pkj_max_partitions,
+							1024, 1, 1048576,
+							PGC_POSTMASTER, 0,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("pgkafka_join");

@@ -70,6 +70,16 @@ typedef struct InputOffset
 	int64		next_offset;
 } InputOffset;
 
+/* A message as it came, kept for a batch of one that cannot be stored */
+typedef struct RawMessage
+{
+	const char *topic;
+	int32		partition;
+	int64		offset;
+	Datum		key;			/* bytea, or 0 if none */
+	Datum		payload;		/* bytea, or 0 if none (a tombstone) */
+} RawMessage;
+
 struct PkjBatch
 {
 	MemoryContext cxt;
@@ -79,6 +89,7 @@ struct PkjBatch
 	Rows		ratings;		/* movie_id, rating, rated_at, partition, offset */
 	Rows		rejected;		/* topic, partition, offset, key, payload, reason */
 	List	   *offsets;		/* of InputOffset */
+	RawMessage	first;			/* the first message, as it came */
 };
 
 /*
@@ -377,6 +388,17 @@ pkj_batch_add(PkjBatch *batch, const rd_kafka_message_t *msg)
 	else
 		topic = pkj_kafka.ratings_topic;
 
+	if (batch->count == 0)
+	{
+		batch->first.topic = topic;
+		batch->first.partition = msg->partition;
+		batch->first.offset = msg->offset;
+		batch->first.key = msg->key ?
+			bytes_datum(msg->key, Min(msg->key_len, (size_t) pkj_max_message_bytes)) : (Datum) 0;
+		batch->first.payload = msg->payload ?
+			bytes_datum(msg->payload, Min(msg->len, (size_t) pkj_max_message_bytes)) : (Datum) 0;
+	}
+
 	if (msg->payload != NULL && msg->len > (size_t) pkj_max_message_bytes)
 		reject(batch, topic, msg,
 			   psprintf("value of %zu bytes is larger than pgkafka_join.max_message_bytes (%d)",
@@ -674,6 +696,25 @@ copy_new_movies(Rows *movies)
 	return copied;
 }
 
+/* The offsets after the batch's messages, as rows for store_offsets() */
+static void
+offset_rows(PkjBatch *batch, Rows *offsets)
+{
+	static const Oid offset_types[] = {TEXTOID, INT4OID, INT8OID};
+	ListCell   *lc;
+
+	rows_init(offsets, 3, offset_types);
+	foreach(lc, batch->offsets)
+	{
+		InputOffset *io = lfirst(lc);
+		int			row = rows_add(offsets);
+
+		rows_set(offsets, row, 0, CStringGetTextDatum(io->topic));
+		rows_set(offsets, row, 1, Int32GetDatum(io->partition));
+		rows_set(offsets, row, 2, Int64GetDatum(io->next_offset));
+	}
+}
+
 static void
 ingest_error_callback(void *arg)
 {
@@ -696,10 +737,9 @@ ingest_error_callback(void *arg)
 bool
 pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 {
-	static const Oid offset_types[] = {TEXTOID, INT4OID, INT8OID};
 	ErrorContextCallback errcallback;
 	Rows		offsets;
-	ListCell   *lc;
+	MemoryContext caller;
 	MemoryContext old;
 	bool		isnull;
 	int64		generation;
@@ -707,6 +747,9 @@ pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 	*results = 0;
 	if (batch->count == 0)
 		return true;
+
+	/* everything of the batch lives in its context, reset by the caller */
+	caller = MemoryContextSwitchTo(batch->cxt);
 
 	errcallback.callback = ingest_error_callback;
 	errcallback.arg = batch;
@@ -722,19 +765,19 @@ pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 
 	/*
 	 * The ingest lock; then whether ingest is paused, or the offsets were
-	 * reset since the partitions were assigned
+	 * reset since the partitions were assigned; then the extension, locked
+	 * against DROP EXTENSION until this batch commits, must be the one the
+	 * partitions were assigned for
 	 */
 	if (SPI_execute_plan(begin_batch_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not call pgkafka_join.begin_batch()");
 	generation = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	if (isnull || generation != offsets_generation)
+	if (isnull || generation != offsets_generation || !pkj_lock_extension())
 	{
 		MemoryContextSwitchTo(old);
-		SPI_finish();
-		PopActiveSnapshot();
-		AbortCurrentTransaction();
-		pgstat_report_activity(STATE_IDLE, NULL);
+		pkj_abort_spi();
 		error_context_stack = errcallback.previous;
+		MemoryContextSwitchTo(caller);
 		return false;
 	}
 
@@ -745,22 +788,69 @@ pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 	*results += store_rows(store_ratings_plan, &batch->ratings);
 	store_rows(store_rejected_plan, &batch->rejected);
 
-	rows_init(&offsets, 3, offset_types);
-	foreach(lc, batch->offsets)
-	{
-		InputOffset *io = lfirst(lc);
-		int			row = rows_add(&offsets);
-
-		rows_set(&offsets, row, 0, CStringGetTextDatum(io->topic));
-		rows_set(&offsets, row, 1, Int32GetDatum(io->partition));
-		rows_set(&offsets, row, 2, Int64GetDatum(io->next_offset));
-	}
+	offset_rows(batch, &offsets);
 	store_rows(store_offsets_plan, &offsets);
 	MemoryContextSwitchTo(old);
 
 	pkj_end_spi();
 
 	error_context_stack = errcallback.previous;
+	MemoryContextSwitchTo(caller);
 	pkj_status_count_batch(batch->count, *results);
+	return true;
+}
+
+/*
+ * pkj_ingest_reject_single
+ *		A batch of one message failed to store because of what the message
+ *		holds (an error no parse check foresaw): keep the message as it came
+ *		in rejected_messages, with the error as the reason, and store the
+ *		offset after it, so that the worker goes on.  Returns false, storing
+ *		nothing, under the same conditions as pkj_ingest_batch().
+ */
+bool
+pkj_ingest_reject_single(PkjBatch *batch, int64 offsets_generation, const char *reason)
+{
+	MemoryContext caller = MemoryContextSwitchTo(batch->cxt);
+	RawMessage *m = &batch->first;
+	Rows		offsets;
+	int			row;
+	bool		isnull;
+	int64		generation;
+
+	Assert(batch->count == 1);
+	rows_init(&batch->rejected, 6, (const Oid[]) {TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID, TEXTOID});
+	row = rows_add(&batch->rejected);
+	rows_set(&batch->rejected, row, 0, CStringGetTextDatum(m->topic));
+	rows_set(&batch->rejected, row, 1, Int32GetDatum(m->partition));
+	rows_set(&batch->rejected, row, 2, Int64GetDatum(m->offset));
+	if (m->key)
+		rows_set(&batch->rejected, row, 3, m->key);
+	else
+		rows_set_null(&batch->rejected, row, 3);
+	if (m->payload)
+		rows_set(&batch->rejected, row, 4, m->payload);
+	else
+		rows_set_null(&batch->rejected, row, 4);
+	rows_set(&batch->rejected, row, 5, CStringGetTextDatum(reason));
+	offset_rows(batch, &offsets);
+
+	pkj_begin_spi("rejecting a message that could not be stored");
+	MemoryContextSwitchTo(batch->cxt);
+	prepare_plans();
+	if (SPI_execute_plan(begin_batch_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not call pgkafka_join.begin_batch()");
+	generation = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (isnull || generation != offsets_generation || !pkj_lock_extension())
+	{
+		pkj_abort_spi();
+		MemoryContextSwitchTo(caller);
+		return false;
+	}
+	store_rows(store_rejected_plan, &batch->rejected);
+	store_rows(store_offsets_plan, &offsets);
+	pkj_end_spi();
+	MemoryContextSwitchTo(caller);
+	pkj_status_count_batch(1, 0);
 	return true;
 }

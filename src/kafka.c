@@ -14,12 +14,14 @@
  * the worker can sleep on its latch and on that pipe together.
  *
  * The consumer does not join a consumer group: partitions are assigned
- * explicitly at the offsets stored in PostgreSQL, which are the truth.  Its
- * group id only names where the publisher's position is committed, inside
- * each Kafka transaction (see publish.c).  The group id is the
- * transactional id followed by the oid of the extension, so that a new
- * CREATE EXTENSION, whose result ids start again from 1, starts from a
- * position of its own.
+ * explicitly at the offsets stored in PostgreSQL, which are the truth; a
+ * stored offset outside the partition is an error, never a silent jump
+ * (auto.offset.reset = error).  Its group id only names where the
+ * publisher's position is committed, inside each Kafka transaction (see
+ * publish.c).  The group id is control.kafka_group, made by CREATE
+ * EXTENSION (a new one, whose result ids start again from 1, starts from a
+ * position of its own) and kept by pg_dump (a restored database finds the
+ * position it has to continue from).
  *
  *-------------------------------------------------------------------------
  */
@@ -31,6 +33,7 @@
 #include <ctype.h>
 
 #include "access/xlog.h"
+#include "executor/spi.h"
 #include "storage/fd.h"
 #include "miscadmin.h"
 #include "utils/memutils.h"
@@ -87,20 +90,20 @@ error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 			 errdetail("librdkafka error %s.", rd_kafka_err2name(err))));
 }
 
-static void
-conf_set(rd_kafka_conf_t *conf, const char *key, const char *value)
+/* Set a property; on failure say why in *problem (once) and return false */
+static bool
+conf_set(rd_kafka_conf_t *conf, const char *key, const char *value, char **problem)
 {
 	char		errstr[512];
 
+	if (*problem != NULL)
+		return false;
 	if (rd_kafka_conf_set(conf, key, value, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
 	{
-		rd_kafka_conf_destroy(conf);
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid Kafka property \"%s\"", key),
-				 errdetail("%s", errstr),
-				 errhint("Check pgkafka_join.kafka_properties and pgkafka_join.brokers.")));
+		*problem = psprintf("invalid Kafka property \"%s\": %s", key, errstr);
+		return false;
 	}
+	return true;
 }
 
 /*
@@ -180,24 +183,26 @@ pkj_read_properties_file(List **props, char **content, char **errmsg)
  * A handle's configuration, in three layers: our defaults for the role
  * (tuning the user may change), then the user's extra properties, then
  * what exactly-once depends on, which guc.c forbids the user to set.
+ * NULL, with *problem set, if a property is refused.
  */
 static rd_kafka_conf_t *
 make_conf(const char *role, const char *const *defaults, const char *const *reserved,
-		  List *file_props)
+		  List *file_props, char **problem)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	List	   *props;
 	char	   *errmsg;
 	ListCell   *lc;
 
-	conf_set(conf, "bootstrap.servers", pkj_brokers);
-	conf_set(conf, "client.id", psprintf("pgkafka_join-%s", role));
-	conf_set(conf, "log.queue", "true");
-	conf_set(conf, "log.connection.close", "false");
+	*problem = NULL;
+	conf_set(conf, "bootstrap.servers", pkj_brokers, problem);
+	conf_set(conf, "client.id", psprintf("pgkafka_join-%s", role), problem);
+	conf_set(conf, "log.queue", "true", problem);
+	conf_set(conf, "log.connection.close", "false", problem);
 	rd_kafka_conf_set_log_cb(conf, log_cb);
 	rd_kafka_conf_set_error_cb(conf, error_cb);
 	for (int i = 0; defaults[i] != NULL; i += 2)
-		conf_set(conf, defaults[i], defaults[i + 1]);
+		conf_set(conf, defaults[i], defaults[i + 1], problem);
 
 	if (!pkj_parse_properties(pkj_kafka_properties, &props, &errmsg))
 		elog(ERROR, "pgkafka_join.kafka_properties: %s", errmsg);	/* checked by the GUC */
@@ -205,29 +210,57 @@ make_conf(const char *role, const char *const *defaults, const char *const *rese
 	{
 		PkjProperty *prop = lfirst(lc);
 
-		conf_set(conf, prop->key, prop->value);
+		conf_set(conf, prop->key, prop->value, problem);
 	}
 
 	for (int i = 0; reserved[i] != NULL; i += 2)
-		conf_set(conf, reserved[i], reserved[i + 1]);
+		conf_set(conf, reserved[i], reserved[i + 1], problem);
+	if (*problem != NULL)
+	{
+		rd_kafka_conf_destroy(conf);
+		return NULL;
+	}
 	return conf;
 }
 
+/*
+ * A new handle, NULL with *problem set if librdkafka refuses the
+ * configuration as a whole (acks=1 with an idempotent producer, say); conf
+ * is consumed either way.
+ */
 static rd_kafka_t *
-new_handle(rd_kafka_type_t type, rd_kafka_conf_t *conf)
+new_handle(rd_kafka_type_t type, rd_kafka_conf_t *conf, char **problem)
 {
 	char		errstr[512];
 	rd_kafka_t *rk;
 
 	rk = rd_kafka_new(type, conf, errstr, sizeof(errstr));
 	if (rk == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("could not create Kafka %s", type == RD_KAFKA_CONSUMER ? "consumer" : "producer"),
-				 errdetail("%s", errstr)));
+	{
+		rd_kafka_conf_destroy(conf);
+		*problem = psprintf("librdkafka refuses the %s's properties: %s",
+							type == RD_KAFKA_CONSUMER ? "consumer" : "producer", errstr);
+		return NULL;
+	}
 	/* logs go to the main queue, served from the worker's thread */
 	rd_kafka_set_log_queue(rk, NULL);
 	return rk;
+}
+
+/* control.kafka_group: where the publish position is committed */
+static char *
+read_kafka_group(void)
+{
+	char	   *group = NULL;
+
+	pkj_begin_spi("reading the Kafka group");
+	if (SPI_execute("SELECT kafka_group FROM pgkafka_join.control", true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not read pgkafka_join.control");
+	group = MemoryContextStrdup(pkj_spi_caller_cxt,
+								SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	pkj_end_spi();
+	return group;
 }
 
 /*
@@ -249,26 +282,26 @@ pkj_transactional_id_value(void)
  * pkj_kafka_connect
  *		Create the consumer and the producer.  Connections are made in the
  *		background by librdkafka; nothing here waits for the brokers.
+ *		Returns false, with *problem set and no handle made, if librdkafka
+ *		refuses the properties: the worker waits for a reload instead of
+ *		failing at every retry.
  */
-void
-pkj_kafka_connect(Oid extension_oid)
+bool
+pkj_kafka_connect(Oid extension_oid, char **problem)
 {
 	rd_kafka_conf_t *conf;
+	rd_kafka_conf_t *producer_conf;
 	char	   *txn_id = pkj_transactional_id_value();
-	char	   *group_id = psprintf("%s-%u", txn_id, extension_oid);
+	char	   *group_id = read_kafka_group();
 	List	   *file_props;
 	char	   *file_content;
-	char	   *problem;
 	MemoryContext old;
 
 	Assert(pkj_kafka.consumer == NULL && pkj_kafka.producer == NULL);
 
 	/* the caller made sure the file reads well */
-	if (!pkj_read_properties_file(&file_props, &file_content, &problem))
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("%s", problem)));
-	old = MemoryContextSwitchTo(TopMemoryContext);
+	if (!pkj_read_properties_file(&file_props, &file_content, problem))
+		return false;
 
 	/* consumer */
 	{
@@ -279,7 +312,6 @@ pkj_kafka_connect(Oid extension_oid)
 		 */
 		const char *const defaults[] = {
 			"queued.min.messages", "1000000",
-			"auto.offset.reset", "earliest",
 			NULL
 		};
 		const char *const reserved[] = {
@@ -288,21 +320,14 @@ pkj_kafka_connect(Oid extension_oid)
 			"enable.auto.offset.store", "false",
 			"isolation.level", "read_committed",
 			"enable.partition.eof", "false",
+			"auto.offset.reset", "error",
 			NULL
 		};
 
-		conf = make_conf("consumer", defaults, reserved, file_props);
+		conf = make_conf("consumer", defaults, reserved, file_props, problem);
+		if (conf == NULL)
+			return false;
 	}
-	pkj_kafka.consumer = new_handle(RD_KAFKA_CONSUMER, conf);
-	rd_kafka_poll_set_consumer(pkj_kafka.consumer);
-	pkj_kafka.queue = rd_kafka_queue_get_consumer(pkj_kafka.consumer);
-
-	if (pipe2(pkj_kafka.wakeup, O_NONBLOCK | O_CLOEXEC) != 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not create pipe: %m")));
-	rd_kafka_queue_io_event_enable(pkj_kafka.queue, pkj_kafka.wakeup[1], "1", 1);
-
 	/* producer */
 	{
 		const char *const defaults[] = {
@@ -316,10 +341,40 @@ pkj_kafka_connect(Oid extension_oid)
 			NULL
 		};
 
-		conf = make_conf("producer", defaults, reserved, file_props);
+		producer_conf = make_conf("producer", defaults, reserved, file_props, problem);
+		if (producer_conf == NULL)
+		{
+			rd_kafka_conf_destroy(conf);
+			return false;
+		}
 	}
-	rd_kafka_conf_set_dr_msg_cb(conf, pkj_delivery_report);
-	pkj_kafka.producer = new_handle(RD_KAFKA_PRODUCER, conf);
+	rd_kafka_conf_set_dr_msg_cb(producer_conf, pkj_delivery_report);
+
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	pkj_kafka.producer = new_handle(RD_KAFKA_PRODUCER, producer_conf, problem);
+	if (pkj_kafka.producer == NULL)
+	{
+		rd_kafka_conf_destroy(conf);
+		MemoryContextSwitchTo(old);
+		return false;
+	}
+	pkj_kafka.consumer = new_handle(RD_KAFKA_CONSUMER, conf, problem);
+	if (pkj_kafka.consumer == NULL)
+	{
+		rd_kafka_destroy(pkj_kafka.producer);
+		pkj_kafka.producer = NULL;
+		MemoryContextSwitchTo(old);
+		return false;
+	}
+	rd_kafka_poll_set_consumer(pkj_kafka.consumer);
+	pkj_kafka.queue = rd_kafka_queue_get_consumer(pkj_kafka.consumer);
+
+	if (pipe2(pkj_kafka.wakeup, O_NONBLOCK | O_CLOEXEC) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create pipe: %m")));
+	rd_kafka_queue_io_event_enable(pkj_kafka.queue, pkj_kafka.wakeup[1], "1", 1);
+
 	pkj_kafka.cgmd = rd_kafka_consumer_group_metadata_new(group_id);
 	pkj_kafka.transactions_ready = false;
 	pkj_kafka.extension_oid = extension_oid;
@@ -335,6 +390,7 @@ pkj_kafka_connect(Oid extension_oid)
 	pkj_kafka.assigned_ratings = 0;
 
 	MemoryContextSwitchTo(old);
+	return true;
 }
 
 /*

@@ -39,7 +39,7 @@ extern char pkj_kafka_last_error[512];
 
 extern void pkj_kafka_note_error(const char *error);
 extern char *pkj_transactional_id_value(void);
-extern void pkj_kafka_connect(Oid extension_oid);
+extern bool pkj_kafka_connect(Oid extension_oid, char **problem);
 extern bool pkj_read_properties_file(List **props, char **content, char **errmsg);
 extern void pkj_kafka_disconnect(void);
 extern bool pkj_kafka_settings_changed(void);

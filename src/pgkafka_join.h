@@ -39,6 +39,7 @@ extern int	pkj_batch_delay;
 extern int	pkj_retry_interval;
 extern int	pkj_max_message_bytes;
 extern int	pkj_premake_months;
+extern int	pkj_max_partitions;
 
 extern void pkj_define_gucs(void);
 
@@ -100,15 +101,22 @@ extern bool pkj_batch_full(PkjBatch *batch);
 #define PKJ_BATCH_MAX_BYTES ((Size) 256 * 1024 * 1024)
 extern bool pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation,
 							 int64 *results);
+extern bool pkj_ingest_reject_single(PkjBatch *batch, int64 offsets_generation,
+									 const char *reason);
 
 /* ---- publish.c ---- */
-extern bool pkj_publisher_ready(void);
+typedef enum PkjPosition
+{
+	PKJ_POSITION_UNKNOWN,		/* the brokers could not tell yet */
+	PKJ_POSITION_KNOWN,			/* publishing goes on after it */
+	PKJ_POSITION_BEHIND			/* the output topic is ahead of PostgreSQL */
+} PkjPosition;
+
+extern PkjPosition pkj_publisher_position(void);
 extern int64 pkj_publish(MemoryContext cxt);
 extern void pkj_publisher_reset(void);
 
 /* ---- status.c ---- */
-#define PKJ_MAX_PARTITIONS 1024
-
 extern void pkj_status_init(void);
 extern void pkj_status_worker_started(void);
 extern void pkj_status_worker_exit(int code, Datum arg);
@@ -118,14 +126,20 @@ extern void pkj_status_set_error(const char *error);
 extern void pkj_status_count_batch(int64 messages, int64 results);
 extern void pkj_status_count_published(int64 published, int64 last_id);
 extern void pkj_status_reset_partitions(void);
-extern void pkj_status_set_partition(const char *topic, int32 partition,
+extern bool pkj_status_set_partition(const char *topic, int32 partition,
 									 int64 high_watermark, int64 consumed);
+extern void pkj_status_set_partition_problem(const char *topic, int32 partition,
+											 const char *problem);
+extern void pkj_status_set_unlisted(int partitions, int64 lag);
 extern int64 pkj_status_total_lag(void);
 extern int64 pkj_status_messages_total(void);
 
 /* ---- worker.c ---- */
+extern MemoryContext pkj_spi_caller_cxt;
 extern void pkj_begin_spi(const char *activity);
 extern void pkj_end_spi(void);
+extern void pkj_abort_spi(void);
+extern bool pkj_lock_extension(void);
 extern void pkj_register_launcher(void);
 extern PGDLLEXPORT void pkj_launcher_main(Datum arg);
 extern PGDLLEXPORT void pkj_worker_main(Datum arg);

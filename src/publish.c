@@ -25,7 +25,18 @@
  * offsets the records landed at, from the delivery reports.  It is written
  * after the Kafka commit, so it can only lag the truth; it serves clients
  * that hand over from a snapshot to the topic, and as a lower bound should
- * the group's offsets ever expire on the brokers.
+ * the group's offsets ever expire on the brokers.  When it is ahead of the
+ * position in Kafka anyway (the group's offsets were reset), the higher one
+ * is used: those results are on the topic.
+ *
+ * All of this assumes that what was published is still in PostgreSQL.  It
+ * is not after a restore from a backup, a failover to an asynchronous
+ * standby, or commits lost with fsync off: then the position in Kafka is
+ * above the highest result id the sequence ever handed out, new results
+ * would be numbered below it and never sent.  The position is compared with
+ * the sequence every time it is read; when Kafka is ahead, the worker stores
+ * and publishes nothing, says so, and waits for advance_result_ids().  (The
+ * worker's own commits are always durable: see force_durable_commit().)
  *
  *-------------------------------------------------------------------------
  */
@@ -36,6 +47,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "postmaster/interrupt.h"
 #include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -64,6 +76,7 @@ typedef struct Landed
 } Landed;
 
 static int64 published_id = -1;	/* last id committed to Kafka; -1: unknown */
+static bool behind_logged = false;	/* said that Kafka is ahead */
 static bool output_topic_checked = false;
 static bool output_wait_logged = false;	/* said we wait for the output topic */
 
@@ -74,6 +87,7 @@ static bool delivery_failed = false;
 
 static SPIPlanPtr fetch_plan = NULL;
 static SPIPlanPtr position_plan = NULL;
+static SPIPlanPtr handed_out_plan = NULL;
 static SPIPlanPtr record_plan = NULL;
 
 /*
@@ -151,8 +165,13 @@ check_fatal(rd_kafka_error_t *error, const char *what)
 	}
 }
 
-/* Wait a little before a retry, staying responsive to signals */
-static void
+/*
+ * Wait a little before a retry, staying responsive to signals.  Returns
+ * false when a reload is pending: the caller gives up the transaction and
+ * the worker's loop applies the new settings (new brokers, say) instead of
+ * retrying on the old ones.
+ */
+static bool
 retry_wait(long ms)
 {
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
@@ -160,6 +179,23 @@ retry_wait(long ms)
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
 	pkj_kafka_serve_producer();	/* its logs, while the brokers are away */
+	return !ConfigReloadPending;
+}
+
+/*
+ * Give up the Kafka transaction in progress to apply a reload: the handles
+ * are rebuilt, and the new producer's init_transactions() completes or
+ * aborts what this one left, so the position read back afterwards is exact.
+ */
+static int64
+give_up_for_reload(void)
+{
+	ereport(LOG,
+			(errmsg("pgkafka_join leaves a Kafka transaction unfinished to apply a configuration reload"),
+			 errdetail("The next producer completes or aborts it; nothing is published twice.")));
+	pkj_kafka_disconnect();
+	pkj_publisher_reset();
+	return -1;
 }
 
 static SPIPlanPtr
@@ -174,59 +210,64 @@ keep_plan(const char *sql, int nargs, Oid *argtypes)
 	return plan;
 }
 
-/* The highest id output_position says was published to the output topic */
-static int64
-stored_position(void)
+/*
+ * What PostgreSQL knows of the position: the highest id output_position
+ * says was published to the output topic, and the highest id the sequence
+ * ever handed out.
+ */
+static void
+stored_position(int64 *recorded, int64 *handed_out)
 {
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		args[1];
 	bool		isnull;
-	int64		result;
 
 	pkj_begin_spi("reading the output position");
 	if (position_plan == NULL)
-		position_plan = keep_plan("SELECT coalesce(max(last_id), 0) FROM pgkafka_join.output_position WHERE topic = $1",
+	{
+		position_plan = keep_plan("SELECT coalesce(max(last_id), 0) "
+								  "FROM pgkafka_join.output_position WHERE topic = $1",
 								  1, argtypes);
+		handed_out_plan = keep_plan("SELECT CASE WHEN is_called THEN last_value "
+									"ELSE last_value - 1 END "
+									"FROM pgkafka_join.rated_movies_id_seq",
+									0, NULL);
+	}
 	args[0] = CStringGetTextDatum(pkj_kafka.output_topic);
 	if (SPI_execute_plan(position_plan, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pgkafka_join.output_position");
-	result = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										 SPI_tuptable->tupdesc, 1, &isnull));
+	*recorded = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											SPI_tuptable->tupdesc, 1, &isnull));
+	if (SPI_execute_plan(handed_out_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pgkafka_join.rated_movies_id_seq");
+	*handed_out = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											  SPI_tuptable->tupdesc, 1, &isnull));
 	pkj_end_spi();
-	return result;
 }
 
 /*
- * pkj_publisher_ready
- *		Make the producer ready for transactions and learn the position.
- *		Returns false, having logged why, when the brokers cannot be reached
- *		yet; the caller retries later.
+ * pkj_publisher_position
+ *		Make the producer ready for transactions and learn where publishing
+ *		stands.  PKJ_POSITION_KNOWN: published_id is exact.
+ *		PKJ_POSITION_UNKNOWN: the brokers could not tell yet (logged); try
+ *		again later.  PKJ_POSITION_BEHIND: the output topic is ahead of
+ *		PostgreSQL; nothing may be stored or published until
+ *		advance_result_ids() (logged once, shown in status).
  */
-bool
-pkj_publisher_ready(void)
+PkjPosition
+pkj_publisher_position(void)
 {
 	rd_kafka_error_t *error;
+	rd_kafka_topic_partition_list_t *parts;
+	rd_kafka_resp_err_t err;
+	int64		kafka_position = -1;
+	int64		recorded;
+	int64		handed_out;
 
-	if (!output_topic_checked)
-	{
-		int			n = pkj_kafka_partition_count(pkj_kafka.output_topic, KAFKA_TIMEOUT_MS);
+	if (published_id >= 0)
+		return PKJ_POSITION_KNOWN;
 
-		if (n <= 0)
-		{
-			/* once per wait, not at every retry */
-			if (!output_wait_logged)
-				ereport(LOG,
-						(errmsg("pgkafka_join is waiting for the output topic \"%s\"",
-								pkj_kafka.output_topic),
-						 n == 0 ? errhint("Create the topic, or set pgkafka_join.output_topic.")
-						 : errdetail("%s", pkj_kafka_last_error)));
-			output_wait_logged = true;
-			return false;
-		}
-		output_wait_logged = false;
-		output_topic_checked = true;
-	}
-
+	/* a previous producer's transaction is completed or aborted first */
 	if (!pkj_kafka.transactions_ready)
 	{
 		pgstat_report_activity(STATE_RUNNING, "initializing Kafka transactions");
@@ -237,61 +278,108 @@ pkj_publisher_ready(void)
 			check_fatal(error, "initialize transactions");
 			kafka_error_report(LOG, error, "initialize transactions");
 			rd_kafka_error_destroy(error);
-			return false;
+			return PKJ_POSITION_UNKNOWN;
 		}
 		pkj_kafka.transactions_ready = true;
-		published_id = -1;
 	}
 
-	if (published_id < 0)
+	parts = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_topic_partition_list_add(parts, pkj_kafka.output_topic, 0);
+	err = rd_kafka_committed(pkj_kafka.consumer, parts, KAFKA_TIMEOUT_MS);
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		err = parts->elems[0].err;
+	/* an output topic that does not exist (yet) has no position */
+	if (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+		err = RD_KAFKA_RESP_ERR_NO_ERROR;
+	else if (err == RD_KAFKA_RESP_ERR_NO_ERROR && parts->elems[0].offset >= 0)
+		kafka_position = parts->elems[0].offset;
+	rd_kafka_topic_partition_list_destroy(parts);
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
-		rd_kafka_topic_partition_list_t *parts;
-		rd_kafka_resp_err_t err;
-		int64		kafka_position = -1;
-		int64		pg_position;
-
-		parts = rd_kafka_topic_partition_list_new(1);
-		rd_kafka_topic_partition_list_add(parts, pkj_kafka.output_topic, 0);
-		err = rd_kafka_committed(pkj_kafka.consumer, parts, KAFKA_TIMEOUT_MS);
-		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
-			err = parts->elems[0].err;
-		if (err == RD_KAFKA_RESP_ERR_NO_ERROR && parts->elems[0].offset >= 0)
-			kafka_position = parts->elems[0].offset;
-		rd_kafka_topic_partition_list_destroy(parts);
-		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-		{
-			ereport(LOG,
-					(errmsg("could not read the publish position from Kafka: %s",
-							rd_kafka_err2str(err))));
-			return false;
-		}
-		pg_position = stored_position();
-
-		/*
-		 * The position committed in Kafka is exact.  PostgreSQL's record
-		 * can only lag it, and serves when the brokers have none (their
-		 * group offsets expired after a long time without publishing).
-		 */
-		if (kafka_position >= 0)
-		{
-			published_id = kafka_position;
-			if (pg_position > kafka_position)
-				ereport(WARNING,
-						(errmsg("pgkafka_join.output_position is ahead of the position committed in Kafka"),
-						 errdetail("Recorded in PostgreSQL: " INT64_FORMAT "; committed in Kafka: " INT64_FORMAT ".",
-								   pg_position, kafka_position),
-						 errhint("The position in Kafka is used.")));
-		}
-		else
-			published_id = pg_position;
-		pkj_status_count_published(0, published_id);
+		pkj_kafka_note_error(rd_kafka_err2str(err));
 		ereport(LOG,
-				(errmsg("pgkafka_join publishes to \"%s\" after result " INT64_FORMAT,
-						pkj_kafka.output_topic, published_id),
-				 errdetail("Position committed in Kafka: %s; recorded in PostgreSQL: " INT64_FORMAT ".",
-						   kafka_position >= 0 ? psprintf(INT64_FORMAT, kafka_position) : "none",
-						   pg_position)));
+				(errmsg("could not read the publish position from Kafka: %s",
+						rd_kafka_err2str(err))));
+		return PKJ_POSITION_UNKNOWN;
 	}
+	stored_position(&recorded, &handed_out);
+
+	if (kafka_position > handed_out)
+	{
+		pkj_status_set_state("stopped: the output topic is ahead of PostgreSQL");
+		pkj_status_set_error(psprintf("results up to id " INT64_FORMAT " were published, but PostgreSQL numbered results only up to " INT64_FORMAT,
+									  kafka_position, handed_out));
+		if (!behind_logged)
+			ereport(WARNING,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("pgkafka_join stopped: the output topic \"%s\" is ahead of PostgreSQL",
+							pkj_kafka.output_topic),
+					 errdetail("Results up to id " INT64_FORMAT " were published to Kafka; PostgreSQL numbered results only up to id " INT64_FORMAT " and recorded publishing up to id " INT64_FORMAT ".  The database lost commits or was restored to an earlier state; new results would be numbered below the published position and never sent.",
+							   kafka_position, handed_out, recorded),
+					 errhint("To go on, run SELECT pgkafka_join.advance_result_ids(" INT64_FORMAT "): results not known to be published, and those of input consumed again, are then published with new ids.",
+							 kafka_position)));
+		behind_logged = true;
+		return PKJ_POSITION_BEHIND;
+	}
+	if (behind_logged)
+		ereport(LOG,
+				(errmsg("pgkafka_join publishes again: results are numbered after the position in Kafka")));
+	behind_logged = false;
+
+	/*
+	 * The position committed in Kafka is exact.  PostgreSQL's record can
+	 * only lag it, unless the group's offsets expired or were reset on the
+	 * brokers: those results are on the topic all the same, so the higher
+	 * one counts.
+	 */
+	if (recorded > kafka_position)
+	{
+		published_id = recorded;
+		if (kafka_position >= 0)
+			ereport(LOG,
+					(errmsg("pgkafka_join.output_position is ahead of the position committed in Kafka; publishing after the former"),
+					 errdetail("Recorded in PostgreSQL: " INT64_FORMAT "; committed in Kafka: " INT64_FORMAT ".",
+							   recorded, kafka_position)));
+	}
+	else
+		published_id = kafka_position;
+	pkj_status_count_published(0, published_id);
+	ereport(LOG,
+			(errmsg("pgkafka_join publishes to \"%s\" after result " INT64_FORMAT,
+					pkj_kafka.output_topic, published_id),
+			 errdetail("Position committed in Kafka: %s; recorded in PostgreSQL: " INT64_FORMAT ".",
+					   kafka_position >= 0 ? psprintf(INT64_FORMAT, kafka_position) : "none",
+					   recorded)));
+	return PKJ_POSITION_KNOWN;
+}
+
+/*
+ * Is the output topic there?  Checked before the first transaction, so that
+ * a missing topic is waited for, logged once, instead of failing every
+ * transaction.
+ */
+static bool
+output_topic_ready(void)
+{
+	int			n;
+
+	if (output_topic_checked)
+		return true;
+	n = pkj_kafka_partition_count(pkj_kafka.output_topic, KAFKA_TIMEOUT_MS);
+	if (n <= 0)
+	{
+		/* once per wait, not at every retry */
+		if (!output_wait_logged)
+			ereport(LOG,
+					(errmsg("pgkafka_join is waiting for the output topic \"%s\"",
+							pkj_kafka.output_topic),
+					 n == 0 ? errhint("Create the topic, or set pgkafka_join.output_topic.")
+					 : errdetail("%s", pkj_kafka_last_error)));
+		output_wait_logged = true;
+		return false;
+	}
+	output_wait_logged = false;
+	output_topic_checked = true;
 	return true;
 }
 
@@ -308,6 +396,13 @@ fetch_results(MemoryContext cxt, PendingResult **results)
 	int			n;
 
 	pkj_begin_spi("reading results to publish");
+	if (!pkj_lock_extension())
+	{
+		/* replaced since the top of the loop: the loop starts over */
+		pkj_end_spi();
+		*results = NULL;
+		return 0;
+	}
 	if (fetch_plan == NULL)
 		fetch_plan = keep_plan("SELECT r.id, r.movie_id::text, pgkafka_join.output_value(r) "
 							   "FROM pgkafka_join.rated_movies r "
@@ -343,6 +438,11 @@ record_landed(void)
 	Datum		args[4];
 
 	pkj_begin_spi("recording the output position");
+	if (!pkj_lock_extension())
+	{
+		pkj_end_spi();
+		return;
+	}
 	if (record_plan == NULL)
 		record_plan = keep_plan("INSERT INTO pgkafka_join.output_position AS op "
 								"VALUES ($1, $2, $3, $4, now()) "
@@ -421,7 +521,8 @@ abort_transaction(void)
 					 errmsg("could not abort a Kafka transaction; the join worker restarts")));
 		}
 		rd_kafka_error_destroy(error);
-		retry_wait(1000);
+		if (!retry_wait(1000))
+			return;				/* the caller gives the transaction up */
 	}
 }
 
@@ -440,7 +541,7 @@ pkj_publish(MemoryContext cxt)
 	rd_kafka_error_t *error;
 	rd_kafka_topic_partition_list_t *position;
 
-	if (!pkj_publisher_ready())
+	if (pkj_publisher_position() != PKJ_POSITION_KNOWN || !output_topic_ready())
 		return -1;
 
 	n = fetch_results(cxt, &results);
@@ -470,7 +571,7 @@ pkj_publish(MemoryContext cxt)
 		if (!produce(&results[i]))
 		{
 			abort_transaction();
-			return -1;
+			return ConfigReloadPending ? give_up_for_reload() : -1;
 		}
 	}
 
@@ -488,13 +589,15 @@ pkj_publish(MemoryContext cxt)
 		if (rd_kafka_error_is_retriable(error))
 		{
 			rd_kafka_error_destroy(error);
-			retry_wait(1000);
-			continue;
+			if (retry_wait(1000))
+				continue;
+			rd_kafka_topic_partition_list_destroy(position);
+			return give_up_for_reload();
 		}
 		rd_kafka_error_destroy(error);
 		rd_kafka_topic_partition_list_destroy(position);
 		abort_transaction();
-		return -1;
+		return ConfigReloadPending ? give_up_for_reload() : -1;
 	}
 	rd_kafka_topic_partition_list_destroy(position);
 
@@ -509,12 +612,13 @@ pkj_publish(MemoryContext cxt)
 		{
 			/* the outcome is not known yet: committing again is the way to learn it */
 			rd_kafka_error_destroy(error);
-			retry_wait(1000);
-			continue;
+			if (retry_wait(1000))
+				continue;
+			return give_up_for_reload();
 		}
 		rd_kafka_error_destroy(error);
 		abort_transaction();
-		return -1;
+		return ConfigReloadPending ? give_up_for_reload() : -1;
 	}
 
 	/* committed: serve the remaining delivery reports, then record them */

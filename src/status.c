@@ -36,6 +36,7 @@ typedef struct PkjPartitionStatus
 	int32		partition;
 	int64		high_watermark; /* -1: not known yet */
 	int64		consumed;		/* next offset the consumer will deliver */
+	char		problem[256];	/* why it is not consumed; "" if it is */
 } PkjPartitionStatus;
 
 typedef struct PkjShared
@@ -55,9 +56,14 @@ typedef struct PkjShared
 	int64		ring_messages[RING_SECONDS];
 	int64		ring_results[RING_SECONDS];
 	int64		ring_published[RING_SECONDS];
-	int			npartitions;
-	PkjPartitionStatus partitions[PKJ_MAX_PARTITIONS];
+	int			assigned;		/* partitions assigned, listed or not */
+	int64		unlisted_lag;	/* lag of those beyond max_partitions */
+	int			npartitions;	/* listed, at most pkj_max_partitions */
+	PkjPartitionStatus partitions[FLEXIBLE_ARRAY_MEMBER];
 } PkjShared;
+
+#define SHARED_SIZE (offsetof(PkjShared, partitions) + \
+					 sizeof(PkjPartitionStatus) * pkj_max_partitions)
 
 static PkjShared *shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -68,7 +74,7 @@ status_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(PkjShared)));
+	RequestAddinShmemSpace(MAXALIGN(SHARED_SIZE));
 }
 
 static void
@@ -80,10 +86,10 @@ status_shmem_startup(void)
 		prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	shared = ShmemInitStruct("pgkafka_join", sizeof(PkjShared), &found);
+	shared = ShmemInitStruct("pgkafka_join", SHARED_SIZE, &found);
 	if (!found)
 	{
-		memset(shared, 0, sizeof(PkjShared));
+		memset(shared, 0, SHARED_SIZE);
 		SpinLockInit(&shared->mutex);
 		strlcpy(shared->state, "not started", sizeof(shared->state));
 		shared->published_id = -1;
@@ -108,6 +114,8 @@ pkj_status_worker_started(void)
 	shared->worker_pid = MyProcPid;
 	shared->worker_latch = MyLatch;
 	shared->npartitions = 0;
+	shared->assigned = 0;
+	shared->unlisted_lag = 0;
 	shared->published_id = -1;
 	SpinLockRelease(&shared->mutex);
 	on_shmem_exit(pkj_status_worker_exit, (Datum) 0);
@@ -209,36 +217,79 @@ pkj_status_reset_partitions(void)
 {
 	SpinLockAcquire(&shared->mutex);
 	shared->npartitions = 0;
+	shared->assigned = 0;
+	shared->unlisted_lag = 0;
 	SpinLockRelease(&shared->mutex);
 }
 
-/* Record a partition's high watermark and the consumer's position */
-void
+/*
+ * The slot of a partition, added if there is room; -1 if the list is full.
+ * Caller holds the spinlock.
+ */
+static int
+partition_slot(const char *topic, int32 partition)
+{
+	int			i;
+
+	for (i = 0; i < shared->npartitions; i++)
+	{
+		if (shared->partitions[i].partition == partition &&
+			strcmp(shared->partitions[i].topic, topic) == 0)
+			return i;
+	}
+	if (i == pkj_max_partitions)
+		return -1;
+	strlcpy(shared->partitions[i].topic, topic, sizeof(shared->partitions[i].topic));
+	shared->partitions[i].partition = partition;
+	shared->partitions[i].high_watermark = -1;
+	shared->partitions[i].consumed = -1;
+	shared->partitions[i].problem[0] = '\0';
+	shared->npartitions++;
+	return i;
+}
+
+/*
+ * Record a partition's high watermark and the consumer's position.  Returns
+ * false if the partition is beyond the pgkafka_join.max_partitions listed.
+ */
+bool
 pkj_status_set_partition(const char *topic, int32 partition,
 						 int64 high_watermark, int64 consumed)
 {
 	int			i;
 
 	SpinLockAcquire(&shared->mutex);
-	for (i = 0; i < shared->npartitions; i++)
+	i = partition_slot(topic, partition);
+	if (i >= 0)
 	{
-		if (shared->partitions[i].partition == partition &&
-			strcmp(shared->partitions[i].topic, topic) == 0)
-			break;
+		shared->partitions[i].high_watermark = high_watermark;
+		shared->partitions[i].consumed = consumed;
 	}
-	if (i == shared->npartitions)
-	{
-		if (i == PKJ_MAX_PARTITIONS)
-		{
-			SpinLockRelease(&shared->mutex);
-			return;
-		}
-		strlcpy(shared->partitions[i].topic, topic, sizeof(shared->partitions[i].topic));
-		shared->partitions[i].partition = partition;
-		shared->npartitions++;
-	}
-	shared->partitions[i].high_watermark = high_watermark;
-	shared->partitions[i].consumed = consumed;
+	SpinLockRelease(&shared->mutex);
+	return i >= 0;
+}
+
+/* Say why a partition is not consumed (until the partitions are reset) */
+void
+pkj_status_set_partition_problem(const char *topic, int32 partition,
+								 const char *problem)
+{
+	int			i;
+
+	SpinLockAcquire(&shared->mutex);
+	i = partition_slot(topic, partition);
+	if (i >= 0)
+		strlcpy(shared->partitions[i].problem, problem, sizeof(shared->partitions[i].problem));
+	SpinLockRelease(&shared->mutex);
+}
+
+/* How many partitions are assigned, and the lag of those not listed */
+void
+pkj_status_set_unlisted(int partitions, int64 lag)
+{
+	SpinLockAcquire(&shared->mutex);
+	shared->assigned = partitions;
+	shared->unlisted_lag = lag;
 	SpinLockRelease(&shared->mutex);
 }
 
@@ -256,6 +307,7 @@ pkj_status_total_lag(void)
 		if (p->high_watermark >= 0 && p->consumed >= 0 && p->high_watermark > p->consumed)
 			lag += p->high_watermark - p->consumed;
 	}
+	lag += shared->unlisted_lag;
 	SpinLockRelease(&shared->mutex);
 	return lag;
 }
@@ -293,8 +345,8 @@ pgkafka_join_worker_status(PG_FUNCTION_ARGS)
 {
 	PkjShared	copy;
 	TupleDesc	tupdesc;
-	Datum		values[12];
-	bool		nulls[12] = {0};
+	Datum		values[14];
+	bool		nulls[14] = {0};
 	int64		now = GetCurrentTimestamp() / USECS_PER_SEC;
 	int64		messages = 0,
 				results = 0,
@@ -338,6 +390,8 @@ pgkafka_join_worker_status(PG_FUNCTION_ARGS)
 	values[10] = Float8GetDatum((double) published / RING_SECONDS);
 	values[11] = Int64GetDatum(copy.published_id);
 	nulls[11] = copy.published_id < 0;
+	values[12] = Int32GetDatum(copy.assigned);
+	values[13] = Int64GetDatum(copy.unlisted_lag);
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
@@ -361,7 +415,7 @@ pgkafka_join_partition_status(PG_FUNCTION_ARGS)
 				 errmsg("pgkafka_join is not in shared_preload_libraries")));
 	InitMaterializedSRF(fcinfo, 0);
 
-	parts = palloc(sizeof(PkjPartitionStatus) * PKJ_MAX_PARTITIONS);
+	parts = palloc(sizeof(PkjPartitionStatus) * pkj_max_partitions);
 	SpinLockAcquire(&shared->mutex);
 	n = shared->npartitions;
 	memcpy(parts, shared->partitions, sizeof(PkjPartitionStatus) * n);
@@ -369,8 +423,8 @@ pgkafka_join_partition_status(PG_FUNCTION_ARGS)
 
 	for (int i = 0; i < n; i++)
 	{
-		Datum		values[4];
-		bool		nulls[4] = {0};
+		Datum		values[5];
+		bool		nulls[5] = {0};
 
 		values[0] = CStringGetTextDatum(parts[i].topic);
 		values[1] = Int32GetDatum(parts[i].partition);
@@ -378,6 +432,8 @@ pgkafka_join_partition_status(PG_FUNCTION_ARGS)
 		nulls[2] = parts[i].high_watermark < 0;
 		values[3] = Int64GetDatum(parts[i].consumed);
 		nulls[3] = parts[i].consumed < 0;
+		values[4] = CStringGetTextDatum(parts[i].problem);
+		nulls[4] = parts[i].problem[0] == '\0';
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

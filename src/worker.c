@@ -22,8 +22,23 @@
  *
  * All state a restart needs is in PostgreSQL (input offsets, results) or in
  * Kafka (the publish position), written atomically with what it describes;
- * nothing in this process's memory must survive it.  Any error ends the
- * worker, and the next one starts over from the stored positions.
+ * nothing in this process's memory must survive it.  The worker's
+ * transactions are durable whatever synchronous_commit says for the server:
+ * a result is only published once its commit is on disk, and the offsets
+ * that produced it with it.
+ *
+ * No input, setting or rewind makes the worker exit.  An error in a step is
+ * caught at the top of the loop: the transaction is aborted, the Kafka
+ * handles are rebuilt (so consumption starts over from the stored offsets
+ * and the publisher from the position in Kafka), the error is logged and
+ * shown in pgkafka_join.status, and the worker tries again after
+ * retry_interval.  A single message that cannot be stored because of what
+ * it holds is rejected into rejected_messages (see isolate_remaining).
+ * What it waits for (brokers, extension, settings, the output topic being
+ * ahead of PostgreSQL) is logged once and shown in status.state.
+ *
+ * The worker runs with search_path = pg_catalog, pg_temp, and every object
+ * it uses is schema-qualified: nothing a non-superuser creates is run by it.
  *
  *-------------------------------------------------------------------------
  */
@@ -35,6 +50,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
+#include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
@@ -43,6 +59,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lmgr.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -69,9 +86,18 @@ typedef enum WaitReason
 	WAIT_BROKERS,
 	WAIT_EXTENSION,
 	WAIT_PROPERTIES_FILE,
+	WAIT_PROPERTIES,
+	WAIT_TOPIC_NAMES,
+	WAIT_UPDATE,
 	WAIT_UNREACHABLE,
 	WAIT_TOPICS
 } WaitReason;
+
+/* The version of the SQL objects this library works with */
+#define PKJ_SQL_VERSION "1.1"
+
+/* The memory context current before pkj_begin_spi(), restored after */
+MemoryContext pkj_spi_caller_cxt = NULL;
 
 static WaitReason logged_wait = WAIT_NONE;
 
@@ -148,6 +174,7 @@ void
 pkj_launcher_main(Datum arg)
 {
 	bool		logged_missing = false;
+	bool		logged_no_slot = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -195,13 +222,21 @@ pkj_launcher_main(Datum arg)
 
 		if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 		{
-			ereport(WARNING,
-					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-					 errmsg("could not start the pgkafka_join worker"),
-					 errhint("Raise max_worker_processes.")));
+			/* said once, and again when a slot was found */
+			if (!logged_no_slot)
+				ereport(WARNING,
+						(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+						 errmsg("could not start the pgkafka_join worker: no background worker slot is free"),
+						 errdetail("The launcher tries again every pgkafka_join.retry_interval."),
+						 errhint("Raise max_worker_processes.")));
+			logged_no_slot = true;
 			wait_latch(pkj_retry_interval);
 			continue;
 		}
+		if (logged_no_slot)
+			ereport(LOG,
+					(errmsg("pgkafka_join found a background worker slot; the worker starts")));
+		logged_no_slot = false;
 		if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED)
 			(void) WaitForBackgroundWorkerShutdown(handle);
 		CHECK_FOR_INTERRUPTS();
@@ -222,16 +257,63 @@ log_wait(WaitReason reason, const char *msg, const char *hint)
 	ereport(LOG, (errmsg("%s", msg), hint ? errhint("%s", hint) : 0));
 }
 
-/* The oid of the extension in this database, InvalidOid if not installed */
+/*
+ * The oid of the extension in this database, InvalidOid if not installed;
+ * *version is its version (palloc'd), NULL if not installed.
+ */
 static Oid
-extension_oid(void)
+extension_oid(char **version)
 {
-	Oid			oid;
+	Oid			oid = InvalidOid;
+	bool		isnull;
 
-	StartTransactionCommand();
-	oid = get_extension_oid("pgkafka_join", true);
-	CommitTransactionCommand();
+	*version = NULL;
+	pkj_begin_spi(NULL);
+	if (SPI_execute("SELECT oid, extversion FROM pg_catalog.pg_extension WHERE extname = 'pgkafka_join'",
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg_extension");
+	if (SPI_processed == 1)
+	{
+		oid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		*version = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		*version = MemoryContextStrdup(pkj_spi_caller_cxt, *version);
+	}
+	pkj_end_spi();
 	return oid;
+}
+
+/*
+ * pkj_lock_extension
+ *		In the caller's transaction, lock the extension the Kafka handles were
+ *		made for against DROP EXTENSION, and say whether it is still the one
+ *		installed.  A batch or a publish step that finds it gone (dropped, or
+ *		dropped and created again, since the top of the loop) must store
+ *		nothing: its offsets and positions belong to the old incarnation.
+ */
+bool
+pkj_lock_extension(void)
+{
+	if (!OidIsValid(pkj_kafka.extension_oid))
+		return false;
+	LockDatabaseObject(ExtensionRelationId, pkj_kafka.extension_oid, 0, AccessShareLock);
+	return get_extension_oid("pgkafka_join", true) == pkj_kafka.extension_oid;
+}
+
+/*
+ * The worker's commits must be durable: a result is published to Kafka once
+ * its transaction committed, and an asynchronous commit lost in a crash
+ * would leave the output topic ahead of PostgreSQL (see publish.c).  So a
+ * server-wide synchronous_commit = off (or a per-database one) is raised to
+ * on for the worker's transactions; local, remote_write and stronger are
+ * kept.
+ */
+static void
+force_durable_commit(void)
+{
+	if (synchronous_commit < SYNCHRONOUS_COMMIT_LOCAL_FLUSH)
+		(void) set_config_option("synchronous_commit", "on",
+								 PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
 }
 
 /*
@@ -242,8 +324,12 @@ extension_oid(void)
 void
 pkj_begin_spi(const char *activity)
 {
+	MemoryContext caller = CurrentMemoryContext;
+
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	force_durable_commit();
+	pkj_spi_caller_cxt = caller;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -257,6 +343,19 @@ pkj_end_spi(void)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	/* back to the caller's memory, not TopMemoryContext */
+	MemoryContextSwitchTo(pkj_spi_caller_cxt);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* Leave the transaction of pkj_begin_spi() without committing it */
+void
+pkj_abort_spi(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	AbortCurrentTransaction();
+	MemoryContextSwitchTo(pkj_spi_caller_cxt);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
@@ -360,17 +459,54 @@ assign_partitions(void)
 }
 
 /*
+ * A stored offset is outside what the partition holds: its messages were
+ * deleted by retention (below the log start), or the offset was mistyped or
+ * the topic recreated (above the log end).  librdkafka, whose
+ * auto.offset.reset is pinned to "error", stops fetching that partition;
+ * the others go on.  Skipping to the log start or replaying from the
+ * beginning would lose or repeat results silently, so the worker says so
+ * and waits for reset_offsets().
+ */
+static void
+report_out_of_range(const char *topic, int32 partition, int64 offset)
+{
+	int64_t		low = -1,
+				high = -1;
+	char	   *range;
+	char	   *problem;
+
+	if (rd_kafka_query_watermark_offsets(pkj_kafka.consumer, topic, partition,
+										 &low, &high, 5000) == RD_KAFKA_RESP_ERR_NO_ERROR)
+		range = psprintf("offsets " INT64_FORMAT " to " INT64_FORMAT,
+						 (int64) low, (int64) high - 1);
+	else
+		range = pstrdup("offsets not known (the brokers did not answer)");
+	problem = psprintf("offset " INT64_FORMAT " is out of range; the partition holds %s",
+					   offset, range);
+	pkj_status_set_partition_problem(topic, partition, problem);
+	pkj_status_set_error(psprintf("topic \"%s\" partition %d: %s", topic, partition, problem));
+	ereport(WARNING,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("pgkafka_join stopped consuming topic \"%s\" partition %d: stored offset " INT64_FORMAT " is out of range",
+					topic, partition, offset),
+			 errdetail("The partition holds %s.  No message is skipped or consumed again without being told to.",
+					   range),
+			 errhint("Choose where to resume: SELECT pgkafka_join.pause(); SELECT pgkafka_join.reset_offsets('%s', %d, <offset>); SELECT pgkafka_join.resume();",
+					 topic, partition)));
+}
+
+/*
  * Fill the batch: take what the consumer queue holds, and wait on the latch
  * and the queue's wake-up pipe until batch_size messages are in or
  * batch_delay has passed since the first one.  An empty batch returns after
  * at most timeout_ms, so the loop can do its periodic work.
  */
 static void
-consume_batch(PkjBatch *batch, long timeout_ms)
+consume_batch(PkjBatch *batch, long timeout_ms, int limit)
 {
 	TimestampTz deadline = 0;
 
-	while (!pkj_batch_full(batch))
+	while (!pkj_batch_full(batch) && pkj_batch_count(batch) < limit)
 	{
 		rd_kafka_message_t *msg = rd_kafka_consumer_poll(pkj_kafka.consumer, 0);
 		long		wait_ms;
@@ -400,6 +536,9 @@ consume_batch(PkjBatch *batch, long timeout_ms)
 														   pkj_batch_delay);
 				pkj_batch_add(batch, msg);
 			}
+			else if (msg->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET && msg->rkt)
+				report_out_of_range(rd_kafka_topic_name(msg->rkt), msg->partition,
+									msg->offset);
 			else
 			{
 				pkj_kafka_note_error(rd_kafka_message_errstr(msg));
@@ -507,12 +646,17 @@ enter_pause(void)
 
 /*
  * Record each assigned partition's high watermark (as last seen in fetch
- * responses, no broker round trip) and the consumer's position.
+ * responses, no broker round trip) and the consumer's position.  Partitions
+ * beyond pgkafka_join.max_partitions are not listed, but counted, their lag
+ * with them.
  */
 static void
 update_partition_status(void)
 {
 	rd_kafka_topic_partition_list_t *parts;
+	int64		unlisted_lag = 0;
+	int			unlisted = 0;
+	static bool logged_unlisted = false;
 
 	if (rd_kafka_assignment(pkj_kafka.consumer, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR)
 		return;
@@ -526,9 +670,23 @@ update_partition_status(void)
 		if (rd_kafka_get_watermark_offsets(pkj_kafka.consumer, tp->topic, tp->partition,
 										   &low, &high) != RD_KAFKA_RESP_ERR_NO_ERROR)
 			high = -1;
-		pkj_status_set_partition(tp->topic, tp->partition, high,
-								 tp->offset >= 0 ? tp->offset : -1);
+		if (!pkj_status_set_partition(tp->topic, tp->partition, high,
+									  tp->offset >= 0 ? tp->offset : -1))
+		{
+			unlisted++;
+			if (high >= 0 && high > tp->offset)
+				unlisted_lag += high - Max(tp->offset, 0);
+		}
 	}
+	pkj_status_set_unlisted(parts->cnt, unlisted_lag);
+	if (unlisted > 0 && !logged_unlisted)
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("pgkafka_join consumes %d partitions; pgkafka_join.input_status lists the first %d",
+						parts->cnt, pkj_max_partitions),
+				 errdetail("The lag of the other %d is counted in pgkafka_join.status.input_lag.", unlisted),
+				 errhint("Raise pgkafka_join.max_partitions and restart the server.")));
+	logged_unlisted = unlisted > 0;
 	rd_kafka_topic_partition_list_destroy(parts);
 }
 
@@ -547,6 +705,376 @@ log_progress(int64 *last_total)
 	*last_total = total;
 }
 
+/* Drop the Kafka handles; the next step makes new ones from the settings */
+static void
+disconnect(void)
+{
+	if (pkj_kafka.consumer)
+		pkj_kafka_disconnect();
+	pkj_publisher_reset();
+}
+
+/*
+ * The state of the worker's loop.  It lives outside worker_step() so that
+ * an error caught in the loop leaves it as it was.
+ */
+static struct
+{
+	MemoryContext loop_cxt;
+	PkjBatch   *batch;
+	TimestampTz next_metadata;
+	TimestampTz next_partitions;
+	TimestampTz next_status;
+	TimestampTz next_progress;
+	TimestampTz next_publish;	/* no publish attempt before, after a failure */
+	int64		progress_total;
+	bool		more_to_publish;
+	bool		paused;
+
+	/*
+	 * After a batch failed to store, its messages are consumed again one per
+	 * batch, so that one whose contents cannot be stored is found and
+	 * rejected instead of failing every batch after it.
+	 */
+	int			isolate_remaining;
+	bool		storing;		/* the error, if any, came from storing */
+} w;
+
+/*
+ * Wait for what cannot be done now; log it once, show it in status.
+ * Returns after retry_interval, or earlier when the latch is set.
+ */
+static void
+wait_for(WaitReason reason, const char *state, const char *msg, const char *hint)
+{
+	pkj_status_set_state(state);
+	log_wait(reason, msg, hint);
+	wait_latch(pkj_retry_interval);
+}
+
+/*
+ * One turn of the worker's loop: make sure of what it needs, store one
+ * batch, publish what is new.  Returns early (to be called again) whenever
+ * it has to wait.
+ */
+static void
+worker_step(void)
+{
+	TimestampTz now;
+	int64		results = 0;
+	Oid			extoid;
+	char	   *version;
+	PkjPosition position;
+
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+		if (pkj_kafka.consumer && pkj_kafka_settings_changed())
+		{
+			ereport(LOG,
+					(errmsg("pgkafka_join Kafka settings changed; reconnecting")));
+			disconnect();
+		}
+	}
+
+	if (pkj_brokers[0] == '\0')
+	{
+		disconnect();
+		wait_for(WAIT_BROKERS, "idle: no brokers set",
+				 "pgkafka_join is idle: pgkafka_join.brokers is empty",
+				 "Set pgkafka_join.brokers in postgresql.conf and reload.");
+		return;
+	}
+	if (strcmp(pkj_output_topic, pkj_movies_topic) == 0 ||
+		strcmp(pkj_output_topic, pkj_ratings_topic) == 0 ||
+		strcmp(pkj_movies_topic, pkj_ratings_topic) == 0)
+	{
+		disconnect();
+		wait_for(WAIT_TOPIC_NAMES, "waiting for distinct topics",
+				 psprintf("pgkafka_join is waiting: the movies, ratings and output topics must be three different topics (\"%s\", \"%s\", \"%s\")",
+						  pkj_movies_topic, pkj_ratings_topic, pkj_output_topic),
+				 "Publishing to an input topic would feed results back as input; set pgkafka_join.output_topic to a topic of its own and reload.");
+		return;
+	}
+	extoid = extension_oid(&version);
+	if (!OidIsValid(extoid))
+	{
+		disconnect();
+		wait_for(WAIT_EXTENSION, "waiting for the extension",
+				 psprintf("pgkafka_join is waiting for the extension in database \"%s\"",
+						  pkj_database),
+				 "Run CREATE EXTENSION pgkafka_join in that database.");
+		return;
+	}
+	if (strcmp(version, PKJ_SQL_VERSION) != 0)
+	{
+		disconnect();
+		wait_for(WAIT_UPDATE, "waiting for ALTER EXTENSION UPDATE",
+				 psprintf("pgkafka_join is waiting: the extension's objects are version %s, this library needs version %s",
+						  version, PKJ_SQL_VERSION),
+				 psprintf("Run ALTER EXTENSION pgkafka_join UPDATE TO '%s' in database \"%s\".",
+						  PKJ_SQL_VERSION, pkj_database));
+		return;
+	}
+	if (logged_wait == WAIT_BROKERS || logged_wait == WAIT_EXTENSION ||
+		logged_wait == WAIT_UPDATE || logged_wait == WAIT_TOPIC_NAMES)
+		logged_wait = WAIT_NONE;
+
+	if (pkj_kafka.consumer != NULL && pkj_kafka.extension_oid != extoid)
+	{
+		/* dropped and created again since the handles were made */
+		disconnect();
+	}
+	if (pkj_kafka.consumer == NULL)
+	{
+		List	   *file_props;
+		char	   *file_content;
+		char	   *problem;
+
+		if (!pkj_read_properties_file(&file_props, &file_content, &problem))
+		{
+			pkj_status_set_error(problem);
+			wait_for(WAIT_PROPERTIES_FILE, "waiting for the properties file", problem,
+					 "Fix the file or pgkafka_join.kafka_properties_file and reload.");
+			return;
+		}
+		if (logged_wait == WAIT_PROPERTIES_FILE)
+			logged_wait = WAIT_NONE;
+		if (!pkj_kafka_connect(extoid, &problem))
+		{
+			pkj_status_set_error(problem);
+			wait_for(WAIT_PROPERTIES, "waiting for valid Kafka properties", problem,
+					 "Fix pgkafka_join.kafka_properties or pgkafka_join.kafka_properties_file and reload.");
+			return;
+		}
+		if (logged_wait == WAIT_PROPERTIES)
+			logged_wait = WAIT_NONE;
+		w.next_metadata = 0;
+		w.next_publish = 0;
+		w.more_to_publish = true;
+		w.paused = ingest_paused();
+		if (w.paused)
+			enter_pause();
+	}
+
+	now = GetCurrentTimestamp();
+	if (now >= w.next_partitions)
+	{
+		run_sql(psprintf("SELECT pgkafka_join.create_partitions(now() - pgkafka_join.join_window(), "
+						 "now() + interval '%d months')", pkj_premake_months),
+				"creating partitions ahead");
+		w.next_partitions = TimestampTzPlusMilliseconds(now, PARTITION_CHECK_MS);
+	}
+
+	/*
+	 * Where publishing stands, before anything is stored: if the output
+	 * topic is ahead of PostgreSQL, results stored now would be numbered
+	 * below what was published, and never sent.  While the brokers cannot
+	 * tell, ingest goes on (the check is made again before publishing).
+	 */
+	position = PKJ_POSITION_UNKNOWN;
+	if (now >= w.next_publish)
+	{
+		position = pkj_publisher_position();
+		if (position == PKJ_POSITION_UNKNOWN)
+			w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
+	}
+	if (position == PKJ_POSITION_BEHIND)
+	{
+		pkj_kafka_serve_producer();
+		wait_latch(pkj_retry_interval);
+		return;
+	}
+
+	if (w.paused)
+	{
+		if (ingest_paused())
+		{
+			pkj_status_set_state("paused");
+			/* results stored before the pause are still published */
+			if (position == PKJ_POSITION_KNOWN && pkj_publish(w.loop_cxt) < 0)
+				w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
+			wait_latch(pkj_retry_interval);
+			pkj_kafka_serve_producer();
+			return;
+		}
+		w.paused = false;
+		restart_kafka("pgkafka_join ingest resumes from the stored offsets");
+		return;
+	}
+
+	if (now >= w.next_metadata)
+	{
+		if (!assign_partitions())
+		{
+			pkj_status_set_state("waiting for topics");
+			pkj_kafka_serve_producer();
+			wait_latch(pkj_retry_interval);
+			return;
+		}
+		/* a missing input topic is looked for again soon */
+		w.next_metadata = TimestampTzPlusMilliseconds(now,
+													  pkj_kafka.assigned_movies == 0 ||
+													  pkj_kafka.assigned_ratings == 0 ?
+													  pkj_retry_interval : METADATA_REFRESH_MS);
+	}
+
+	pkj_status_set_state(w.isolate_remaining > 0 ? "consuming one message at a time" : "consuming");
+	consume_batch(w.batch,
+				  w.more_to_publish && now >= w.next_publish ? 0 : pkj_retry_interval,
+				  w.isolate_remaining > 0 ? 1 : pkj_batch_size);
+	if (pkj_batch_count(w.batch) > 0)
+	{
+		bool		stored;
+
+		w.storing = true;
+		stored = pkj_ingest_batch(w.batch, offsets_generation, &results);
+		w.storing = false;
+		if (!stored)
+		{
+			/* dropped unstored: paused, offsets reset, or extension replaced */
+			if (ingest_paused())
+			{
+				w.paused = true;
+				enter_pause();
+			}
+			else
+				restart_kafka("pgkafka_join input offsets were reset; consuming from the stored offsets");
+			return;
+		}
+		if (w.isolate_remaining > 0)
+			w.isolate_remaining--;
+		if (results > 0)
+			w.more_to_publish = true;
+	}
+	else
+	{
+		/* idle: pause() or reset_offsets() may have woken us */
+		if (ingest_paused())
+		{
+			w.paused = true;
+			enter_pause();
+			return;
+		}
+		if (offsets_reset())
+		{
+			restart_kafka("pgkafka_join input offsets were reset; consuming from the stored offsets");
+			return;
+		}
+		/* look for results stored by other means (SQL calls) */
+		w.more_to_publish = true;
+	}
+
+	/*
+	 * A failing publisher is tried again after retry_interval; meanwhile
+	 * ingest goes on at full speed.
+	 */
+	now = GetCurrentTimestamp();
+	if (w.more_to_publish && now >= w.next_publish)
+	{
+		int64		published = -1;
+
+		if (pkj_publisher_position() == PKJ_POSITION_KNOWN)
+			published = pkj_publish(w.loop_cxt);
+		if (published < 0)
+			w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
+		else
+			w.more_to_publish = (published == pkj_batch_size);
+	}
+	pkj_kafka_serve_producer();
+
+	now = GetCurrentTimestamp();
+	if (now >= w.next_status)
+	{
+		update_partition_status();
+		w.next_status = TimestampTzPlusMilliseconds(now, 1000);
+	}
+	if (now >= w.next_progress)
+	{
+		log_progress(&w.progress_total);
+		w.next_progress = TimestampTzPlusMilliseconds(now, PROGRESS_LOG_MS);
+	}
+}
+
+/*
+ * SQLSTATE classes of errors that the contents of a message can cause when
+ * it is stored (data exceptions, integrity violations, program limits such
+ * as an index row too large), as opposed to the state of the server (disk
+ * full, lock timeouts, shutdown), which are retried.
+ */
+static bool
+error_from_contents(int sqlerrcode)
+{
+	char	   *state = unpack_sql_state(sqlerrcode);
+
+	return strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0 ||
+		strncmp(state, "54", 2) == 0;
+}
+
+/*
+ * An error escaped a step of the loop: log it, abort the transaction, drop
+ * the Kafka handles (consumption and publishing start over from the stored
+ * positions), show it in status, and wait before trying again.
+ */
+static void
+recover_from_error(void)
+{
+	ErrorData  *edata;
+	bool		storing = w.storing;
+	int			count = pkj_batch_count(w.batch);
+
+	HOLD_INTERRUPTS();
+	MemoryContextSwitchTo(TopMemoryContext);
+	edata = CopyErrorData();
+	EmitErrorReport();
+	AbortOutOfAnyTransaction();
+	FlushErrorState();
+	RESUME_INTERRUPTS();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	w.storing = false;
+
+	MemoryContextSwitchTo(w.loop_cxt);
+	pkj_status_set_error(edata->message);
+
+	if (storing && count == 1 && w.isolate_remaining > 0 &&
+		error_from_contents(edata->sqlerrcode))
+	{
+		/* the message is at fault: keep it as rejected, go on after it */
+		char	   *reason = psprintf("could not be stored: %s", edata->message);
+
+		PG_TRY();
+		{
+			if (pkj_ingest_reject_single(w.batch, offsets_generation, reason))
+			{
+				ereport(LOG,
+						(errmsg("pgkafka_join rejected a message that could not be stored"),
+						 errdetail("%s", reason)));
+				w.isolate_remaining--;
+				FreeErrorData(edata);
+				return;
+			}
+		}
+		PG_CATCH();
+		{
+			HOLD_INTERRUPTS();
+			EmitErrorReport();
+			AbortOutOfAnyTransaction();
+			FlushErrorState();
+			RESUME_INTERRUPTS();
+			MemoryContextSwitchTo(w.loop_cxt);
+		}
+		PG_END_TRY();
+	}
+	else if (storing && count > 1 && error_from_contents(edata->sqlerrcode))
+		w.isolate_remaining = count;
+
+	FreeErrorData(edata);
+	disconnect();
+	pkj_status_set_state("waiting after an error");
+	wait_latch(pkj_retry_interval);
+}
+
 /*
  * pkj_worker_main
  *		The join worker, in the database the launcher found.
@@ -554,22 +1082,19 @@ log_progress(int64 *last_total)
 void
 pkj_worker_main(Datum arg)
 {
-	MemoryContext loop_cxt;
-	PkjBatch   *batch;
-	TimestampTz next_metadata = 0;
-	TimestampTz next_partitions = 0;
-	TimestampTz next_status = 0;
-	TimestampTz next_progress = 0;
-	int64		progress_total = 0;
-	bool		more_to_publish = true;
-	bool		paused = false;
-
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(arg), InvalidOid, 0);
 	pgstat_report_appname("pgkafka_join worker");
 	pkj_status_worker_started();
+
+	/*
+	 * Nothing a non-superuser can create is found by name: the worker runs
+	 * as a superuser, and functions or operators planted in a schema of the
+	 * default search_path ("$user", public) would run with its privileges.
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
 	/*
 	 * The batch statements join arrays of unknown size with a catalog of any
@@ -580,199 +1105,27 @@ pkj_worker_main(Datum arg)
 	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
-	loop_cxt = AllocSetContextCreate(TopMemoryContext, "pgkafka_join loop",
-									 ALLOCSET_DEFAULT_SIZES);
-	batch = pkj_batch_create(loop_cxt);
+	w.loop_cxt = AllocSetContextCreate(TopMemoryContext, "pgkafka_join loop",
+									   ALLOCSET_DEFAULT_SIZES);
+	w.batch = pkj_batch_create(w.loop_cxt);
+	w.more_to_publish = true;
 
 	for (;;)
 	{
-		TimestampTz now;
-		int64		results = 0;
-		Oid			extoid;
-
-		MemoryContextReset(loop_cxt);
-		pkj_batch_reset(batch);
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextReset(w.loop_cxt);
+		MemoryContextSwitchTo(w.loop_cxt);
 		CHECK_FOR_INTERRUPTS();
 
-		if (ConfigReloadPending)
+		PG_TRY();
 		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-			if (pkj_kafka.consumer && pkj_kafka_settings_changed())
-			{
-				ereport(LOG,
-						(errmsg("pgkafka_join Kafka settings changed; reconnecting")));
-				pkj_kafka_disconnect();
-				pkj_publisher_reset();
-				next_metadata = 0;
-			}
+			pkj_batch_reset(w.batch);
+			worker_step();
 		}
-
-		if (pkj_brokers[0] == '\0')
+		PG_CATCH();
 		{
-			pkj_status_set_state("idle: no brokers set");
-			log_wait(WAIT_BROKERS, "pgkafka_join is idle: pgkafka_join.brokers is empty",
-					 "Set pgkafka_join.brokers in postgresql.conf and reload.");
-			if (pkj_kafka.consumer)
-			{
-				pkj_kafka_disconnect();
-				pkj_publisher_reset();
-			}
-			wait_latch(pkj_retry_interval);
-			continue;
+			recover_from_error();
 		}
-		extoid = extension_oid();
-		if (!OidIsValid(extoid))
-		{
-			pkj_status_set_state("waiting for the extension");
-			log_wait(WAIT_EXTENSION,
-					 psprintf("pgkafka_join is waiting for the extension in database \"%s\"",
-							  pkj_database),
-					 "Run CREATE EXTENSION pgkafka_join in that database.");
-			if (pkj_kafka.consumer)
-			{
-				pkj_kafka_disconnect();
-				pkj_publisher_reset();
-			}
-			wait_latch(pkj_retry_interval);
-			continue;
-		}
-		if (logged_wait == WAIT_BROKERS || logged_wait == WAIT_EXTENSION)
-			logged_wait = WAIT_NONE;
-
-		if (pkj_kafka.consumer != NULL && pkj_kafka.extension_oid != extoid)
-		{
-			/* dropped and created again since the handles were made */
-			pkj_kafka_disconnect();
-			pkj_publisher_reset();
-		}
-		if (pkj_kafka.consumer == NULL)
-		{
-			List	   *file_props;
-			char	   *file_content;
-			char	   *problem;
-
-			if (!pkj_read_properties_file(&file_props, &file_content, &problem))
-			{
-				pkj_status_set_state("waiting for the properties file");
-				pkj_status_set_error(problem);
-				log_wait(WAIT_PROPERTIES_FILE, problem,
-						 "Fix the file or pgkafka_join.kafka_properties_file and reload.");
-				wait_latch(pkj_retry_interval);
-				continue;
-			}
-			if (logged_wait == WAIT_PROPERTIES_FILE)
-				logged_wait = WAIT_NONE;
-			pkj_kafka_connect(extoid);
-			next_metadata = 0;
-			more_to_publish = true;
-			paused = ingest_paused();
-			if (paused)
-				enter_pause();
-		}
-
-		now = GetCurrentTimestamp();
-		if (now >= next_partitions)
-		{
-			run_sql(psprintf("SELECT pgkafka_join.create_partitions(now() - pgkafka_join.join_window(), "
-							 "now() + interval '%d months')", pkj_premake_months),
-					"creating partitions ahead");
-			next_partitions = TimestampTzPlusMilliseconds(now, PARTITION_CHECK_MS);
-		}
-
-		if (paused)
-		{
-			if (ingest_paused())
-			{
-				pkj_status_set_state("paused");
-				/* results stored before the pause are still published */
-				(void) pkj_publish(loop_cxt);
-				wait_latch(pkj_retry_interval);
-				pkj_kafka_serve_producer();
-				continue;
-			}
-			paused = false;
-			restart_kafka("pgkafka_join ingest resumes from the stored offsets");
-			continue;
-		}
-
-		if (now >= next_metadata)
-		{
-			if (!assign_partitions())
-			{
-				pkj_status_set_state("waiting for topics");
-				pkj_kafka_serve_producer();
-				wait_latch(pkj_retry_interval);
-				continue;
-			}
-			/* a missing input topic is looked for again soon */
-			next_metadata = TimestampTzPlusMilliseconds(now,
-														pkj_kafka.assigned_movies == 0 ||
-														pkj_kafka.assigned_ratings == 0 ?
-														pkj_retry_interval : METADATA_REFRESH_MS);
-		}
-
-		pkj_status_set_state("consuming");
-		consume_batch(batch, more_to_publish ? 0 : pkj_retry_interval);
-		if (pkj_batch_count(batch) > 0)
-		{
-			if (!pkj_ingest_batch(batch, offsets_generation, &results))
-			{
-				/* dropped unstored: paused, or offsets were reset */
-				if (ingest_paused())
-				{
-					paused = true;
-					enter_pause();
-				}
-				else
-					restart_kafka("pgkafka_join input offsets were reset; consuming from the stored offsets");
-				continue;
-			}
-			if (results > 0)
-				more_to_publish = true;
-		}
-		else
-		{
-			/* idle: pause() or reset_offsets() may have woken us */
-			if (ingest_paused())
-			{
-				paused = true;
-				enter_pause();
-				continue;
-			}
-			if (offsets_reset())
-			{
-				restart_kafka("pgkafka_join input offsets were reset; consuming from the stored offsets");
-				continue;
-			}
-			/* look for results stored by other means (SQL calls) */
-			more_to_publish = true;
-		}
-
-		if (more_to_publish)
-		{
-			int64		published = pkj_publish(loop_cxt);
-
-			if (published < 0)
-			{
-				pkj_status_set_state("retrying to publish");
-				wait_latch(pkj_retry_interval);
-			}
-			else
-				more_to_publish = (published == pkj_batch_size);
-		}
-		pkj_kafka_serve_producer();
-
-		now = GetCurrentTimestamp();
-		if (now >= next_status)
-		{
-			update_partition_status();
-			next_status = TimestampTzPlusMilliseconds(now, 1000);
-		}
-		if (now >= next_progress)
-		{
-			log_progress(&progress_total);
-			next_progress = TimestampTzPlusMilliseconds(now, PROGRESS_LOG_MS);
-		}
+		PG_END_TRY();
 	}
 }

@@ -35,6 +35,10 @@
 #	kafka_start DIR				start a broker (test/kafka/broker.sh)
 #	kafka_stop / kafka_kill		stop or SIGKILL it
 #	kafka_create_topic NAME PARTITIONS [KEY=VALUE ...]
+#	kafka_delete_records TOPIC PARTITION OFFSET	log start offset to OFFSET
+#	kafka_group_offset GROUP TOPIC PARTITION	print committed offset/"none"
+#	kafka_set_group_offset GROUP TOPIC PARTITION OFFSET	commit, no members
+#	kafka_delete_group_offsets GROUP TOPIC	drop GROUP's offsets for TOPIC
 #	kafka_produce TOPIC [-p N] [-x TXNID [--abort]]	stdin: KEY<TAB>VALUE lines
 #	kafka_consume TOPIC [--uncommitted] [-f FORMAT]
 #	wait_for SECONDS CMD ...	retry CMD until it succeeds or time runs out
@@ -415,6 +419,26 @@ kafka_kill()
 kafka_create_topic()
 {
 	"$BROKER_SH" create-topic "$KAFKA_DIR" "$@"
+}
+
+kafka_delete_records()
+{
+	"$BROKER_SH" delete-records "$KAFKA_DIR" "$@"
+}
+
+kafka_group_offset()
+{
+	"$BROKER_SH" group-offset "$KAFKA_DIR" "$@"
+}
+
+kafka_set_group_offset()
+{
+	"$BROKER_SH" set-group-offset "$KAFKA_DIR" "$@"
+}
+
+kafka_delete_group_offsets()
+{
+	"$BROKER_SH" delete-group-offsets "$KAFKA_DIR" "$@"
 }
 
 kafka_produce()

@@ -31,6 +31,20 @@
 #		Create a topic, replication factor 1, KEY=VALUE being topic
 #		configurations (cleanup.policy=compact, ...).  Waits until every
 #		partition has a leader.
+#	broker.sh delete-records DIR TOPIC PARTITION OFFSET
+#		Delete the records of TOPIC's PARTITION below OFFSET, so that its
+#		log start offset (low watermark) becomes OFFSET (-1: the high
+#		watermark); print the new low watermark.
+#	broker.sh group-offset DIR GROUP TOPIC PARTITION
+#		Print the offset consumer group GROUP has committed for TOPIC's
+#		PARTITION, or "none".
+#	broker.sh set-group-offset DIR GROUP TOPIC PARTITION OFFSET
+#		Commit OFFSET for TOPIC's PARTITION on behalf of GROUP, which must
+#		have no active members.
+#	broker.sh delete-group-offsets DIR GROUP TOPIC
+#		Delete the offsets GROUP has committed for the partitions of TOPIC
+#		(its offsets for other topics stay).  These last four commands run
+#		KafkaAdmin.java.
 #	broker.sh produce DIR TOPIC [-p PARTITION] [-x TRANSACTIONAL_ID [--abort]]
 #		Produce the lines of stdin, each "KEY<TAB>VALUE", in order, with an
 #		idempotent producer; returns once all are acknowledged.  An empty
@@ -315,6 +329,56 @@ cmd_create_topic()
 	done
 }
 
+# kafka_admin DIR COMMAND ARG ...: run KafkaAdmin.java against the broker
+# of run directory DIR.
+kafka_admin()
+{
+	local dir=$1 bs
+	shift
+
+	running_pid "$dir" >/dev/null || die "no broker running in $dir"
+	bs=$(bootstrap_of "$dir")
+	java -cp "$KAFKA_LIBS/*" -Dlog4j.configuration="file:$(tool_log4j "$dir")" \
+		"$here/KafkaAdmin.java" "$bs" "$@"
+}
+
+cmd_delete_records()
+{
+	local dir=$1 topic=$2 partition=$3 offset=$4
+
+	[[ "$partition" =~ ^[0-9]+$ ]] || die "invalid partition \"$partition\""
+	[[ "$offset" =~ ^(-1|[0-9]+)$ ]] || die "invalid offset \"$offset\""
+	kafka_admin "$dir" delete-records "$topic" "$partition" "$offset" ||
+		die "could not delete records of \"$topic\" partition $partition below offset $offset"
+}
+
+cmd_group_offset()
+{
+	local dir=$1 group=$2 topic=$3 partition=$4
+
+	[[ "$partition" =~ ^[0-9]+$ ]] || die "invalid partition \"$partition\""
+	kafka_admin "$dir" group-offset "$group" "$topic" "$partition" ||
+		die "could not read the offset of group \"$group\" for \"$topic\" partition $partition"
+}
+
+cmd_set_group_offset()
+{
+	local dir=$1 group=$2 topic=$3 partition=$4 offset=$5
+
+	[[ "$partition" =~ ^[0-9]+$ ]] || die "invalid partition \"$partition\""
+	[[ "$offset" =~ ^[0-9]+$ ]] || die "invalid offset \"$offset\""
+	kafka_admin "$dir" set-group-offset "$group" "$topic" "$partition" "$offset" ||
+		die "could not set the offset of group \"$group\" for \"$topic\" partition $partition"
+}
+
+cmd_delete_group_offsets()
+{
+	local dir=$1 group=$2 topic=$3
+
+	kafka_admin "$dir" delete-group-offsets "$group" "$topic" ||
+		die "could not delete the offsets of group \"$group\" for \"$topic\""
+}
+
 cmd_produce()
 {
 	local dir=$1 topic=$2 bs partition="" txn="" abort=false kpid rc=0
@@ -412,6 +476,10 @@ case $cmd in
 	kill) [ $# -eq 0 ] || usage; cmd_kill "$dir" ;;
 	bootstrap) [ $# -eq 0 ] || usage; bootstrap_of "$dir" ;;
 	create-topic) [ $# -ge 2 ] || usage; cmd_create_topic "$dir" "$@" ;;
+	delete-records) [ $# -eq 3 ] || usage; cmd_delete_records "$dir" "$@" ;;
+	group-offset) [ $# -eq 3 ] || usage; cmd_group_offset "$dir" "$@" ;;
+	set-group-offset) [ $# -eq 4 ] || usage; cmd_set_group_offset "$dir" "$@" ;;
+	delete-group-offsets) [ $# -eq 2 ] || usage; cmd_delete_group_offsets "$dir" "$@" ;;
 	produce) [ $# -ge 1 ] || usage; cmd_produce "$dir" "$@" ;;
 	consume) [ $# -ge 1 ] || usage; cmd_consume "$dir" "$@" ;;
 	*) usage ;;

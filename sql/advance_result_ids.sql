@@ -1,0 +1,32 @@
+--
+-- advance_result_ids: the way out when the output topic is ahead of
+-- PostgreSQL.  Results PostgreSQL does not know to be published (above
+-- output_position) and up to the published position are numbered anew
+-- after it, in their order; the sequence goes on after them.
+--
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pgkafka_join;
+RESET client_min_messages;
+TRUNCATE pgkafka_join.rated_movies, pgkafka_join.output_position;
+SELECT setval('pgkafka_join.rated_movies_id_seq', 5);
+
+INSERT INTO pgkafka_join.rated_movies
+SELECT i, 100 + i, 'Movie ' || i, 2000, 4, now(), now(), 0, i
+  FROM generate_series(1, 5) i;
+-- PostgreSQL recorded results up to 2 as published
+INSERT INTO pgkafka_join.output_position
+VALUES (current_setting('pgkafka_join.output_topic'), 0, 2, 2, now());
+
+-- Kafka says 10 were published: 3, 4, 5 become 11, 12, 13
+SELECT pgkafka_join.advance_result_ids(10);
+SELECT id, movie_id FROM pgkafka_join.rated_movies ORDER BY id;
+SELECT nextval('pgkafka_join.rated_movies_id_seq');
+
+-- a position below what is numbered already changes nothing
+SELECT pgkafka_join.advance_result_ids(4);
+SELECT id FROM pgkafka_join.rated_movies ORDER BY id;
+
+SELECT pgkafka_join.advance_result_ids(-1);
+SELECT pgkafka_join.advance_result_ids(NULL);
+
+TRUNCATE pgkafka_join.rated_movies, pgkafka_join.output_position;
