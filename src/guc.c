@@ -218,7 +218,8 @@ check_kafka_properties(char **newval, void **extra, GucSource source)
 		!pkj_check_properties(props, &errmsg))
 	{
 		GUC_check_errdetail("%s.", errmsg);
-		GUC_check_errhint("Use pgkafka_join.transactional_id for the transactional id.");
+		if (strstr(errmsg, "is set by pgkafka_join itself") != NULL)
+			GUC_check_errhint("Exactly-once depends on transactional.id, isolation.level, enable.auto.commit, enable.idempotence, partitioner and auto.offset.reset; set the transactional id with pgkafka_join.transactional_id.");
 		return false;
 	}
 	return true;

@@ -776,6 +776,8 @@ worker_step(void)
 					(errmsg("pgkafka_join Kafka settings changed; reconnecting")));
 			disconnect();
 		}
+		/* a failing publisher is tried again at once with the new settings */
+		w.next_publish = 0;
 	}
 
 	if (pkj_brokers[0] == '\0')

@@ -122,11 +122,14 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ORACLE=$HERE/torture_oracle.py
 started=$SECONDS
 
-# random settings for the next start of the server
+# random settings for the next start of the server; the server commits
+# asynchronously, as DBAs set it for speed: the worker's own commits must be
+# durable all the same, or a kill loses commits whose results were published
 batch_conf()
 {
 	printf '%s\n' "pgkafka_join.batch_size = $((100 + RANDOM % 401))" \
-		"pgkafka_join.batch_delay = '$((10 + RANDOM % 41))ms'"
+		"pgkafka_join.batch_delay = '$((10 + RANDOM % 41))ms'" \
+		"synchronous_commit = off"
 }
 
 mapfile -t conf < <(batch_conf)

@@ -1,0 +1,254 @@
+#!/bin/bash
+#
+# restore.sh
+#		Backup and restore: a dump restores cleanly, and a database behind
+#		Kafka is detected.
+#
+# 1. pg_dump -Fc and a plain pg_dump of a database whose worker has stored
+#    and published a stream (paused, so that the data is still) restore
+#    into new databases with pg_restore --exit-on-error and
+#    psql -v ON_ERROR_STOP=1 without an error, each copy holding exactly
+#    the rows of every table of the extension, its result sequence and its
+#    monthly partitions.
+# 2. The stream goes on after the dump: Kafka's publish position P moves
+#    beyond it.  The -Fc dump restored on a second cluster, whose worker
+#    runs on the restored database, finds the output topic ahead of
+#    PostgreSQL: state "stopped: the output topic is ahead of PostgreSQL",
+#    the WARNING logged once with P in its DETAIL and the HINT naming
+#    advance_result_ids(P), nothing stored or published meanwhile.  The
+#    check comes before the pause handling, so it is made although the
+#    restored database is paused (the dump was taken while paused).
+# 3. After advance_result_ids(P) and resume(), the restored database
+#    consumes the ratings after the dump's offsets again and publishes them
+#    with new ids after P, each once; no result id is on the topic twice.
+# 4. PostgreSQL ahead of Kafka: the group's committed position set 5
+#    results back while the cluster is down; at start the worker logs that
+#    output_position is ahead and publishes after it: the 5 results are not
+#    published again, new ones are published once.
+
+. "$(dirname "$0")/setup.sh"
+pkj_setup restore 3
+PG_B=$TEST_DIR/pg_b
+DUMPS=$TEST_DIR/dumps
+mkdir -p "$DUMPS"
+chown postgres:postgres "$DUMPS"
+
+as_postgres() { runuser -u postgres -- "$@"; }
+
+movies() # FIRST LAST
+{
+	local m
+	for ((m = $1; m <= $2; m++)); do
+		printf '%d\t{"id": %d, "title": "Movie %d", "release_year": %d}\n' $m $m $m $((1950 + m))
+	done
+}
+
+# Ratings FIRST..LAST of movies 1..50, rating i of movie i % 50 + 1 with
+# value i (so every result can be told apart), as "key<TAB>value"; with
+# "expected", the results they give, as "movie<TAB>rating".
+ratings() # FIRST LAST [expected]
+{
+	local i
+	for ((i = $1; i <= $2; i++)); do
+		if [ "${3:-}" = expected ]; then
+			printf '%d\t%d\n' $((i % 50 + 1)) "$i"
+		else
+			printf '%d\t{"id": %d, "rating": %d}\n' $((i % 50 + 1)) $((i % 50 + 1)) "$i"
+		fi
+	done
+}
+
+# One line per table of the extension (row count and an md5 of all columns
+# of all rows, in order), the result sequence and the monthly partitions.
+fingerprint() # DATABASE
+{
+	local t
+	for t in movies ratings rated_movies input_offsets output_position rejected_messages control; do
+		echo "$t $(PGDATABASE=$1 psql_q "SELECT count(*) || ' ' || md5(coalesce(string_agg(r::text, E'\n' ORDER BY r::text), '')) FROM pgkafka_join.$t r")"
+	done
+	echo "rated_movies_id_seq $(PGDATABASE=$1 psql_q "SELECT last_value || ' ' || is_called FROM pgkafka_join.rated_movies_id_seq")"
+	echo "partitions $(PGDATABASE=$1 psql_q "SELECT string_agg(c.relname, ' ' ORDER BY c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent IN ('pgkafka_join.ratings'::regclass, 'pgkafka_join.rated_movies'::regclass)")"
+}
+
+# The output topic's committed records as "ID<TAB>KEY<TAB>VALUE", ID being
+# the pgkafka_join.id header, by id.
+topic_records()
+{
+	kafka_consume rated_movies -f '%h\t%k\t%s\n' |
+		sed -E 's/^pgkafka_join\.id=([0-9]+)\t/\1\t/' | LC_ALL=C sort -n -k1,1
+}
+
+# The (movie, rating) pairs of topic records "ID<TAB>KEY<TAB>VALUE" on stdin
+ratings_of() { sed -E 's/^[0-9]+\t([0-9]+)\t.*"rating":([^,}]*).*/\1\t\2/' | LC_ALL=C sort; }
+
+# Every header is one pgkafka_join.id, and no id is there twice: prints the
+# number of records and the number of distinct ids
+ids_on_topic()
+{
+	topic_records >"$TEST_DIR/topic"
+	! grep -qvP '^[0-9]+\t' "$TEST_DIR/topic" || fail "a record without a pgkafka_join.id header: $(grep -vP '^[0-9]+\t' "$TEST_DIR/topic" | head -1)"
+	echo "$(wc -l <"$TEST_DIR/topic") $(cut -f1 "$TEST_DIR/topic" | sort -u | wc -l)"
+}
+
+#
+# 1. Cluster A: a stream, paused, dumped
+#
+movies 1 50 | kafka_produce movies
+wait_for 60 '[ "$(psql_q "SELECT count(*) FROM pgkafka_join.movies")" = 50 ]' ||
+	fail "the movies were not stored"
+{
+	ratings 1 300
+	for m in 7 8 9; do printf '%d\t{"id": %d, "rating": "bad"}\n' $m $m; done
+} | kafka_produce ratings
+wait_for_output 300
+group=$(psql_q "SELECT kafka_group FROM pgkafka_join.control")
+
+psql_q "SELECT pgkafka_join.pause()" >/dev/null
+wait_for 60 '[ "$(psql_q "SELECT state, paused, publish_lag FROM pgkafka_join.status")" = "paused|t|0" ]' ||
+	fail "the worker did not pause: $(psql_q "SELECT * FROM pgkafka_join.status")"
+D=$(psql_q "SELECT max(id) FROM pgkafka_join.rated_movies")
+# output_position is written after the Kafka commit: wait for the last one
+wait_for 30 "[ \"\$(psql_q 'SELECT max(last_id) FROM pgkafka_join.output_position')\" = $D ]" ||
+	fail "output_position did not reach result $D"
+check_eq "the source holds 300 results, all published, 3 rejected ratings" \
+	"300|$D|$D|3" \
+	"$(psql_q "SELECT count(*), max(id), $(kafka_group_offset "$group" rated_movies 0), (SELECT count(*) FROM pgkafka_join.rejected_messages) FROM pgkafka_join.rated_movies")"
+
+fingerprint postgres >"$TEST_DIR/source.fingerprint"
+as_postgres "$PG_BIN/pg_dump" -Fc -f "$DUMPS/source.dump" postgres 2>"$DUMPS/pg_dump.log" ||
+	fail "pg_dump -Fc failed: $(cat "$DUMPS/pg_dump.log")"
+as_postgres "$PG_BIN/pg_dump" -f "$DUMPS/source.sql" postgres 2>>"$DUMPS/pg_dump.log" ||
+	fail "pg_dump failed: $(cat "$DUMPS/pg_dump.log")"
+check_eq "pg_dump -Fc and plain pg_dump say nothing" "" "$(cat "$DUMPS/pg_dump.log")"
+check_eq "the source did not change while dumped" \
+	"$(cat "$TEST_DIR/source.fingerprint")" "$(fingerprint postgres)"
+
+#
+# 2. Both dumps restore cleanly into new databases of cluster A (the worker
+# runs on database postgres only: the copies are inert)
+#
+psql_q "CREATE DATABASE copy_custom" >/dev/null
+psql_q "CREATE DATABASE copy_plain" >/dev/null
+as_postgres "$PG_BIN/pg_restore" --exit-on-error -d copy_custom "$DUMPS/source.dump" \
+	>"$DUMPS/restore_custom.log" 2>&1 ||
+	fail "pg_restore --exit-on-error failed: $(cat "$DUMPS/restore_custom.log")"
+! grep -q ERROR "$DUMPS/restore_custom.log" ||
+	fail "pg_restore reported an error: $(grep ERROR "$DUMPS/restore_custom.log")"
+pass "pg_restore --exit-on-error of the -Fc dump into a new database: exit status 0, no error"
+as_postgres "$PG_BIN/psql" -X -v ON_ERROR_STOP=1 -d copy_plain -f "$DUMPS/source.sql" \
+	>"$DUMPS/restore_plain.log" 2>&1 ||
+	fail "psql -v ON_ERROR_STOP=1 -f of the plain dump failed: $(grep -m5 ERROR "$DUMPS/restore_plain.log")"
+! grep -q ERROR "$DUMPS/restore_plain.log" ||
+	fail "psql reported an error: $(grep ERROR "$DUMPS/restore_plain.log")"
+pass "psql -v ON_ERROR_STOP=1 -f of the plain dump into a new database: exit status 0, no error"
+check_eq "the -Fc dump's copy holds the source's rows, sequence and partitions" \
+	"$(cat "$TEST_DIR/source.fingerprint")" "$(fingerprint copy_custom)"
+check_eq "the plain dump's copy holds the source's rows, sequence and partitions" \
+	"$(cat "$TEST_DIR/source.fingerprint")" "$(fingerprint copy_plain)"
+psql_q "DROP DATABASE copy_custom" >/dev/null
+psql_q "DROP DATABASE copy_plain" >/dev/null
+
+#
+# 3. The stream goes on after the dump; Kafka's position moves past it
+#
+psql_q "SELECT pgkafka_join.resume()" >/dev/null
+ratings 301 500 | kafka_produce ratings
+wait_for_output 500
+wait_for 30 '[ "$(psql_q "SELECT publish_lag FROM pgkafka_join.status")" = 0 ]' ||
+	fail "A did not publish every result"
+P=$(kafka_group_offset "$group" rated_movies 0)
+check_eq "cluster A published 500 results; Kafka's position is its last id, 200 past the dump" \
+	"500|$P|$((D + 200))" \
+	"$(psql_q "SELECT count(*), max(id), $P FROM pgkafka_join.rated_movies")"
+pg_stop "$PG_DIR"
+
+#
+# 4. Cluster B: the dump restored; the worker finds Kafka ahead
+#
+pg_start "$PG_B" \
+	"pgkafka_join.brokers = '$KAFKA_BOOTSTRAP'" \
+	"pgkafka_join.database = 'restored'" \
+	"pgkafka_join.retry_interval = '1s'"
+psql_q "CREATE DATABASE restored" >/dev/null
+as_postgres "$PG_BIN/pg_restore" --single-transaction --exit-on-error -d restored \
+	"$DUMPS/source.dump" >"$DUMPS/restore_b.log" 2>&1 ||
+	fail "pg_restore --single-transaction failed: $(cat "$DUMPS/restore_b.log")"
+! grep -q ERROR "$DUMPS/restore_b.log" ||
+	fail "pg_restore reported an error: $(grep ERROR "$DUMPS/restore_b.log")"
+pass "pg_restore --single-transaction of the -Fc dump on cluster B: exit status 0, no error"
+check_eq "the restored database keeps the source's Kafka group" "$group" \
+	"$(PGDATABASE=restored psql_q "SELECT kafka_group FROM pgkafka_join.control")"
+
+# Detection is made while paused: the position check precedes the pause.
+wait_for 60 '[ "$(PGDATABASE=restored psql_q "SELECT state, paused FROM pgkafka_join.status")" = "stopped: the output topic is ahead of PostgreSQL|t" ]' ||
+	fail "the worker did not stop: $(PGDATABASE=restored psql_q "SELECT * FROM pgkafka_join.status")"
+pass "the worker on the restored (paused) database stops: the output topic is ahead of PostgreSQL"
+sleep 5		# five retry intervals: nothing may happen, nor be logged again
+check_eq "the WARNING is logged once" "1" \
+	"$(grep -c 'WARNING:  pgkafka_join stopped: the output topic "rated_movies" is ahead of PostgreSQL' "$PG_B/server.log" || true)"
+check_eq "its DETAIL gives Kafka's position $P and the dump's last result $D" "1" \
+	"$(grep -cF "DETAIL:  Results up to id $P were published to Kafka; PostgreSQL numbered results only up to id $D and recorded publishing up to id $D." "$PG_B/server.log" || true)"
+check_eq "its HINT names advance_result_ids($P)" "1" \
+	"$(grep -cF "HINT:  To go on, run SELECT pgkafka_join.advance_result_ids($P):" "$PG_B/server.log" || true)"
+check_eq "nothing was stored while stopped: the restored database equals the dump" \
+	"$(cat "$TEST_DIR/source.fingerprint")" "$(fingerprint restored)"
+check_eq "nothing was published while stopped" "500" "$(output_count)"
+check_eq "Kafka's position did not move" "$P" "$(kafka_group_offset "$group" rated_movies 0)"
+
+#
+# 5. advance_result_ids(P): the ratings after the dump come out again, with
+# new ids after P
+#
+check_eq "advance_result_ids($P) returns the next result id" "$((P + 1))" \
+	"$(PGDATABASE=restored psql_q "SELECT pgkafka_join.advance_result_ids($P)")"
+wait_for 30 "grep -q 'pgkafka_join publishes again: results are numbered after the position in Kafka' '$PG_B/server.log'" ||
+	fail "the worker did not go on after advance_result_ids"
+wait_for 30 '[ "$(PGDATABASE=restored psql_q "SELECT state FROM pgkafka_join.status")" = paused ]' ||
+	fail "the worker did not go on to the pause: $(PGDATABASE=restored psql_q "SELECT * FROM pgkafka_join.status")"
+pass "after advance_result_ids the worker goes on (to the pause of the dump)"
+PGDATABASE=restored psql_q "SELECT pgkafka_join.resume()" >/dev/null
+wait_for_output 700
+wait_for 30 '[ "$(PGDATABASE=restored psql_q "SELECT publish_lag FROM pgkafka_join.status")" = 0 ]' ||
+	fail "B did not publish every result"
+
+check_eq "no result id is on the output topic twice" "700 700" "$(ids_on_topic)"
+PGDATABASE=restored psql_q "SELECT id, movie_id, pgkafka_join.output_value(r) FROM pgkafka_join.rated_movies r WHERE id > $P ORDER BY id" \
+	-F $'\t' >"$TEST_DIR/b_after_p"
+check_eq "the records after id $P are exactly B's results after $P (ids, keys, values)" \
+	"$(cat "$TEST_DIR/b_after_p")" "$(awk -F'\t' -v p="$P" '$1 > p' "$TEST_DIR/topic")"
+check_eq "B's results: the dump's ids 1..$D and 200 new ones after $P, none in between" \
+	"500|$D|0|200|$((P + 200))" \
+	"$(PGDATABASE=restored psql_q "SELECT count(*), count(*) FILTER (WHERE id <= $D), count(*) FILTER (WHERE id > $D AND id <= $P), count(*) FILTER (WHERE id > $P), max(id) FROM pgkafka_join.rated_movies")"
+check_eq "the results after id $P are those of the ratings produced after the dump, once each" \
+	"$(ratings 301 500 expected | LC_ALL=C sort)" \
+	"$(awk -F'\t' -v p="$P" '$1 > p' "$TEST_DIR/topic" | ratings_of)"
+check_eq "the records up to id $P are the 500 results of A, once each" \
+	"$(ratings 1 500 expected | LC_ALL=C sort)" \
+	"$(awk -F'\t' -v p="$P" '$1 <= p' "$TEST_DIR/topic" | ratings_of)"
+
+#
+# 6. PostgreSQL ahead of Kafka: the group's position set 5 results back
+#
+P2=$(PGDATABASE=restored psql_q "SELECT max(id) FROM pgkafka_join.rated_movies")
+wait_for 30 "[ \"\$(PGDATABASE=restored psql_q 'SELECT max(last_id) FROM pgkafka_join.output_position')\" = $P2 ] && [ \"\$(kafka_group_offset '$group' rated_movies 0)\" = $P2 ]" ||
+	fail "the position did not reach result $P2"
+pg_stop "$PG_B"
+kafka_set_group_offset "$group" rated_movies 0 $((P2 - 5))
+check_eq "the group's position is set 5 results back" "$((P2 - 5))" \
+	"$(kafka_group_offset "$group" rated_movies 0)"
+pg_start "$PG_B"
+ratings 501 505 | kafka_produce ratings
+wait_for_output 705
+wait_for 30 '[ "$(PGDATABASE=restored psql_q "SELECT publish_lag FROM pgkafka_join.status")" = 0 ]' ||
+	fail "B did not publish the new results"
+check_eq "the worker logs that output_position is ahead of Kafka, once" "1" \
+	"$(grep -cF 'LOG:  pgkafka_join.output_position is ahead of the position committed in Kafka; publishing after the former' "$PG_B/server.log" || true)"
+check_eq "with both positions in its DETAIL" "1" \
+	"$(grep -cF "DETAIL:  Recorded in PostgreSQL: $P2; committed in Kafka: $((P2 - 5))." "$PG_B/server.log" || true)"
+check_eq "no result id is on the output topic twice: the 5 results are not published again" \
+	"705 705" "$(ids_on_topic)"
+check_eq "the new ratings are published once, after id $P2" \
+	"$(ratings 501 505 expected | LC_ALL=C sort)" \
+	"$(awk -F'\t' -v p="$P2" '$1 > p' "$TEST_DIR/topic" | ratings_of)"
+check_eq "Kafka's position is the last result again" "$((P2 + 5))" \
+	"$(kafka_group_offset "$group" rated_movies 0)"

@@ -1,0 +1,166 @@
+#!/bin/bash
+#
+# upgrade.sh
+#		ALTER EXTENSION pgkafka_join UPDATE on a running 1.0 installation
+#		loses nothing.
+#
+# The released 1.0 (the last commit before 1.1, from git history) is built
+# and installed, a cluster runs it against the broker and publishes results,
+# some ratings waiting for a movie not yet sent.  Then, as a DBA upgrades:
+# the server is stopped, the new build installed, the server started.  The
+# new worker waits, saying so, until ALTER EXTENSION pgkafka_join UPDATE;
+# input produced meanwhile is stored after the update.  At the end every
+# result is on the output topic exactly once (the 1.0 publish position is
+# kept), the 1.0 data is all there, and the upgraded objects are the same as
+# those of a fresh CREATE EXTENSION of 1.1.
+#
+# Nothing outside the test's directory is touched: the test runs a private
+# copy of the PostgreSQL installation (PostgreSQL finds its files relative
+# to its programs), into which 1.0, then the new build, are installed with
+# DESTDIR.
+
+. "$(dirname "$0")/setup.sh"
+
+test_init upgrade
+kafka_start "$TEST_DIR/kafka"
+for t in movies ratings rated_movies; do
+	kafka_create_topic $t 3
+done
+PG_DIR=$TEST_DIR/pg
+LOG=$PG_DIR/server.log
+
+# --- a private PostgreSQL installation
+INST=$TEST_DIR/inst
+pg_lib=$(pg_config --pkglibdir)
+pg_share=$(pg_config --sharedir)
+[ "$(dirname "$pg_lib")/bin" = "$(pg_config --bindir)" ] ||
+	fail "unexpected PostgreSQL layout: $(pg_config --bindir), $pg_lib"
+mkdir -p "$INST$(dirname "$(dirname "$pg_lib")")" "$INST$(dirname "$pg_share")"
+cp -a "$(dirname "$pg_lib")" "$INST$(dirname "$(dirname "$pg_lib")")/"
+cp -a "$pg_share" "$INST$(dirname "$pg_share")/"
+PG_BIN=$INST$(pg_config --bindir)
+[ "$("$PG_BIN/pg_config" --sharedir)" = "$INST$pg_share" ] ||
+	fail "the copy of PostgreSQL does not find its own files"
+
+# --- build 1.0 from history and install it in the copy
+cd "$TEST_TOP"
+first_11=$(git log --format=%H --reverse -S"default_version = '1.1'" -- pgkafka_join.control | head -1)
+[ -n "$first_11" ] && git cat-file -e "$first_11^" 2>/dev/null ||
+	fail "the 1.0 release is not in this clone's history (a shallow clone?)"
+mkdir -p "$TEST_DIR/v1.0"
+git archive "$first_11^" | tar -x -C "$TEST_DIR/v1.0"
+grep -q "default_version = '1.0'" "$TEST_DIR/v1.0/pgkafka_join.control" ||
+	fail "the commit before 1.1 is not 1.0"
+make -s -C "$TEST_DIR/v1.0" >"$TEST_DIR/build-1.0.log" 2>&1 &&
+	make -s -C "$TEST_DIR/v1.0" install DESTDIR="$INST" >>"$TEST_DIR/build-1.0.log" 2>&1 ||
+	{ cat "$TEST_DIR/build-1.0.log" >&2; fail "could not build 1.0"; }
+pass "1.0 built from commit $(git rev-parse --short "$first_11^") and installed"
+
+ratings() # FIRST COUNT MOVIES: ratings FIRST.. of movies 1..MOVIES
+{
+	local i
+	for ((i = $1; i < $1 + $2; i++)); do
+		printf '%d\t{"id": %d, "rating": %d}\n' $((i % $3 + 1)) $((i % $3 + 1)) "$i"
+	done
+}
+
+# --- 1.0 at work: 100 movies, 1000 ratings; 50 ratings wait for movie 500
+pg_start "$PG_DIR" \
+	"pgkafka_join.brokers = '$KAFKA_BOOTSTRAP'" \
+	"pgkafka_join.retry_interval = '1s'" \
+	"pgkafka_join.batch_size = 200"
+psql_q "CREATE EXTENSION pgkafka_join VERSION '1.0'"
+for ((m = 1; m <= 100; m++)); do
+	printf '%d\t{"id": %d, "title": "Movie %d"}\n' $m $m $m
+done | kafka_produce movies
+wait_for 60 '[ "$(psql_q "SELECT count(*) FROM pgkafka_join.movies")" = 100 ]' ||
+	fail "1.0 did not store the movies"
+ratings 0 1000 100 | kafka_produce ratings
+for ((i = 1000; i < 1050; i++)); do
+	printf '500\t{"id": 500, "rating": %d}\n' $i
+done | kafka_produce ratings
+wait_for_output 1000
+check_eq "1.0 published 1000 results, 50 ratings wait for their movie" "1050|1000|1000" \
+	"$(psql_q "SELECT (SELECT count(*) FROM pgkafka_join.ratings), (SELECT count(*) FROM pgkafka_join.rated_movies), (SELECT max(id) FROM pgkafka_join.rated_movies)")"
+group_10=$(psql_q "SELECT format('pgkafka_join-%s-%s-%s', (SELECT system_identifier FROM pg_control_system()), (SELECT oid FROM pg_database WHERE datname = current_database()), (SELECT oid FROM pg_extension WHERE extname = 'pgkafka_join'))")
+check_eq "1.0 committed its position in Kafka" "1000" "$(kafka_group_offset "$group_10" rated_movies 0)"
+before=$(psql_q "SELECT md5(string_agg(t, ',' ORDER BY t)) FROM (SELECT format('%s', r) AS t FROM pgkafka_join.rated_movies r UNION ALL SELECT format('%s', r) FROM pgkafka_join.movies r UNION ALL SELECT format('%s', r) FROM pgkafka_join.ratings r) s")
+
+# --- the upgrade: stop, install the new build, start
+pg_stop "$PG_DIR"
+make -s -C "$TEST_TOP" install DESTDIR="$INST" >/dev/null || fail "could not install the new build"
+pg_start "$PG_DIR"
+wait_for 30 '[ "$(psql_q "SELECT state FROM pgkafka_join.status")" = "waiting for ALTER EXTENSION UPDATE" ]' ||
+	fail "the new worker does not wait for the update: $(psql_q "SELECT state FROM pgkafka_join.status")"
+check_eq "the log says what to run, once" "1" \
+	"$(grep -c "this library needs version 1.1" "$LOG" || true)"
+ratings 2000 500 100 | kafka_produce ratings
+printf '500\t{"id": 500, "title": "Movie 500"}\n' | kafka_produce movies
+sleep 3
+check_eq "nothing is stored before the update" "1050" "$(psql_q "SELECT count(*) FROM pgkafka_join.ratings")"
+
+psql_q "ALTER EXTENSION pgkafka_join UPDATE"
+check_eq "the extension is 1.1" "1.1" "$(psql_q "SELECT extversion FROM pg_extension WHERE extname = 'pgkafka_join'")"
+check_eq "the 1.0 data is intact" "$before" \
+	"$(psql_q "SELECT md5(string_agg(t, ',' ORDER BY t)) FROM (SELECT format('%s', r) AS t FROM pgkafka_join.rated_movies r UNION ALL SELECT format('%s', r) FROM pgkafka_join.movies r UNION ALL SELECT format('%s', r) FROM pgkafka_join.ratings r) s")"
+check_eq "the position's Kafka group is the one 1.0 used" "$group_10" \
+	"$(psql_q "SELECT kafka_group FROM pgkafka_join.control")"
+
+wait_for_output 1550 120
+check_eq "after the update: 1550 results, each id once, in one sequence" "1550|1550|1550|1" \
+	"$(kafka_consume rated_movies -f '%h\n' | sed -E 's/.*pgkafka_join.id=([0-9]+).*/\1/' |
+		awk '{n++; if (!s[$1]++) d++; if ($1 > m) m = $1; if (min == "" || $1 < min) min = $1} END {print n "|" d "|" m "|" min}')"
+check_eq "the waiting ratings were joined with their movie, the new ones too" "1550|1550|0" \
+	"$(psql_q "SELECT count(*), count(DISTINCT rating), count(*) FILTER (WHERE movie_id = 500 AND rating < 1000) FROM pgkafka_join.rated_movies")"
+check_eq "the output topic holds exactly the results of rated_movies" \
+	"$(psql_q "SELECT string_agg(id || ':' || movie_id || ':' || rating, ',' ORDER BY id) FROM pgkafka_join.rated_movies")" \
+	"$(kafka_consume rated_movies -f '%h\t%k\t%s\n' |
+		sed -E 's/^.*pgkafka_join.id=([0-9]+)[^\t]*\t([0-9]+)\t.*"rating":([0-9.]+).*$/\1:\2:\3/' |
+		sort -t: -k1,1n | paste -sd,)"
+check_eq "every monthly partition has its own indexes, the parents none" "0|0" \
+	"$(psql_q "SELECT (SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+	                   WHERE i.inhparent IN ('pgkafka_join.ratings'::regclass, 'pgkafka_join.rated_movies'::regclass)
+	                     AND c.relkind = 'r'
+	                     AND (SELECT count(*) FROM pg_index x WHERE x.indrelid = c.oid)
+	                         <> CASE WHEN c.relname LIKE 'ratings%' THEN 1 ELSE 2 END),
+	                  (SELECT count(*) FROM pg_index x
+	                   WHERE x.indrelid IN ('pgkafka_join.ratings'::regclass, 'pgkafka_join.rated_movies'::regclass))")"
+check_eq "the new worker never exited" "0" \
+	"$(awk '/starting PostgreSQL/ {n = 0} /exited with exit code|terminated by signal/ {n++} END {print n + 0}' "$LOG")"
+
+# --- the upgraded objects are those of a fresh install
+describe()
+{
+	psql_q "
+	SELECT 'relation ' || c.relname || ' ' || c.relkind::text || ' ' || coalesce(c.relacl::text, '') || ' ' ||
+	       coalesce((SELECT string_agg(a.attname || ':' || format_type(a.atttypid, a.atttypmod) || ':' || a.attnotnull, ',' ORDER BY a.attnum)
+	                   FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '') || ' ' ||
+	       coalesce(pg_get_viewdef(c.oid), '')
+	  FROM pg_class c
+	 WHERE c.relnamespace = 'pgkafka_join'::regnamespace AND NOT c.relispartition AND c.relkind <> 'i'
+	   AND c.relname !~ '^movies_p[0-9]+(_pkey)?\$'
+	UNION ALL
+	SELECT 'index ' || pg_get_indexdef(x.indexrelid)
+	  FROM pg_index x JOIN pg_class c ON c.oid = x.indrelid
+	 WHERE c.relnamespace = 'pgkafka_join'::regnamespace AND NOT c.relispartition AND c.relkind <> 'i'
+	UNION ALL
+	SELECT 'function ' || p.proname || '(' || pg_get_function_arguments(p.oid) || ') ' ||
+	       pg_get_function_result(p.oid) || ' ' || p.provolatile::text || p.prosecdef::text || ' ' ||
+	       coalesce(p.proconfig::text, '') || ' ' || coalesce(p.proacl::text, '') || ' ' || md5(p.prosrc)
+	  FROM pg_proc p WHERE p.pronamespace = 'pgkafka_join'::regnamespace
+	UNION ALL
+	SELECT 'trigger ' || pg_get_triggerdef(t.oid)
+	  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+	 WHERE c.relnamespace = 'pgkafka_join'::regnamespace
+	UNION ALL
+	SELECT 'config ' || c::regclass::text
+	  FROM pg_extension e, unnest(e.extconfig) c WHERE e.extname = 'pgkafka_join'
+	ORDER BY 1" "$@"
+}
+psql_q "CREATE DATABASE fresh"
+PGDATABASE=fresh psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
+fresh=$(PGDATABASE=fresh describe) || fail "could not describe the fresh install"
+upgraded=$(describe) || fail "could not describe the upgraded install"
+[ "$(wc -l <<<"$fresh")" -gt 50 ] || fail "the description is too short: $fresh"
+check_eq "the upgraded objects are those of a fresh 1.1 install ($(wc -l <<<"$fresh") objects)" \
+	"$fresh" "$upgraded"
