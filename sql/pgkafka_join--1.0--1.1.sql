@@ -349,7 +349,8 @@ CREATE FUNCTION worker_status(OUT pid integer, OUT state text, OUT state_since t
                               OUT results_per_second double precision,
                               OUT published_per_second double precision,
                               OUT published_id bigint,
-                              OUT partitions integer, OUT unlisted_lag bigint)
+                              OUT partitions integer, OUT unlisted_lag bigint,
+                              OUT unlisted_stopped integer)
 RETURNS record
 LANGUAGE C STRICT
 AS 'MODULE_PATHNAME', 'pgkafka_join_worker_status';
@@ -385,7 +386,7 @@ SELECT w.pid, w.state, w.state_since,
        w.published_id,
        (SELECT coalesce(max(id), 0) FROM rated_movies) - coalesce(w.published_id, 0) AS publish_lag,
        w.partitions,
-       l.stopped AS stopped_partitions
+       l.stopped + w.unlisted_stopped AS stopped_partitions
   FROM worker_status() w,
        LATERAL (SELECT coalesce(sum(greatest(p.high_watermark - coalesce(io.next_offset, 0), 0)), 0)::bigint AS lag,
                        count(p.problem)::integer AS stopped

@@ -395,8 +395,8 @@ $$;
  *		settings changed meanwhile.
  */
 CREATE FUNCTION store_rejected(topics text[], kafka_partitions integer[],
-                                          kafka_offsets bigint[], keys bytea[],
-                                          payloads bytea[], reasons text[])
+                               kafka_offsets bigint[], keys bytea[],
+                               payloads bytea[], reasons text[])
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
@@ -461,7 +461,7 @@ $$;
  * at or after start_offset.
  */
 CREATE FUNCTION output_position(OUT topic text, OUT kafka_partition integer,
-                                           OUT start_offset bigint, OUT snapshot_last_id bigint)
+                                OUT start_offset bigint, OUT snapshot_last_id bigint)
 RETURNS SETOF record
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -806,7 +806,8 @@ CREATE FUNCTION worker_status(OUT pid integer, OUT state text, OUT state_since t
                               OUT results_per_second double precision,
                               OUT published_per_second double precision,
                               OUT published_id bigint,
-                              OUT partitions integer, OUT unlisted_lag bigint)
+                              OUT partitions integer, OUT unlisted_lag bigint,
+                              OUT unlisted_stopped integer)
 RETURNS record
 LANGUAGE C STRICT
 AS 'MODULE_PATHNAME', 'pgkafka_join_worker_status';
@@ -842,7 +843,7 @@ SELECT w.pid, w.state, w.state_since,
        w.published_id,
        (SELECT coalesce(max(id), 0) FROM rated_movies) - coalesce(w.published_id, 0) AS publish_lag,
        w.partitions,
-       l.stopped AS stopped_partitions
+       l.stopped + w.unlisted_stopped AS stopped_partitions
   FROM worker_status() w,
        LATERAL (SELECT coalesce(sum(greatest(p.high_watermark - coalesce(io.next_offset, 0), 0)), 0)::bigint AS lag,
                        count(p.problem)::integer AS stopped

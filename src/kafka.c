@@ -412,6 +412,8 @@ pkj_kafka_disconnect(void)
 		rd_kafka_destroy(pkj_kafka.producer);
 	if (pkj_kafka.cgmd)
 		rd_kafka_consumer_group_metadata_destroy(pkj_kafka.cgmd);
+	if (pkj_kafka.assignment)
+		rd_kafka_topic_partition_list_destroy(pkj_kafka.assignment);
 	if (pkj_kafka.wakeup[0] > 0)
 	{
 		close(pkj_kafka.wakeup[0]);

@@ -18,6 +18,7 @@ typedef struct PkjKafka
 	rd_kafka_t *producer;
 	rd_kafka_consumer_group_metadata_t *cgmd;
 	bool		transactions_ready; /* init_transactions done */
+	bool		must_reconnect; /* a transaction was left unfinished */
 	Oid			extension_oid;	/* the extension the handles work for */
 
 	/* settings the handles were made with */
@@ -32,6 +33,8 @@ typedef struct PkjKafka
 	/* partitions currently assigned, per input topic */
 	int			assigned_movies;
 	int			assigned_ratings;
+	/* the offsets they were assigned at (RD_KAFKA_OFFSET_BEGINNING: none stored) */
+	rd_kafka_topic_partition_list_t *assignment;
 } PkjKafka;
 
 extern PkjKafka pkj_kafka;

@@ -193,7 +193,8 @@ give_up_for_reload(void)
 	ereport(LOG,
 			(errmsg("pgkafka_join leaves a Kafka transaction unfinished to apply a configuration reload"),
 			 errdetail("The next producer completes or aborts it; nothing is published twice.")));
-	pkj_kafka_disconnect();
+	/* the worker's loop makes new handles before anything else */
+	pkj_kafka.must_reconnect = true;
 	pkj_publisher_reset();
 	return -1;
 }

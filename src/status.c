@@ -58,6 +58,7 @@ typedef struct PkjShared
 	int64		ring_published[RING_SECONDS];
 	int			assigned;		/* partitions assigned, listed or not */
 	int64		unlisted_lag;	/* lag of those beyond max_partitions */
+	int			unlisted_stopped;	/* of those, how many are stopped */
 	int			npartitions;	/* listed, at most pkj_max_partitions */
 	PkjPartitionStatus partitions[FLEXIBLE_ARRAY_MEMBER];
 } PkjShared;
@@ -116,6 +117,7 @@ pkj_status_worker_started(void)
 	shared->npartitions = 0;
 	shared->assigned = 0;
 	shared->unlisted_lag = 0;
+	shared->unlisted_stopped = 0;
 	shared->published_id = -1;
 	SpinLockRelease(&shared->mutex);
 	on_shmem_exit(pkj_status_worker_exit, (Datum) 0);
@@ -219,6 +221,7 @@ pkj_status_reset_partitions(void)
 	shared->npartitions = 0;
 	shared->assigned = 0;
 	shared->unlisted_lag = 0;
+	shared->unlisted_stopped = 0;
 	SpinLockRelease(&shared->mutex);
 }
 
@@ -280,6 +283,8 @@ pkj_status_set_partition_problem(const char *topic, int32 partition,
 	i = partition_slot(topic, partition);
 	if (i >= 0)
 		strlcpy(shared->partitions[i].problem, problem, sizeof(shared->partitions[i].problem));
+	else
+		shared->unlisted_stopped++;
 	SpinLockRelease(&shared->mutex);
 }
 
@@ -345,8 +350,8 @@ pgkafka_join_worker_status(PG_FUNCTION_ARGS)
 {
 	PkjShared	copy;
 	TupleDesc	tupdesc;
-	Datum		values[14];
-	bool		nulls[14] = {0};
+	Datum		values[15];
+	bool		nulls[15] = {0};
 	int64		now = GetCurrentTimestamp() / USECS_PER_SEC;
 	int64		messages = 0,
 				results = 0,
@@ -392,6 +397,7 @@ pgkafka_join_worker_status(PG_FUNCTION_ARGS)
 	nulls[11] = copy.published_id < 0;
 	values[12] = Int32GetDatum(copy.assigned);
 	values[13] = Int64GetDatum(copy.unlisted_lag);
+	values[14] = Int32GetDatum(copy.unlisted_stopped);
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

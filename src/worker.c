@@ -440,7 +440,9 @@ assign_partitions(void)
 	pkj_end_spi();
 
 	err = rd_kafka_assign(pkj_kafka.consumer, parts);
-	rd_kafka_topic_partition_list_destroy(parts);
+	if (pkj_kafka.assignment)
+		rd_kafka_topic_partition_list_destroy(pkj_kafka.assignment);
+	pkj_kafka.assignment = parts;
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
@@ -617,6 +619,9 @@ force_reassign(void)
 {
 	pkj_kafka.assigned_movies = -1;
 	pkj_kafka.assigned_ratings = -1;
+	if (pkj_kafka.assignment)
+		rd_kafka_topic_partition_list_destroy(pkj_kafka.assignment);
+	pkj_kafka.assignment = NULL;
 }
 
 /*
@@ -658,7 +663,8 @@ update_partition_status(void)
 	int			unlisted = 0;
 	static bool logged_unlisted = false;
 
-	if (rd_kafka_assignment(pkj_kafka.consumer, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR)
+	if (pkj_kafka.consumer == NULL ||
+		rd_kafka_assignment(pkj_kafka.consumer, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR)
 		return;
 	rd_kafka_position(pkj_kafka.consumer, parts);
 	for (int i = 0; i < parts->cnt; i++)
@@ -666,16 +672,29 @@ update_partition_status(void)
 		rd_kafka_topic_partition_t *tp = &parts->elems[i];
 		int64_t		low,
 					high;
+		int64		from = tp->offset;
 
 		if (rd_kafka_get_watermark_offsets(pkj_kafka.consumer, tp->topic, tp->partition,
 										   &low, &high) != RD_KAFKA_RESP_ERR_NO_ERROR)
-			high = -1;
+			high = low = -1;
 		if (!pkj_status_set_partition(tp->topic, tp->partition, high,
 									  tp->offset >= 0 ? tp->offset : -1))
 		{
+			/*
+			 * Unlisted, so the view cannot take its stored offset: until a
+			 * message of it is consumed the position is not known, and the
+			 * offset it was assigned at is where it stands.
+			 */
 			unlisted++;
-			if (high >= 0 && high > tp->offset)
-				unlisted_lag += high - Max(tp->offset, 0);
+			if (from < 0 && pkj_kafka.assignment)
+			{
+				rd_kafka_topic_partition_t *a =
+					rd_kafka_topic_partition_list_find(pkj_kafka.assignment, tp->topic, tp->partition);
+
+				from = a == NULL ? -1 : a->offset >= 0 ? a->offset : Max(low, 0);
+			}
+			if (high >= 0 && from >= 0 && high > from)
+				unlisted_lag += high - from;
 		}
 	}
 	pkj_status_set_unlisted(parts->cnt, unlisted_lag);
@@ -779,6 +798,8 @@ worker_step(void)
 		/* a failing publisher is tried again at once with the new settings */
 		w.next_publish = 0;
 	}
+	if (pkj_kafka.must_reconnect)
+		disconnect();
 
 	if (pkj_brokers[0] == '\0')
 	{
@@ -936,7 +957,15 @@ worker_step(void)
 		if (!stored)
 		{
 			/* dropped unstored: paused, offsets reset, or extension replaced */
-			if (ingest_paused())
+			char	   *ignored;
+
+			if (extension_oid(&ignored) != pkj_kafka.extension_oid)
+			{
+				ereport(LOG,
+						(errmsg("pgkafka_join dropped a batch unstored: the extension was dropped or created again")));
+				disconnect();
+			}
+			else if (ingest_paused())
 			{
 				w.paused = true;
 				enter_pause();

@@ -16,8 +16,10 @@
 #	   stream goes on after the restart;
 #	kill: a backlog of 20000 results is being published (batch_size
 #	   5000, so four Kafka transactions) when the broker is SIGKILLed, then
-#	   started again.  The transaction in flight is completed or aborted,
-#	   never half visible.
+#	   started again.  While it is dead, a reload changes a Kafka setting:
+#	   the worker leaves its retries, and reconnects with the new setting.
+#	   The transaction in flight is completed or aborted, never half
+#	   visible.
 #
 # After each case: every expected result is on the output topic exactly
 # once (read_committed), the output topic holds exactly the result ids of
@@ -341,7 +343,16 @@ echo "# broker killed; $at_kill; results committed to Kafka before the kill: $((
 [ "$published" -lt $((base + 20000)) ] && [[ "$at_kill" == *'active in "publishing results"' ]] ||
 	fail "the broker was not killed in the middle of publishing the backlog"
 pass "the broker was killed in the middle of publishing the backlog"
-sleep 5
+# A reload while the publisher retries its transaction against the dead
+# broker is applied, not postponed until the broker answers: the worker
+# gives the transaction up (the next producer completes or aborts it) and
+# reconnects with the new settings.
+psql_q "ALTER SYSTEM SET pgkafka_join.kafka_properties = 'client.rack=reloaded'" >/dev/null
+psql_q "SELECT pg_reload_conf()" >/dev/null
+wait_for 30 "log_since '$mark3k' | grep -q 'leaves a Kafka transaction unfinished to apply a configuration reload'" ||
+	fail "the reload was not applied while the publisher retried"
+pass "a reload during the publisher's retries is applied at once"
+sleep 3
 kafka_start "$KAFKA_DIR" >/dev/null
 mark3r=$(log_mark)
 echo "# broker started again after $((SECONDS - killed_at)) s"

@@ -164,13 +164,16 @@ check_eq "the limit is still logged once per worker (two workers)" "2" \
 pg_stop "$PG2"
 pg_use "$PG_DIR"
 
-# --- 4. no background worker slot for the worker
+# --- 4. no background worker slot for the worker: the launcher takes the
+# only one (the logical replication launcher, registered before any
+# library, would take it otherwise)
 PG3=$TEST_DIR/pg3
 pg_start "$PG3" \
 	"pgkafka_join.brokers = '$KAFKA_BOOTSTRAP'" \
 	"pgkafka_join.database = 'postgres'" \
 	"pgkafka_join.retry_interval = '1s'" \
-	"max_worker_processes = 1"
+	"max_worker_processes = 1" \
+	"max_logical_replication_workers = 0"
 wait_for 30 "grep -qF 'could not start the pgkafka_join worker: no background worker slot is free' '$PG3/server.log'" ||
 	fail "the launcher did not say it found no slot"
 sleep 5		# four retry intervals and more
