@@ -709,6 +709,34 @@ update_partition_status(void)
 	rd_kafka_topic_partition_list_destroy(parts);
 }
 
+/*
+ * While paused nothing is assigned, so fetch responses bring no
+ * watermarks: ask the brokers for each partition's end, so that the status
+ * views show the lag growing (against the stored offsets) during a pause.
+ */
+static void
+update_paused_partition_status(void)
+{
+	const char *topics[2] = {pkj_kafka.movies_topic, pkj_kafka.ratings_topic};
+
+	for (int t = 0; t < 2; t++)
+	{
+		int			n = pkj_kafka_partition_count(topics[t], 1000);
+
+		for (int p = 0; p < n; p++)
+		{
+			int64_t		low,
+						high;
+
+			if (rd_kafka_query_watermark_offsets(pkj_kafka.consumer, topics[t], p,
+												 &low, &high, 1000) != RD_KAFKA_RESP_ERR_NO_ERROR)
+				high = -1;
+			(void) pkj_status_set_partition(topics[t], p, high, -1);
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
 /* While a backlog is being caught up, say how it goes every few seconds */
 static void
 log_progress(int64 *last_total)
@@ -918,6 +946,11 @@ worker_step(void)
 			/* results stored before the pause are still published */
 			if (position == PKJ_POSITION_KNOWN && pkj_publish(w.loop_cxt) < 0)
 				w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
+			if (now >= w.next_status)
+			{
+				update_paused_partition_status();
+				w.next_status = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
+			}
 			wait_latch(pkj_retry_interval);
 			pkj_kafka_serve_producer();
 			return;

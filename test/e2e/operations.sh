@@ -73,6 +73,9 @@ ratings 200000 100 | kafka_produce ratings
 sleep 3
 check_eq "while paused nothing is stored, and the status says so" "200000|paused|t" \
 	"$(psql_q "SELECT (SELECT count(*) FROM pgkafka_join.ratings), state, paused FROM pgkafka_join.status")"
+wait_for 30 '[ "$(psql_q "SELECT input_lag FROM pgkafka_join.status")" = 100 ]' ||
+	fail "the status view does not show the lag of the pause: $(psql_q "SELECT input_lag FROM pgkafka_join.status")"
+pass "while paused the status view shows the lag growing: 100 messages"
 psql_q "SELECT pgkafka_join.resume()" >/dev/null
 wait_for 60 '[ "$(psql_q "SELECT count(*) FROM pgkafka_join.ratings")" = 200100 ]' ||
 	fail "ratings were not stored after resume"
