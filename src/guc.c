@@ -167,6 +167,23 @@ pkj_parse_properties(const char *text, List **props, char **errmsg)
 	return true;
 }
 
+/* The properties owned by pgkafka_join: changing them breaks exactly-once */
+static const char *const reserved_properties[] = {
+	"transactional.id", "isolation.level", "enable.auto.commit",
+	"enable.idempotence", "partitioner", "auto.offset.reset", NULL
+};
+
+static bool
+property_is_reserved(const char *key)
+{
+	for (int i = 0; reserved_properties[i] != NULL; i++)
+	{
+		if (strcmp(key, reserved_properties[i]) == 0)
+			return true;
+	}
+	return false;
+}
+
 /*
  * pkj_check_properties
  *		Each property must be one librdkafka knows, with a value it accepts
@@ -185,13 +202,7 @@ pkj_check_properties(List *props, char **errmsg)
 		PkjProperty *prop = lfirst(lc);
 		char		errstr[512];
 
-		/* these are owned by pgkafka_join: changing them breaks exactly-once */
-		if (strcmp(prop->key, "transactional.id") == 0 ||
-			strcmp(prop->key, "isolation.level") == 0 ||
-			strcmp(prop->key, "enable.auto.commit") == 0 ||
-			strcmp(prop->key, "enable.idempotence") == 0 ||
-			strcmp(prop->key, "partitioner") == 0 ||
-			strcmp(prop->key, "auto.offset.reset") == 0)
+		if (property_is_reserved(prop->key))
 		{
 			rd_kafka_conf_destroy(conf);
 			*errmsg = psprintf("property \"%s\" is set by pgkafka_join itself", prop->key);
@@ -211,15 +222,19 @@ pkj_check_properties(List *props, char **errmsg)
 static bool
 check_kafka_properties(char **newval, void **extra, GucSource source)
 {
-	List	   *props;
+	List	   *props = NIL;
 	char	   *errmsg;
+	ListCell   *lc;
 
 	if (!pkj_parse_properties(*newval, &props, &errmsg) ||
 		!pkj_check_properties(props, &errmsg))
 	{
 		GUC_check_errdetail("%s.", errmsg);
-		if (strstr(errmsg, "is set by pgkafka_join itself") != NULL)
-			GUC_check_errhint("Exactly-once depends on transactional.id, isolation.level, enable.auto.commit, enable.idempotence, partitioner and auto.offset.reset; set the transactional id with pgkafka_join.transactional_id.");
+		foreach(lc, props)
+		{
+			if (property_is_reserved(((PkjProperty *) lfirst(lc))->key))
+				GUC_check_errhint("Exactly-once depends on transactional.id, isolation.level, enable.auto.commit, enable.idempotence, partitioner and auto.offset.reset; set the transactional id with pgkafka_join.transactional_id.");
+		}
 		return false;
 	}
 	return true;

@@ -182,6 +182,9 @@ column_array(Rows *rows, int column)
 											  typlen, typbyval, typalign));
 }
 
+/* Columns of rejected messages: topic, partition, offset, key, payload, reason */
+static const Oid rejected_types[] = {TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID, TEXTOID};
+
 /*
  * A batch whose contents live in cxt, which the caller resets between
  * batches; the batch itself outlives those resets.
@@ -202,7 +205,6 @@ pkj_batch_reset(PkjBatch *batch)
 {
 	static const Oid movie_types[] = {INT8OID, TEXTOID, INT4OID};
 	static const Oid rating_types[] = {INT8OID, FLOAT8OID, TIMESTAMPTZOID, INT4OID, INT8OID};
-	static const Oid rejected_types[] = {TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID, TEXTOID};
 
 	batch->count = 0;
 	batch->bytes = 0;
@@ -261,29 +263,52 @@ note_offset(PkjBatch *batch, const char *topic, int32 partition, int64 offset)
 	batch->offsets = lappend(batch->offsets, io);
 }
 
+/*
+ * A message as it came: its position, and its key and value up to the size
+ * limit of values (an oversized value is kept that far).
+ */
+static RawMessage
+raw_message(const char *topic, const rd_kafka_message_t *msg)
+{
+	RawMessage	m;
+
+	m.topic = topic;
+	m.partition = msg->partition;
+	m.offset = msg->offset;
+	m.key = msg->key ?
+		bytes_datum(msg->key, Min(msg->key_len, (size_t) pkj_max_message_bytes)) : (Datum) 0;
+	m.payload = msg->payload ?
+		bytes_datum(msg->payload, Min(msg->len, (size_t) pkj_max_message_bytes)) : (Datum) 0;
+	return m;
+}
+
+/* Keep a message as rejected, with the reason */
+static void
+add_rejected(PkjBatch *batch, const RawMessage *m, const char *reason)
+{
+	int			row = rows_add(&batch->rejected);
+
+	rows_set(&batch->rejected, row, 0, CStringGetTextDatum(m->topic));
+	rows_set(&batch->rejected, row, 1, Int32GetDatum(m->partition));
+	rows_set(&batch->rejected, row, 2, Int64GetDatum(m->offset));
+	if (m->key)
+		rows_set(&batch->rejected, row, 3, m->key);
+	else
+		rows_set_null(&batch->rejected, row, 3);
+	if (m->payload)
+		rows_set(&batch->rejected, row, 4, m->payload);
+	else
+		rows_set_null(&batch->rejected, row, 4);
+	rows_set(&batch->rejected, row, 5, CStringGetTextDatum(reason));
+}
+
 static void
 reject(PkjBatch *batch, const char *topic, const rd_kafka_message_t *msg,
 	   const char *reason)
 {
-	int			row = rows_add(&batch->rejected);
-	size_t		len = msg->len;
+	RawMessage	m = raw_message(topic, msg);
 
-	rows_set(&batch->rejected, row, 0, CStringGetTextDatum(topic));
-	rows_set(&batch->rejected, row, 1, Int32GetDatum(msg->partition));
-	rows_set(&batch->rejected, row, 2, Int64GetDatum(msg->offset));
-	/* a key is kept up to the size limit of values, too */
-	if (msg->key)
-		rows_set(&batch->rejected, row, 3,
-				 bytes_datum(msg->key, Min(msg->key_len, (size_t) pkj_max_message_bytes)));
-	else
-		rows_set_null(&batch->rejected, row, 3);
-	/* an oversized value is kept up to the size limit */
-	if (msg->payload)
-		rows_set(&batch->rejected, row, 4,
-				 bytes_datum(msg->payload, Min(len, (size_t) pkj_max_message_bytes)));
-	else
-		rows_set_null(&batch->rejected, row, 4);
-	rows_set(&batch->rejected, row, 5, CStringGetTextDatum(reason));
+	add_rejected(batch, &m, reason);
 }
 
 static void
@@ -389,15 +414,7 @@ pkj_batch_add(PkjBatch *batch, const rd_kafka_message_t *msg)
 		topic = pkj_kafka.ratings_topic;
 
 	if (batch->count == 0)
-	{
-		batch->first.topic = topic;
-		batch->first.partition = msg->partition;
-		batch->first.offset = msg->offset;
-		batch->first.key = msg->key ?
-			bytes_datum(msg->key, Min(msg->key_len, (size_t) pkj_max_message_bytes)) : (Datum) 0;
-		batch->first.payload = msg->payload ?
-			bytes_datum(msg->payload, Min(msg->len, (size_t) pkj_max_message_bytes)) : (Datum) 0;
-	}
+		batch->first = raw_message(topic, msg);
 
 	if (msg->payload != NULL && msg->len > (size_t) pkj_max_message_bytes)
 		reject(batch, topic, msg,
@@ -715,6 +732,26 @@ offset_rows(PkjBatch *batch, Rows *offsets)
 	}
 }
 
+/*
+ * First statement of a transaction that stores input: take the ingest
+ * lock; then check that ingest is not paused, that the offsets were not
+ * reset since the partitions were assigned with offsets_generation, and
+ * that the extension, locked against DROP EXTENSION until the commit, is
+ * the one the partitions were assigned for.  False: store nothing.
+ */
+static bool
+begin_batch(int64 offsets_generation)
+{
+	bool		isnull;
+	int64		generation;
+
+	prepare_plans();
+	if (SPI_execute_plan(begin_batch_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not call pgkafka_join.begin_batch()");
+	generation = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	return !isnull && generation == offsets_generation && pkj_lock_extension();
+}
+
 static void
 ingest_error_callback(void *arg)
 {
@@ -741,8 +778,6 @@ pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 	Rows		offsets;
 	MemoryContext caller;
 	MemoryContext old;
-	bool		isnull;
-	int64		generation;
 
 	*results = 0;
 	if (batch->count == 0)
@@ -761,18 +796,7 @@ pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 	pkj_begin_spi("storing a batch");
 
 	old = MemoryContextSwitchTo(batch->cxt);
-	prepare_plans();
-
-	/*
-	 * The ingest lock; then whether ingest is paused, or the offsets were
-	 * reset since the partitions were assigned; then the extension, locked
-	 * against DROP EXTENSION until this batch commits, must be the one the
-	 * partitions were assigned for
-	 */
-	if (SPI_execute_plan(begin_batch_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not call pgkafka_join.begin_batch()");
-	generation = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	if (isnull || generation != offsets_generation || !pkj_lock_extension())
+	if (!begin_batch(offsets_generation))
 	{
 		MemoryContextSwitchTo(old);
 		pkj_abort_spi();
@@ -812,36 +836,16 @@ bool
 pkj_ingest_reject_single(PkjBatch *batch, int64 offsets_generation, const char *reason)
 {
 	MemoryContext caller = MemoryContextSwitchTo(batch->cxt);
-	RawMessage *m = &batch->first;
 	Rows		offsets;
-	int			row;
-	bool		isnull;
-	int64		generation;
 
 	Assert(batch->count == 1);
-	rows_init(&batch->rejected, 6, (const Oid[]) {TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID, TEXTOID});
-	row = rows_add(&batch->rejected);
-	rows_set(&batch->rejected, row, 0, CStringGetTextDatum(m->topic));
-	rows_set(&batch->rejected, row, 1, Int32GetDatum(m->partition));
-	rows_set(&batch->rejected, row, 2, Int64GetDatum(m->offset));
-	if (m->key)
-		rows_set(&batch->rejected, row, 3, m->key);
-	else
-		rows_set_null(&batch->rejected, row, 3);
-	if (m->payload)
-		rows_set(&batch->rejected, row, 4, m->payload);
-	else
-		rows_set_null(&batch->rejected, row, 4);
-	rows_set(&batch->rejected, row, 5, CStringGetTextDatum(reason));
+	rows_init(&batch->rejected, 6, rejected_types);
+	add_rejected(batch, &batch->first, reason);
 	offset_rows(batch, &offsets);
 
 	pkj_begin_spi("rejecting a message that could not be stored");
 	MemoryContextSwitchTo(batch->cxt);
-	prepare_plans();
-	if (SPI_execute_plan(begin_batch_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not call pgkafka_join.begin_batch()");
-	generation = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	if (isnull || generation != offsets_generation || !pkj_lock_extension())
+	if (!begin_batch(offsets_generation))
 	{
 		pkj_abort_spi();
 		MemoryContextSwitchTo(caller);

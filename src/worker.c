@@ -257,29 +257,37 @@ log_wait(WaitReason reason, const char *msg, const char *hint)
 	ereport(LOG, (errmsg("%s", msg), hint ? errhint("%s", hint) : 0));
 }
 
-/*
- * The oid of the extension in this database, InvalidOid if not installed;
- * *version is its version (palloc'd), NULL if not installed.
- */
+/* The oid of the extension in this database, InvalidOid if not installed */
 static Oid
-extension_oid(char **version)
+extension_oid(void)
 {
-	Oid			oid = InvalidOid;
-	bool		isnull;
+	Oid			oid;
 
-	*version = NULL;
+	StartTransactionCommand();
+	oid = get_extension_oid("pgkafka_join", true);
+	CommitTransactionCommand();
+	return oid;
+}
+
+/*
+ * The version of the extension's objects (palloc'd), NULL if it is not
+ * installed.  Read before the Kafka handles are made, so that a library
+ * never runs against objects of another version.
+ */
+static char *
+extension_version(void)
+{
+	char	   *version = NULL;
+
 	pkj_begin_spi(NULL);
-	if (SPI_execute("SELECT oid, extversion FROM pg_catalog.pg_extension WHERE extname = 'pgkafka_join'",
+	if (SPI_execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pgkafka_join'",
 					true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pg_extension");
 	if (SPI_processed == 1)
-	{
-		oid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		*version = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-		*version = MemoryContextStrdup(pkj_spi_caller_cxt, *version);
-	}
+		version = MemoryContextStrdup(pkj_spi_caller_cxt,
+									  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 	pkj_end_spi();
-	return oid;
+	return version;
 }
 
 /*
@@ -848,7 +856,7 @@ worker_step(void)
 				 "Publishing to an input topic would feed results back as input; set pgkafka_join.output_topic to a topic of its own and reload.");
 		return;
 	}
-	extoid = extension_oid(&version);
+	extoid = extension_oid();
 	if (!OidIsValid(extoid))
 	{
 		disconnect();
@@ -858,18 +866,8 @@ worker_step(void)
 				 "Run CREATE EXTENSION pgkafka_join in that database.");
 		return;
 	}
-	if (strcmp(version, PKJ_SQL_VERSION) != 0)
-	{
-		disconnect();
-		wait_for(WAIT_UPDATE, "waiting for ALTER EXTENSION UPDATE",
-				 psprintf("pgkafka_join is waiting: the extension's objects are version %s, this library needs version %s",
-						  version, PKJ_SQL_VERSION),
-				 psprintf("Run ALTER EXTENSION pgkafka_join UPDATE TO '%s' in database \"%s\".",
-						  PKJ_SQL_VERSION, pkj_database));
-		return;
-	}
 	if (logged_wait == WAIT_BROKERS || logged_wait == WAIT_EXTENSION ||
-		logged_wait == WAIT_UPDATE || logged_wait == WAIT_TOPIC_NAMES)
+		logged_wait == WAIT_TOPIC_NAMES)
 		logged_wait = WAIT_NONE;
 
 	if (pkj_kafka.consumer != NULL && pkj_kafka.extension_oid != extoid)
@@ -882,6 +880,19 @@ worker_step(void)
 		List	   *file_props;
 		char	   *file_content;
 		char	   *problem;
+
+		version = extension_version();
+		if (version == NULL || strcmp(version, PKJ_SQL_VERSION) != 0)
+		{
+			wait_for(WAIT_UPDATE, "waiting for ALTER EXTENSION UPDATE",
+					 psprintf("pgkafka_join is waiting: the extension's objects are version %s, this library needs version %s",
+							  version ? version : "(none)", PKJ_SQL_VERSION),
+					 psprintf("Run ALTER EXTENSION pgkafka_join UPDATE TO '%s' in database \"%s\".",
+							  PKJ_SQL_VERSION, pkj_database));
+			return;
+		}
+		if (logged_wait == WAIT_UPDATE)
+			logged_wait = WAIT_NONE;
 
 		if (!pkj_read_properties_file(&file_props, &file_content, &problem))
 		{
@@ -990,9 +1001,7 @@ worker_step(void)
 		if (!stored)
 		{
 			/* dropped unstored: paused, offsets reset, or extension replaced */
-			char	   *ignored;
-
-			if (extension_oid(&ignored) != pkj_kafka.extension_oid)
+			if (extension_oid() != pkj_kafka.extension_oid)
 			{
 				ereport(LOG,
 						(errmsg("pgkafka_join dropped a batch unstored: the extension was dropped or created again")));
