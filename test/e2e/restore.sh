@@ -33,7 +33,8 @@ DUMPS=$TEST_DIR/dumps
 mkdir -p "$DUMPS"
 chown postgres:postgres "$DUMPS"
 
-as_postgres() { runuser -u postgres -- "$@"; }
+# (from a directory the postgres user can enter: the checkout may not be one)
+as_postgres() { (cd "$DUMPS" && runuser -u postgres -- "$@"); }
 
 movies() # FIRST LAST
 {
