@@ -12,6 +12,7 @@ OBJS = \
 	src/publish.o \
 	src/worker.o \
 	src/status.o \
+	src/shares.o \
 	src/sql_api.o
 
 EXTENSION = pgkafka_join

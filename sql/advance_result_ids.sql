@@ -10,14 +10,17 @@ RESET client_min_messages;
 TRUNCATE pgkafka_join.rated_movies, pgkafka_join.output_position;
 SELECT setval('pgkafka_join.rated_movies_id_seq', 5);
 
+-- results 1..5, of shares 0 (odd ids) and 1 (even ids)
 INSERT INTO pgkafka_join.rated_movies
-SELECT i, 100 + i, 'Movie ' || i, 2000, 4, now(), now(), 0, i
+SELECT i, 100 + i, 'Movie ' || i, 2000, 4, now(), now(), 0, i, 1 - i % 2
   FROM generate_series(1, 5) i;
--- PostgreSQL recorded results up to 2 as published
-INSERT INTO pgkafka_join.output_position
-VALUES (current_setting('pgkafka_join.output_topic'), 0, 2, 2, now());
+-- PostgreSQL recorded results up to 3 as published for share 0, up to 2
+-- for share 1 (so 4 of share 1 is not known to be published)
+INSERT INTO pgkafka_join.output_position (topic, kafka_partition, share, next_offset, last_id, updated_at)
+VALUES (current_setting('pgkafka_join.output_topic'), 0, 0, 2, 3, now()),
+       (current_setting('pgkafka_join.output_topic'), 0, 1, 3, 2, now());
 
--- Kafka says 10 were published: 3, 4, 5 become 11, 12, 13
+-- Kafka says 10 were published: 4 and 5 become 11 and 12
 SELECT pgkafka_join.advance_result_ids(10);
 SELECT id, movie_id FROM pgkafka_join.rated_movies ORDER BY id;
 SELECT nextval('pgkafka_join.rated_movies_id_seq');

@@ -224,10 +224,10 @@ SELECT dense_rank() OVER (ORDER BY joined_at) AS transaction, movie_id, title,
 TRUNCATE pgkafka_join.movies, pgkafka_join.ratings, pgkafka_join.rated_movies;
 SELECT pgkafka_join.create_partitions_for(ARRAY['2026-11-20 10:00:00+00'::timestamptz]);
 INSERT INTO pgkafka_join.rated_movies
-       (id, movie_id, title, release_year, rating, rated_at, joined_at, kafka_partition, kafka_offset)
-VALUES (1, 42, 'The "Quoted" \ Title', NULL, 4.5, '2026-11-20 10:00:00+00', '2026-11-20 10:00:01+00', 0, 1),
-       (2, 43, 'Plain', 1972, 3, '2026-11-20 10:00:00.25+00', '2026-11-20 10:00:01+00', 0, 2),
-       (3, 44, E'Tab\tnew line\n', 2000, 0.1, '2026-11-20 05:00:00-05', '2026-11-20 10:00:01+00', 0, 3);
+       (id, movie_id, title, release_year, rating, rated_at, joined_at, kafka_partition, kafka_offset, share)
+VALUES (1, 42, 'The "Quoted" \ Title', NULL, 4.5, '2026-11-20 10:00:00+00', '2026-11-20 10:00:01+00', 0, 1, 0),
+       (2, 43, 'Plain', 1972, 3, '2026-11-20 10:00:00.25+00', '2026-11-20 10:00:01+00', 0, 2, 0),
+       (3, 44, E'Tab\tnew line\n', 2000, 0.1, '2026-11-20 05:00:00-05', '2026-11-20 10:00:01+00', 0, 3, 0);
 SET TimeZone = 'America/New_York';
 SELECT id, pgkafka_join.output_value(r) FROM pgkafka_join.rated_movies r ORDER BY id;
 -- It is JSON, and its title reads back as stored

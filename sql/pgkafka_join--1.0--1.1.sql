@@ -19,6 +19,14 @@
  *    search_path.
  *  - advance_result_ids(), delete_rejected(); the status views report
  *    stopped partitions and count pending ratings up to a bound.
+ *  - Shares: several join workers per server and several servers, each
+ *    owning a share of the input partitions.  Each result records its share
+ *    (the input partition whose worker made it), and publishing goes on per
+ *    share; results made before are share -1, published after the position
+ *    1.0 kept.  Batches no longer serialize on one lock, and results are
+ *    numbered one nextval() each.  output_position() and snapshot_shares()
+ *    give the snapshot-then-tail recipe per share; the status views show
+ *    one row per worker.
  */
 
 /* ---- the publish position's Kafka group, kept in control ---- */
@@ -56,16 +64,23 @@ $$;
 CREATE TRIGGER control_merge BEFORE INSERT ON control
     FOR EACH ROW EXECUTE FUNCTION control_merge();
 
+/* ---- shares ---- */
+
+ALTER TABLE rated_movies ADD COLUMN share integer NOT NULL DEFAULT -1;
+ALTER TABLE rated_movies ALTER COLUMN share DROP DEFAULT;
+COMMENT ON COLUMN rated_movies.share IS
+    'input partition whose worker made the result; ids grow in commit order within a share';
+ALTER TABLE output_position ADD COLUMN share integer NOT NULL DEFAULT -1;
+ALTER TABLE output_position ALTER COLUMN share DROP DEFAULT;
+ALTER TABLE output_position DROP CONSTRAINT output_position_pkey;
+ALTER TABLE output_position ADD PRIMARY KEY (topic, kafka_partition, share);
+
 /* ---- per-partition indexes ---- */
 
 DROP INDEX ratings_pending_idx;
 DROP INDEX rated_movies_id_idx;
 DROP INDEX rated_movies_movie_id_idx;
 
-/*
- * create_partition_indexes
- *		The indexes of one monthly partition of ratings or rated_movies.
- */
 CREATE FUNCTION create_partition_indexes(parent text, part text) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -75,8 +90,8 @@ BEGIN
         EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgkafka_join.%I (movie_id) WHERE NOT joined',
                        part || '_pending_idx', part);
     ELSE
-        EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgkafka_join.%I (id)',
-                       part || '_id_idx', part);
+        EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgkafka_join.%I (share, id)',
+                       part || '_share_id_idx', part);
         EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgkafka_join.%I (movie_id)',
                        part || '_movie_id_idx', part);
     END IF;
@@ -105,6 +120,10 @@ BEGIN
         FOREACH parent IN ARRAY ARRAY['ratings', 'rated_movies'] LOOP
             part := parent || to_char(month AT TIME ZONE 'UTC', '_"y"YYYY"m"MM');
             IF to_regclass(format('pgkafka_join.%I', part)) IS NULL THEN
+                -- one creator at a time; taking the lock also makes the
+                -- second look see what another worker created meanwhile
+                EXECUTE format('LOCK TABLE pgkafka_join.%I IN SHARE UPDATE EXCLUSIVE MODE', parent);
+                CONTINUE WHEN to_regclass(format('pgkafka_join.%I', part)) IS NOT NULL;
                 EXECUTE format('CREATE TABLE pgkafka_join.%I PARTITION OF pgkafka_join.%I '
                                'FOR VALUES FROM (%L) TO (%L)',
                                part, parent,
@@ -131,18 +150,18 @@ CREATE OR REPLACE FUNCTION join_window() RETURNS interval
 LANGUAGE sql STABLE
 AS $$ SELECT pg_catalog.current_setting('pgkafka_join.join_window')::interval $$;
 
-CREATE OR REPLACE FUNCTION reserve_result_ids() RETURNS bigint
-LANGUAGE sql
-AS $$ SELECT pg_catalog.nextval('pgkafka_join.rated_movies_id_seq') $$;
-
-CREATE OR REPLACE FUNCTION finish_result_ids(first_id bigint, used bigint) RETURNS void
-LANGUAGE sql
+CREATE OR REPLACE FUNCTION create_partitions_for(rated_ats timestamptz[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT pg_catalog.setval('pgkafka_join.rated_movies_id_seq',
-                             CASE WHEN used OPERATOR(pg_catalog.>) 0
-                                  THEN first_id OPERATOR(pg_catalog.+) used OPERATOR(pg_catalog.-) 1
-                                  ELSE first_id END,
-                             used OPERATOR(pg_catalog.>) 0)
+DECLARE
+    month timestamptz;
+BEGIN
+    FOR month IN SELECT DISTINCT date_trunc('month', t, 'UTC') FROM unnest(rated_ats) AS t LOOP
+        PERFORM pgkafka_join.create_partitions(month, month);
+    END LOOP;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION store_offsets(topics text[], kafka_partitions integer[], next_offsets bigint[])
@@ -169,57 +188,57 @@ AS $$
                              pg_catalog.to_json(r.rated_at AT TIME ZONE 'UTC') OPERATOR(pg_catalog.#>>) '{}')
 $$;
 
-CREATE OR REPLACE FUNCTION output_position(OUT topic text, OUT kafka_partition integer,
-                                           OUT start_offset bigint, OUT snapshot_last_id bigint)
-RETURNS SETOF record
-LANGUAGE sql STABLE
+/* ---- storing and publishing per share, without a global lock ---- */
+
+DROP FUNCTION reserve_result_ids();
+DROP FUNCTION finish_result_ids(bigint, bigint);
+DROP FUNCTION join_waiting(bigint[], text[], integer[]);
+DROP FUNCTION store_movies(bigint[], text[], integer[]);
+DROP FUNCTION output_position();
+
+CREATE FUNCTION join_waiting(ids bigint[], shares integer[])
+RETURNS bigint
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET jit = off
 AS $$
-    SELECT op.topic, op.kafka_partition, op.next_offset,
-           (SELECT coalesce(max(id), 0) FROM pgkafka_join.rated_movies)
-      FROM pgkafka_join.output_position op
-     WHERE op.topic = current_setting('pgkafka_join.output_topic')
-     ORDER BY op.kafka_partition
+DECLARE
+    produced bigint;
+BEGIN
+    -- the ratings waiting for these movies; usually none while a catalog loads
+    IF NOT EXISTS (SELECT 1 FROM pgkafka_join.ratings r
+                    WHERE NOT r.joined AND r.rated_at >= now() - pgkafka_join.join_window()) THEN
+        RETURN 0;
+    END IF;
+    WITH waiting AS (
+        UPDATE pgkafka_join.ratings r
+           SET joined = true
+          FROM (SELECT DISTINCT ON (l.id) l.id, l.share, m.title, m.release_year
+                  FROM unnest(ids, shares) AS l(id, share)
+                  JOIN pgkafka_join.movies m ON m.id = l.id
+                 ORDER BY l.id) AS l
+         WHERE r.movie_id = l.id
+           AND NOT r.joined
+           AND r.rated_at >= now() - pgkafka_join.join_window()
+        RETURNING r.movie_id, l.title, l.release_year, r.rating, r.rated_at,
+                  r.kafka_partition, r.kafka_offset, l.share
+    ),
+    published AS (
+        INSERT INTO pgkafka_join.rated_movies
+        SELECT nextval('pgkafka_join.rated_movies_id_seq'), movie_id, title, release_year,
+               rating, rated_at, now(), kafka_partition, kafka_offset, share
+          FROM waiting
+        RETURNING 1
+    )
+    SELECT count(*) INTO produced FROM published;
+
+    RETURN produced;
+END
 $$;
 
-/* ---- storing the same input again ---- */
-
-/*
- * store_rejected
- *		A message rejected again (consumed again after reset_offsets(), or
- *		after a crash) replaces its earlier row: the reason may differ if the
- *		settings changed meanwhile.
- */
-CREATE OR REPLACE FUNCTION store_rejected(topics text[], kafka_partitions integer[],
-                                          kafka_offsets bigint[], keys bytea[],
-                                          payloads bytea[], reasons text[])
-RETURNS void
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
-AS $$
-    INSERT INTO pgkafka_join.rejected_messages AS rm
-    SELECT DISTINCT ON (t, p, o) t, p, o, k, v, r, pg_catalog.now()
-      FROM unnest(topics, kafka_partitions, kafka_offsets, keys, payloads, reasons)
-           WITH ORDINALITY AS u(t, p, o, k, v, r, n)
-     ORDER BY t, p, o, n DESC
-    ON CONFLICT (topic, kafka_partition, kafka_offset) DO UPDATE
-       SET key = excluded.key, payload = excluded.payload, reason = excluded.reason,
-           received_at = excluded.received_at
-$$;
-
-/*
- * store_movies
- *		Store one batch of movie messages, in Kafka order, and publish the
- *		ratings that were waiting for these movies.
- *
- * A NULL title is a tombstone: the movie is deleted.  The last message of an
- * id in the batch wins.  A movie whose title and release year are those
- * stored already is left untouched (no new row version, no WAL), so sending
- * the whole catalog again costs reads only.  New movies in bulk go through
- * the worker's COPY path instead (see ingest.c).  Returns the number of
- * rated movies produced.
- */
-CREATE OR REPLACE FUNCTION store_movies(ids bigint[], titles text[], release_years integer[])
+CREATE FUNCTION store_movies(ids bigint[], titles text[], release_years integer[],
+                             kafka_partitions integer[] DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -230,14 +249,13 @@ DECLARE
     l_ids bigint[];
     l_titles text[];
     l_years integer[];
+    l_shares integer[];
 BEGIN
-    PERFORM pgkafka_join.lock_ingest();
-
-    SELECT array_agg(id), array_agg(title), array_agg(release_year)
-      INTO l_ids, l_titles, l_years
-      FROM (SELECT DISTINCT ON (id) id, title, release_year
-              FROM unnest(ids, titles, release_years) WITH ORDINALITY
-                   AS m(id, title, release_year, ord)
+    SELECT array_agg(id), array_agg(title), array_agg(release_year), array_agg(share)
+      INTO l_ids, l_titles, l_years, l_shares
+      FROM (SELECT DISTINCT ON (id) id, title, release_year, coalesce(share, 0) AS share
+              FROM unnest(ids, titles, release_years, kafka_partitions) WITH ORDINALITY
+                   AS m(id, title, release_year, share, ord)
              ORDER BY id, ord DESC) latest;
     IF l_ids IS NULL THEN
         RETURN 0;
@@ -257,29 +275,244 @@ BEGIN
            updated_at = excluded.updated_at
      WHERE (mv.title, mv.release_year) IS DISTINCT FROM (excluded.title, excluded.release_year);
 
-    RETURN pgkafka_join.join_waiting(l_ids, l_titles, l_years);
+    RETURN pgkafka_join.join_waiting(l_ids, l_shares);
 END
 $$;
 
-/* ---- ways out, and retention of rejected messages ---- */
+CREATE OR REPLACE FUNCTION store_ratings(movie_ids bigint[], ratings double precision[],
+                              rated_ats timestamptz[], kafka_partitions integer[],
+                              kafka_offsets bigint[])
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET jit = off
+AS $$
+DECLARE
+    produced bigint;
+BEGIN
+    PERFORM pgkafka_join.create_partitions_for(rated_ats);
+
+    WITH batch AS (
+        SELECT b.*, m.title, m.release_year,
+               (m.id IS NOT NULL AND b.rated_at >= now() - pgkafka_join.join_window()) AS joined
+          FROM unnest(movie_ids, ratings, rated_ats, kafka_partitions, kafka_offsets)
+               AS b(movie_id, rating, rated_at, kafka_partition, kafka_offset)
+          LEFT JOIN pgkafka_join.movies m ON m.id = b.movie_id
+    ),
+    stored AS (
+        INSERT INTO pgkafka_join.ratings
+        SELECT movie_id, rating, rated_at, kafka_partition, kafka_offset, now(), joined
+          FROM batch
+    ),
+    published AS (
+        INSERT INTO pgkafka_join.rated_movies
+        SELECT nextval('pgkafka_join.rated_movies_id_seq'), movie_id, title, release_year,
+               rating, rated_at, now(), kafka_partition, kafka_offset, kafka_partition
+          FROM batch
+         WHERE joined
+        RETURNING 1
+    )
+    SELECT count(*) INTO produced FROM published;
+
+    RETURN produced;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION store_rejected(topics text[], kafka_partitions integer[],
+                               kafka_offsets bigint[], keys bytea[],
+                               payloads bytea[], reasons text[])
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO pgkafka_join.rejected_messages AS rm
+    SELECT DISTINCT ON (t, p, o) t, p, o, k, v, r, pg_catalog.now()
+      FROM unnest(topics, kafka_partitions, kafka_offsets, keys, payloads, reasons)
+           WITH ORDINALITY AS u(t, p, o, k, v, r, n)
+     ORDER BY t, p, o, n DESC
+    ON CONFLICT (topic, kafka_partition, kafka_offset) DO UPDATE
+       SET key = excluded.key, payload = excluded.payload, reason = excluded.reason,
+           received_at = excluded.received_at
+$$;
+
+CREATE OR REPLACE FUNCTION begin_batch() RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(hashtext('pgkafka_join.ingest')::bigint << 32);
+    RETURN (SELECT CASE WHEN NOT paused THEN offsets_generation END FROM pgkafka_join.control);
+END
+$$;
+
+CREATE FUNCTION output_position(OUT topic text, OUT kafka_partition integer,
+                                OUT start_offset bigint)
+RETURNS SETOF record
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT op.topic, op.kafka_partition, max(op.next_offset)
+      FROM pgkafka_join.output_position op
+     WHERE op.topic = current_setting('pgkafka_join.output_topic')
+     GROUP BY op.topic, op.kafka_partition
+     ORDER BY op.kafka_partition
+$$;
+
+CREATE FUNCTION snapshot_shares(OUT share integer, OUT last_id bigint)
+RETURNS SETOF record
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- the distinct shares, one index probe each
+    WITH RECURSIVE shares AS (
+        SELECT min(r.share) AS share FROM pgkafka_join.rated_movies r
+        UNION ALL
+        SELECT (SELECT min(r.share) FROM pgkafka_join.rated_movies r WHERE r.share > s.share)
+          FROM shares s
+         WHERE s.share IS NOT NULL
+    )
+    SELECT s.share, (SELECT max(r.id) FROM pgkafka_join.rated_movies r WHERE r.share = s.share)
+      FROM shares s
+     WHERE s.share IS NOT NULL
+     ORDER BY s.share
+$$;
+
+CREATE FUNCTION published_ids(OUT share integer, OUT last_id bigint)
+RETURNS SETOF record
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT op.share, max(op.last_id)
+      FROM pgkafka_join.output_position op
+     WHERE op.topic = current_setting('pgkafka_join.output_topic')
+     GROUP BY op.share
+$$;
+
+CREATE OR REPLACE FUNCTION drop_partitions(older_than interval)
+RETURNS SETOF text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '5s'
+AS $$
+DECLARE
+    part record;
+    cutoff timestamptz := now() - older_than;
+    unpublished boolean;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be a positive interval'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(hashtext('pgkafka_join.maintenance')::bigint << 32) THEN
+        RAISE NOTICE 'another pgkafka_join maintenance call is running; nothing done';
+        RETURN;
+    END IF;
+    IF now() - older_than > now() - pgkafka_join.join_window() THEN
+        RAISE EXCEPTION 'cannot drop ratings partitions newer than the join window'
+            USING ERRCODE = 'object_in_use',
+                  DETAIL = format('older_than is %s, pgkafka_join.join_window is %s.',
+                                  older_than, pgkafka_join.join_window()),
+                  HINT = 'Ratings inside the window may still be published when their movie arrives; use an older_than of at least the join window.';
+    END IF;
+
+    PERFORM pgkafka_join.lock_ingest();
+
+    FOR part IN
+        SELECT c.oid::regclass AS rel, c.relname, p.relname AS parent,
+               (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz AS upper_bound
+          FROM pg_inherits i
+          JOIN pg_class c ON c.oid = i.inhrelid
+          JOIN pg_class p ON p.oid = i.inhparent
+         WHERE p.oid IN ('pgkafka_join.ratings'::regclass, 'pgkafka_join.rated_movies'::regclass)
+         ORDER BY c.relname
+    LOOP
+        CONTINUE WHEN part.upper_bound IS NULL OR part.upper_bound > cutoff;
+        IF part.parent = 'rated_movies' THEN
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s r '
+                           'LEFT JOIN pgkafka_join.published_ids() p USING (share) '
+                           'WHERE r.id > coalesce(p.last_id, 0))', part.rel)
+               INTO unpublished;
+            IF unpublished THEN
+                RAISE EXCEPTION 'cannot drop %: it holds results not yet published', part.relname
+                    USING ERRCODE = 'object_in_use',
+                          HINT = 'Wait for the worker to publish them (see pgkafka_join.status).';
+            END IF;
+        END IF;
+        EXECUTE format('DROP TABLE %s', part.rel);
+        RETURN NEXT part.relname;
+    END LOOP;
+END
+$$;
 
 /*
- * advance_result_ids
- *		The way out when the output topic is ahead of PostgreSQL: results up
- *		to result id "past" were published by a database state that is gone
- *		(a restored backup, a failover to an asynchronous standby, commits
- *		lost with fsync off).  Numbers the results PostgreSQL does not know
- *		to be published, and every later one, after "past", so that the
- *		worker publishes them; results of input consumed again come out
- *		again, with new ids.  Returns the next result id.
+ * rejoins
+ *		Ratings to look at again once other workers' transactions have ended.
+ *
+ * With several workers, a rating and its movie can come on partitions of
+ * two workers (a rating keyed otherwise than its movie) and be stored by two
+ * concurrent transactions, each missing the other's row.  The transaction
+ * storing ratings that wait, inside the window, queues their movie ids here;
+ * after its commit the worker waits for the transactions other workers were
+ * running then, and joins the ratings whose movie came meanwhile
+ * (run_rejoins).  Queued in the same transaction as the ratings, so a crash
+ * in between loses nothing: the next worker to start runs what is left.
  */
+CREATE TABLE rejoins (
+    worker          integer PRIMARY KEY,
+    movie_ids       bigint[] NOT NULL,
+    shares          integer[] NOT NULL,
+    queued_at       timestamptz NOT NULL
+);
+
+CREATE FUNCTION queue_rejoin(worker integer, movie_ids bigint[], shares integer[])
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO pgkafka_join.rejoins AS rj VALUES (worker, movie_ids, shares, pg_catalog.now())
+    ON CONFLICT (worker) DO UPDATE
+       SET movie_ids = rj.movie_ids OPERATOR(pg_catalog.||) excluded.movie_ids,
+           shares = rj.shares OPERATOR(pg_catalog.||) excluded.shares,
+           queued_at = excluded.queued_at
+$$;
+
+/*
+ * run_rejoins
+ *		Join what every queued entry waits for, as results of the caller's
+ *		shares ("owned", the partitions it owns: an entry's share if it is
+ *		one of them, else the first), and remove the entries.  Returns the
+ *		number of rated movies produced.
+ */
+CREATE FUNCTION run_rejoins(owned integer[]) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    entry record;
+    produced bigint := 0;
+BEGIN
+    FOR entry IN DELETE FROM pgkafka_join.rejoins RETURNING * LOOP
+        produced := produced + pgkafka_join.join_waiting(
+            entry.movie_ids,
+            ARRAY(SELECT CASE WHEN s = ANY (owned) THEN s ELSE owned[1] END
+                    FROM unnest(entry.shares) AS s));
+    END LOOP;
+    RETURN produced;
+END
+$$;
+
+SELECT pg_catalog.pg_extension_config_dump('rejoins', '');
+
+/* ---- ways out, and retention of rejected messages ---- */
+
 CREATE FUNCTION advance_result_ids(past bigint) RETURNS bigint
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    recorded bigint;
     renumbered bigint;
 BEGIN
     IF past IS NULL OR past < 0 THEN
@@ -287,16 +520,15 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM pgkafka_join.lock_ingest();
-    SELECT coalesce(max(last_id), 0) INTO recorded
-      FROM pgkafka_join.output_position
-     WHERE topic = current_setting('pgkafka_join.output_topic');
     PERFORM setval('pgkafka_join.rated_movies_id_seq',
                    greatest(past, (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END
                                      FROM pgkafka_join.rated_movies_id_seq)));
     WITH moved AS (
         SELECT id, nextval('pgkafka_join.rated_movies_id_seq') AS new_id
-          FROM (SELECT id FROM pgkafka_join.rated_movies
-                 WHERE id > recorded AND id <= past ORDER BY id) ids
+          FROM (SELECT r.id FROM pgkafka_join.rated_movies r
+                  LEFT JOIN pgkafka_join.published_ids() p USING (share)
+                 WHERE r.id > coalesce(p.last_id, 0) AND r.id <= past
+                 ORDER BY r.id) ids
     )
     UPDATE pgkafka_join.rated_movies r SET id = m.new_id
       FROM moved m
@@ -311,11 +543,6 @@ BEGIN
 END
 $$;
 
-/*
- * delete_rejected
- *		Delete the rejected messages received more than older_than ago;
- *		returns how many.
- */
 CREATE FUNCTION delete_rejected(older_than interval) RETURNS bigint
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -334,14 +561,16 @@ BEGIN
 END
 $$;
 
-/* ---- status: stopped partitions, partitions beyond the listed ones ---- */
+/* ---- status: one row per worker, stopped partitions ---- */
 
 DROP VIEW status;
 DROP VIEW input_status;
+DROP VIEW output_status;
 DROP FUNCTION worker_status();
 DROP FUNCTION partition_status();
 
-CREATE FUNCTION worker_status(OUT pid integer, OUT state text, OUT state_since timestamptz,
+CREATE FUNCTION worker_status(OUT worker integer, OUT pid integer, OUT state text,
+                              OUT state_since timestamptz,
                               OUT last_error text, OUT last_error_at timestamptz,
                               OUT messages_total bigint, OUT results_total bigint,
                               OUT published_total bigint,
@@ -350,12 +579,14 @@ CREATE FUNCTION worker_status(OUT pid integer, OUT state text, OUT state_since t
                               OUT published_per_second double precision,
                               OUT published_id bigint,
                               OUT partitions integer, OUT unlisted_lag bigint,
-                              OUT unlisted_stopped integer)
-RETURNS record
+                              OUT unlisted_stopped integer,
+                              OUT owned_partitions text, OUT shares integer[])
+RETURNS SETOF record
 LANGUAGE C STRICT
 AS 'MODULE_PATHNAME', 'pgkafka_join_worker_status';
 
-CREATE FUNCTION partition_status(OUT topic text, OUT kafka_partition integer,
+CREATE FUNCTION partition_status(OUT worker integer, OUT topic text,
+                                 OUT kafka_partition integer,
                                  OUT high_watermark bigint, OUT consumed_offset bigint,
                                  OUT problem text)
 RETURNS SETOF record
@@ -363,14 +594,16 @@ LANGUAGE C STRICT
 AS 'MODULE_PATHNAME', 'pgkafka_join_partition_status';
 
 /*
- * status: one row, the worker and the pipeline as a whole.  Counters and
- * rates are since the worker started; lag is what the brokers hold beyond
- * the stored offsets, as last seen by the worker (partitions beyond
- * pgkafka_join.max_partitions included).  pending_ratings is counted up to
+ * status: one row per join worker (pgkafka_join.workers of them).  Counters
+ * and rates are since the worker started; lag is what the brokers hold
+ * beyond the stored offsets of the worker's partitions, as last seen by the
+ * worker (partitions beyond pgkafka_join.max_partitions included).
+ * publish_lag counts the worker's results not yet recorded as published;
+ * it and pending_ratings (for the whole database) are counted up to
  * 100000: 100001 means "more".
  */
 CREATE VIEW status AS
-SELECT w.pid, w.state, w.state_since,
+SELECT w.worker, w.pid, w.state, w.state_since,
        (SELECT paused FROM control) AS paused,
        w.last_error, w.last_error_at,
        w.messages_total, w.results_total, w.published_total,
@@ -384,19 +617,32 @@ SELECT w.pid, w.state, w.state_since,
                                WHERE NOT r.joined AND r.rated_at >= now() - join_window()
                                LIMIT 100001) p) AS pending_ratings,
        w.published_id,
-       (SELECT coalesce(max(id), 0) FROM rated_movies) - coalesce(w.published_id, 0) AS publish_lag,
+       (SELECT count(*) FROM (SELECT 1 FROM unnest(w.shares) AS s(share)
+                               LEFT JOIN published_ids() pi USING (share)
+                               CROSS JOIN LATERAL (SELECT 1 FROM rated_movies r
+                                                    WHERE r.share = s.share
+                                                      AND r.id > coalesce(pi.last_id, 0)
+                                                    LIMIT 100001) u
+                               LIMIT 100001) u) AS publish_lag,
        w.partitions,
-       l.stopped + w.unlisted_stopped AS stopped_partitions
+       l.stopped + w.unlisted_stopped AS stopped_partitions,
+       w.owned_partitions
   FROM worker_status() w,
        LATERAL (SELECT coalesce(sum(greatest(p.high_watermark - coalesce(io.next_offset, 0), 0)), 0)::bigint AS lag,
                        count(p.problem)::integer AS stopped
                   FROM partition_status() p
-                  LEFT JOIN input_offsets io USING (topic, kafka_partition)) l;
+                  LEFT JOIN input_offsets io USING (topic, kafka_partition)
+                 WHERE p.worker = w.worker) l
+ ORDER BY w.worker;
 
-/* input_status: per input topic and partition, stored offset, lag, problem */
+/*
+ * input_status: per input topic and partition, the worker consuming it,
+ * stored offset, lag, problem
+ */
 CREATE VIEW input_status AS
 SELECT coalesce(io.topic, p.topic) AS topic,
        coalesce(io.kafka_partition, p.kafka_partition) AS kafka_partition,
+       p.worker,
        io.next_offset AS stored_offset,
        p.high_watermark,
        greatest(p.high_watermark - coalesce(io.next_offset, 0), 0) AS lag,
@@ -405,13 +651,23 @@ SELECT coalesce(io.topic, p.topic) AS topic,
   FROM input_offsets io
   FULL JOIN partition_status() p USING (topic, kafka_partition);
 
+/* output_status: per output partition and share, what was published */
+CREATE VIEW output_status AS
+SELECT op.topic, op.kafka_partition, op.share, op.next_offset, op.last_id, op.updated_at
+  FROM output_position op;
+
 /* ---- privileges of the new and recreated objects ---- */
 
-REVOKE ALL ON status, input_status FROM PUBLIC;
+REVOKE ALL ON status, input_status, output_status FROM PUBLIC;
 REVOKE ALL ON FUNCTION worker_status(), partition_status(), control_merge(),
     create_partition_indexes(text, text), advance_result_ids(bigint),
-    delete_rejected(interval) FROM PUBLIC;
-GRANT SELECT ON status, input_status TO pgkafka_join_reader;
-GRANT EXECUTE ON FUNCTION worker_status(), partition_status() TO pgkafka_join_reader;
+    delete_rejected(interval), join_waiting(bigint[], integer[]),
+    store_movies(bigint[], text[], integer[], integer[]), output_position(),
+    snapshot_shares(), published_ids(), queue_rejoin(integer, bigint[], integer[]),
+    run_rejoins(integer[]) FROM PUBLIC;
+REVOKE ALL ON rejoins FROM PUBLIC;
+GRANT SELECT ON status, input_status, output_status, rejoins TO pgkafka_join_reader;
+GRANT EXECUTE ON FUNCTION worker_status(), partition_status(), output_position(),
+    snapshot_shares(), published_ids() TO pgkafka_join_reader;
 GRANT EXECUTE ON FUNCTION advance_result_ids(bigint), delete_rejected(interval)
     TO pgkafka_join_admin;

@@ -58,12 +58,11 @@ CREATE TABLE ratings (
 
 
 /*
- * Results are numbered in commit order: every transaction that adds results
- * holds the ingest lock (see lock_ingest) from its first nextval() to its
- * commit, so a higher id never becomes visible before a lower one.  The
- * publisher relies on that to send "every id above the last one sent".
- * NO CACHE on purpose: values cached by one backend would be handed out
- * out of order with another's.
+ * Results are numbered by one sequence, one nextval() per result: ids are
+ * unique in the database.  They become visible in order only within a
+ * share (see rated_movies.share), which is all the publisher needs.  NO
+ * CACHE on purpose: advance_result_ids() moves the sequence, and values
+ * cached by a worker before would still be handed out below it.
  */
 CREATE SEQUENCE rated_movies_id_seq AS bigint;
 
@@ -76,8 +75,22 @@ CREATE TABLE rated_movies (
     rated_at        timestamptz NOT NULL,
     joined_at       timestamptz NOT NULL,
     kafka_partition integer NOT NULL,
-    kafka_offset    bigint NOT NULL
+    kafka_offset    bigint NOT NULL,
+    share           integer NOT NULL
 ) PARTITION BY RANGE (rated_at);
+
+/*
+ * share: the input partition whose worker made the result, that is the
+ * rating's partition, or the movie's when a waiting rating is joined by its
+ * movie's arrival.  A partition has one owner at a time, a single worker,
+ * which makes its results one transaction after the other: so within a
+ * share, a higher id never becomes visible before a lower one, and the
+ * publisher's position is one id per share ("every id of the share above
+ * the last one sent").  -1: results made before version 1.1, published
+ * after the single position 1.0 kept.
+ */
+COMMENT ON COLUMN rated_movies.share IS
+    'input partition whose worker made the result; ids grow in commit order within a share';
 
 ALTER SEQUENCE rated_movies_id_seq OWNED BY rated_movies.id;
 
@@ -91,11 +104,12 @@ CREATE TABLE input_offsets (
 );
 
 /*
- * Where publishing stands, per output topic and partition: the offset after
- * the last record published there and the highest result id it carried.
- * Written after each Kafka transaction commits, so it may lag behind the
- * output topic by one batch, never run ahead of it.  The exact position is
- * kept in Kafka itself, committed atomically with the records.
+ * Where publishing stands, per output topic and partition and per share:
+ * the offset after the share's last record published there and the highest
+ * result id it carried.  Written after each Kafka transaction commits, so
+ * it may lag behind the output topic by one batch, never run ahead of it.
+ * The exact position is kept in Kafka itself, committed atomically with the
+ * records.  One row per share: workers never write the same row.
  */
 CREATE TABLE output_position (
     topic           text NOT NULL,
@@ -103,7 +117,8 @@ CREATE TABLE output_position (
     next_offset     bigint NOT NULL,
     last_id         bigint NOT NULL,
     updated_at      timestamptz NOT NULL,
-    PRIMARY KEY (topic, kafka_partition)
+    share           integer NOT NULL,
+    PRIMARY KEY (topic, kafka_partition, share)
 );
 
 /* Input that could not be accepted, with the reason; its offset advanced. */
@@ -120,14 +135,13 @@ CREATE TABLE rejected_messages (
 
 /*
  * lock_ingest
- *		Serialize every transaction that stores movies or ratings.
+ *		Wait for every batch being stored, and keep new ones out until the
+ *		end of the transaction.
  *
- * A rating and its movie stored by two concurrent transactions would each
- * miss the other under READ COMMITTED: neither sees the other's uncommitted
- * row, so the join would be lost.  Holding one exclusive transaction-level
- * lock while storing makes the second transaction wait for the first to
- * commit; its next statement then sees the first one's rows.  The same lock
- * makes result ids commit in order (see rated_movies_id_seq).
+ * Batches take the same lock in shared mode (begin_batch), so workers never
+ * wait for each other; operations that must see no batch in progress
+ * (pause, reset_offsets, drop_partitions, advance_result_ids) take it
+ * exclusively.
  */
 CREATE FUNCTION lock_ingest() RETURNS void
 LANGUAGE sql
@@ -154,8 +168,8 @@ BEGIN
         EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgkafka_join.%I (movie_id) WHERE NOT joined',
                        part || '_pending_idx', part);
     ELSE
-        EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgkafka_join.%I (id)',
-                       part || '_id_idx', part);
+        EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgkafka_join.%I (share, id)',
+                       part || '_share_id_idx', part);
         EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgkafka_join.%I (movie_id)',
                        part || '_movie_id_idx', part);
     END IF;
@@ -183,6 +197,10 @@ BEGIN
         FOREACH parent IN ARRAY ARRAY['ratings', 'rated_movies'] LOOP
             part := parent || to_char(month AT TIME ZONE 'UTC', '_"y"YYYY"m"MM');
             IF to_regclass(format('pgkafka_join.%I', part)) IS NULL THEN
+                -- one creator at a time; taking the lock also makes the
+                -- second look see what another worker created meanwhile
+                EXECUTE format('LOCK TABLE pgkafka_join.%I IN SHARE UPDATE EXCLUSIVE MODE', parent);
+                CONTINUE WHEN to_regclass(format('pgkafka_join.%I', part)) IS NOT NULL;
                 EXECUTE format('CREATE TABLE pgkafka_join.%I PARTITION OF pgkafka_join.%I '
                                'FOR VALUES FROM (%L) TO (%L)',
                                part, parent,
@@ -212,35 +230,18 @@ END
 $$;
 
 /*
- * reserve_result_ids
- *		Numbers for the results of the calling batch, which holds the ingest
- *		lock: the next value of rated_movies_id_seq is the first, and
- *		finish_result_ids() moves the sequence past the last one used.  One
- *		nextval() per batch instead of one per result; the lock keeps the
- *		numbers in commit order all the same.
- */
-CREATE FUNCTION reserve_result_ids() RETURNS bigint
-LANGUAGE sql
-AS $$ SELECT pg_catalog.nextval('pgkafka_join.rated_movies_id_seq') $$;
-
-CREATE FUNCTION finish_result_ids(first_id bigint, used bigint) RETURNS void
-LANGUAGE sql
-AS $$
-    SELECT pg_catalog.setval('pgkafka_join.rated_movies_id_seq',
-                             CASE WHEN used OPERATOR(pg_catalog.>) 0
-                                  THEN first_id OPERATOR(pg_catalog.+) used OPERATOR(pg_catalog.-) 1
-                                  ELSE first_id END,
-                             used OPERATOR(pg_catalog.>) 0)
-$$;
-
-/*
  * join_waiting
- *		Publish the ratings inside the window that wait for the movies just
- *		stored (NULL titles, tombstones, are skipped).  Called by store_movies
- *		and by the worker after it copied new movies in; the caller holds the
- *		ingest lock.  Returns the number of rated movies produced.
+ *		Publish the ratings inside the window that wait for the given movies,
+ *		as stored now (a deleted movie joins nothing), as results of the
+ *		given shares (the partition each movie came on).  Called in the
+ *		transaction that stored the movies (by store_movies, or by the worker
+ *		after it copied new movies in), and again by the worker after that
+ *		transaction committed, to join ratings that other workers stored
+ *		meanwhile (see worker.c).  A rating is joined once: the UPDATE of a
+ *		rating another transaction is joining waits for it and then skips
+ *		the rating.  Returns the number of rated movies produced.
  */
-CREATE FUNCTION join_waiting(ids bigint[], titles text[], release_years integer[])
+CREATE FUNCTION join_waiting(ids bigint[], shares integer[])
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -248,7 +249,6 @@ SET plan_cache_mode = force_generic_plan
 SET jit = off
 AS $$
 DECLARE
-    first_id bigint;
     produced bigint;
 BEGIN
     -- the ratings waiting for these movies; usually none while a catalog loads
@@ -256,27 +256,27 @@ BEGIN
                     WHERE NOT r.joined AND r.rated_at >= now() - pgkafka_join.join_window()) THEN
         RETURN 0;
     END IF;
-    first_id := pgkafka_join.reserve_result_ids();
     WITH waiting AS (
         UPDATE pgkafka_join.ratings r
            SET joined = true
-          FROM unnest(ids, titles, release_years) AS l(id, title, release_year)
+          FROM (SELECT DISTINCT ON (l.id) l.id, l.share, m.title, m.release_year
+                  FROM unnest(ids, shares) AS l(id, share)
+                  JOIN pgkafka_join.movies m ON m.id = l.id
+                 ORDER BY l.id) AS l
          WHERE r.movie_id = l.id
-           AND l.title IS NOT NULL
            AND NOT r.joined
            AND r.rated_at >= now() - pgkafka_join.join_window()
         RETURNING r.movie_id, l.title, l.release_year, r.rating, r.rated_at,
-                  r.kafka_partition, r.kafka_offset
+                  r.kafka_partition, r.kafka_offset, l.share
     ),
     published AS (
         INSERT INTO pgkafka_join.rated_movies
-        SELECT first_id + row_number() OVER () - 1, movie_id, title, release_year,
-               rating, rated_at, now(), kafka_partition, kafka_offset
+        SELECT nextval('pgkafka_join.rated_movies_id_seq'), movie_id, title, release_year,
+               rating, rated_at, now(), kafka_partition, kafka_offset, share
           FROM waiting
         RETURNING 1
     )
     SELECT count(*) INTO produced FROM published;
-    PERFORM pgkafka_join.finish_result_ids(first_id, produced);
 
     RETURN produced;
 END
@@ -285,7 +285,8 @@ $$;
 /*
  * store_movies
  *		Store one batch of movie messages, in Kafka order, and publish the
- *		ratings that were waiting for these movies.
+ *		ratings that were waiting for these movies, as results of the
+ *		partitions the movies came on (0 when not given).
  *
  * A NULL title is a tombstone: the movie is deleted.  The last message of an
  * id in the batch wins.  A movie whose title and release year are those
@@ -294,7 +295,8 @@ $$;
  * the worker's COPY path instead (see ingest.c).  Returns the number of
  * rated movies produced.
  */
-CREATE FUNCTION store_movies(ids bigint[], titles text[], release_years integer[])
+CREATE FUNCTION store_movies(ids bigint[], titles text[], release_years integer[],
+                             kafka_partitions integer[] DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -305,14 +307,13 @@ DECLARE
     l_ids bigint[];
     l_titles text[];
     l_years integer[];
+    l_shares integer[];
 BEGIN
-    PERFORM pgkafka_join.lock_ingest();
-
-    SELECT array_agg(id), array_agg(title), array_agg(release_year)
-      INTO l_ids, l_titles, l_years
-      FROM (SELECT DISTINCT ON (id) id, title, release_year
-              FROM unnest(ids, titles, release_years) WITH ORDINALITY
-                   AS m(id, title, release_year, ord)
+    SELECT array_agg(id), array_agg(title), array_agg(release_year), array_agg(share)
+      INTO l_ids, l_titles, l_years, l_shares
+      FROM (SELECT DISTINCT ON (id) id, title, release_year, coalesce(share, 0) AS share
+              FROM unnest(ids, titles, release_years, kafka_partitions) WITH ORDINALITY
+                   AS m(id, title, release_year, share, ord)
              ORDER BY id, ord DESC) latest;
     IF l_ids IS NULL THEN
         RETURN 0;
@@ -332,15 +333,16 @@ BEGIN
            updated_at = excluded.updated_at
      WHERE (mv.title, mv.release_year) IS DISTINCT FROM (excluded.title, excluded.release_year);
 
-    RETURN pgkafka_join.join_waiting(l_ids, l_titles, l_years);
+    RETURN pgkafka_join.join_waiting(l_ids, l_shares);
 END
 $$;
 
 /*
  * store_ratings
  *		Store one batch of ratings and publish those whose movie is stored
- *		and which are inside the join window.  The others wait for their
- *		movie (store_movies) or, if too old, are kept unpublished.
+ *		and which are inside the join window, as results of the partition
+ *		each rating came on.  The others wait for their movie (store_movies)
+ *		or, if too old, are kept unpublished.
  *
  * Returns the number of rated movies produced.
  */
@@ -354,13 +356,10 @@ SET plan_cache_mode = force_generic_plan
 SET jit = off
 AS $$
 DECLARE
-    first_id bigint;
     produced bigint;
 BEGIN
-    PERFORM pgkafka_join.lock_ingest();
     PERFORM pgkafka_join.create_partitions_for(rated_ats);
 
-    first_id := pgkafka_join.reserve_result_ids();
     WITH batch AS (
         SELECT b.*, m.title, m.release_year,
                (m.id IS NOT NULL AND b.rated_at >= now() - pgkafka_join.join_window()) AS joined
@@ -375,15 +374,71 @@ BEGIN
     ),
     published AS (
         INSERT INTO pgkafka_join.rated_movies
-        SELECT first_id + row_number() OVER () - 1, movie_id, title, release_year,
-               rating, rated_at, now(), kafka_partition, kafka_offset
+        SELECT nextval('pgkafka_join.rated_movies_id_seq'), movie_id, title, release_year,
+               rating, rated_at, now(), kafka_partition, kafka_offset, kafka_partition
           FROM batch
          WHERE joined
         RETURNING 1
     )
     SELECT count(*) INTO produced FROM published;
-    PERFORM pgkafka_join.finish_result_ids(first_id, produced);
 
+    RETURN produced;
+END
+$$;
+
+/*
+ * rejoins
+ *		Ratings to look at again once other workers' transactions have ended.
+ *
+ * With several workers, a rating and its movie can come on partitions of
+ * two workers (a rating keyed otherwise than its movie) and be stored by two
+ * concurrent transactions, each missing the other's row.  The transaction
+ * storing ratings that wait, inside the window, queues their movie ids here;
+ * after its commit the worker waits for the transactions other workers were
+ * running then, and joins the ratings whose movie came meanwhile
+ * (run_rejoins).  Queued in the same transaction as the ratings, so a crash
+ * in between loses nothing: the next worker to start runs what is left.
+ */
+CREATE TABLE rejoins (
+    worker          integer PRIMARY KEY,
+    movie_ids       bigint[] NOT NULL,
+    shares          integer[] NOT NULL,
+    queued_at       timestamptz NOT NULL
+);
+
+CREATE FUNCTION queue_rejoin(worker integer, movie_ids bigint[], shares integer[])
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO pgkafka_join.rejoins AS rj VALUES (worker, movie_ids, shares, pg_catalog.now())
+    ON CONFLICT (worker) DO UPDATE
+       SET movie_ids = rj.movie_ids OPERATOR(pg_catalog.||) excluded.movie_ids,
+           shares = rj.shares OPERATOR(pg_catalog.||) excluded.shares,
+           queued_at = excluded.queued_at
+$$;
+
+/*
+ * run_rejoins
+ *		Join what every queued entry waits for, as results of the caller's
+ *		shares ("owned", the partitions it owns: an entry's share if it is
+ *		one of them, else the first), and remove the entries.  Returns the
+ *		number of rated movies produced.
+ */
+CREATE FUNCTION run_rejoins(owned integer[]) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    entry record;
+    produced bigint := 0;
+BEGIN
+    FOR entry IN DELETE FROM pgkafka_join.rejoins RETURNING * LOOP
+        produced := produced + pgkafka_join.join_waiting(
+            entry.movie_ids,
+            ARRAY(SELECT CASE WHEN s = ANY (owned) THEN s ELSE owned[1] END
+                    FROM unnest(entry.shares) AS s));
+    END LOOP;
     RETURN produced;
 END
 $$;
@@ -441,36 +496,59 @@ AS $$
 $$;
 
 /*
- * output_position
+ * output_position, snapshot_shares
  *		Where a client that has just read rated_movies, in the same
  *		REPEATABLE READ transaction, starts tailing the output topic.
  *
- * For each output partition published to: start_offset, the offset to
- * consume from, and snapshot_last_id, the highest result id in the
- * transaction's snapshot.  Records whose pgkafka_join.id header is at most
- * snapshot_last_id are in the snapshot already and must be skipped; every
- * later one is new.  Partitions without a row start at their beginning.
+ * output_position(): for each output partition published to, start_offset,
+ * the offset to consume from (partitions without a row: from their
+ * beginning).  snapshot_shares(): for each share, last_id, the highest
+ * result id of the share in the transaction's snapshot.  A record whose
+ * pgkafka_join.id header is at most the last_id of its pgkafka_join.share
+ * header is in the snapshot already and must be skipped; every other one is
+ * new.
  *
- * Why it is exact: result ids become visible in commit order (see
- * rated_movies_id_seq), so the snapshot holds exactly the ids up to
- * snapshot_last_id.  A partition's row is written after the Kafka
- * transaction it describes committed, hence after its results committed in
- * PostgreSQL: if the row is in the snapshot, so are those results, and
- * everything before next_offset has an id at most snapshot_last_id.  Within
- * a partition ids grow with offsets, so every record with a higher id lies
- * at or after start_offset.
+ * Why it is exact: within a share, result ids become visible in commit order
+ * (see rated_movies.share), so the snapshot holds exactly the share's ids up
+ * to its last_id.  Every record below start_offset is in the snapshot: a row
+ * of output_position is written after the Kafka transaction it describes
+ * committed, and that transaction's last record at next_offset - 1 was
+ * appended after every record below it; each of those was published after
+ * its results committed in PostgreSQL, hence before the row, which the
+ * snapshot sees.  Within a share and an output partition ids grow with
+ * offsets, so no record above start_offset is taken for one in the snapshot
+ * unless it is.
  */
 CREATE FUNCTION output_position(OUT topic text, OUT kafka_partition integer,
-                                OUT start_offset bigint, OUT snapshot_last_id bigint)
+                                OUT start_offset bigint)
 RETURNS SETOF record
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT op.topic, op.kafka_partition, op.next_offset,
-           (SELECT coalesce(max(id), 0) FROM pgkafka_join.rated_movies)
+    SELECT op.topic, op.kafka_partition, max(op.next_offset)
       FROM pgkafka_join.output_position op
      WHERE op.topic = current_setting('pgkafka_join.output_topic')
+     GROUP BY op.topic, op.kafka_partition
      ORDER BY op.kafka_partition
+$$;
+
+CREATE FUNCTION snapshot_shares(OUT share integer, OUT last_id bigint)
+RETURNS SETOF record
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- the distinct shares, one index probe each
+    WITH RECURSIVE shares AS (
+        SELECT min(r.share) AS share FROM pgkafka_join.rated_movies r
+        UNION ALL
+        SELECT (SELECT min(r.share) FROM pgkafka_join.rated_movies r WHERE r.share > s.share)
+          FROM shares s
+         WHERE s.share IS NOT NULL
+    )
+    SELECT s.share, (SELECT max(r.id) FROM pgkafka_join.rated_movies r WHERE r.share = s.share)
+      FROM shares s
+     WHERE s.share IS NOT NULL
+     ORDER BY s.share
 $$;
 
 /* Parse one message value as the worker would; for tests and for DBAs */
@@ -499,6 +577,7 @@ $$;
 SELECT pg_catalog.pg_extension_config_dump('input_offsets', '');
 SELECT pg_catalog.pg_extension_config_dump('output_position', '');
 SELECT pg_catalog.pg_extension_config_dump('rejected_messages', '');
+SELECT pg_catalog.pg_extension_config_dump('rejoins', '');
 SELECT pg_catalog.pg_extension_config_dump('rated_movies_id_seq', '');
 
 
@@ -557,10 +636,11 @@ AS 'MODULE_PATHNAME', 'pgkafka_join_wake_worker';
 
 /*
  * begin_batch
- *		First call of every batch the worker stores: takes the ingest lock and
- *		returns the offsets generation, or NULL if ingest is paused, in which
- *		case the worker drops the batch unstored.  pause() takes the same
- *		lock, so once it returns no batch commits until resume().  If the
+ *		First call of every batch the worker stores: takes the ingest lock in
+ *		shared mode (workers do not wait for each other) and returns the
+ *		offsets generation, or NULL if ingest is paused, in which case the
+ *		worker drops the batch unstored.  pause() takes the same lock
+ *		exclusively, so once it returns no batch commits until resume().  If the
  *		generation is not the one the worker assigned its partitions with,
  *		offsets were reset meanwhile: the worker drops the batch and assigns
  *		again from the stored offsets.
@@ -570,7 +650,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM pgkafka_join.lock_ingest();
+    PERFORM pg_advisory_xact_lock_shared(hashtext('pgkafka_join.ingest')::bigint << 32);
     RETURN (SELECT CASE WHEN NOT paused THEN offsets_generation END FROM pgkafka_join.control);
 END
 $$;
@@ -656,6 +736,18 @@ BEGIN
 END
 $$;
 
+/* The highest result id recorded as published, per share */
+CREATE FUNCTION published_ids(OUT share integer, OUT last_id bigint)
+RETURNS SETOF record
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT op.share, max(op.last_id)
+      FROM pgkafka_join.output_position op
+     WHERE op.topic = current_setting('pgkafka_join.output_topic')
+     GROUP BY op.share
+$$;
+
 /*
  * drop_partitions
  *		Drop the monthly partitions of ratings and rated_movies that hold
@@ -678,7 +770,6 @@ AS $$
 DECLARE
     part record;
     cutoff timestamptz := now() - older_than;
-    published bigint;
     unpublished boolean;
 BEGIN
     IF older_than IS NULL OR older_than < interval '0' THEN
@@ -698,9 +789,6 @@ BEGIN
     END IF;
 
     PERFORM pgkafka_join.lock_ingest();
-    SELECT coalesce(max(last_id), 0) INTO published
-      FROM pgkafka_join.output_position
-     WHERE topic = current_setting('pgkafka_join.output_topic');
 
     FOR part IN
         SELECT c.oid::regclass AS rel, c.relname, p.relname AS parent,
@@ -713,8 +801,10 @@ BEGIN
     LOOP
         CONTINUE WHEN part.upper_bound IS NULL OR part.upper_bound > cutoff;
         IF part.parent = 'rated_movies' THEN
-            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE id > $1)', part.rel)
-               INTO unpublished USING published;
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s r '
+                           'LEFT JOIN pgkafka_join.published_ids() p USING (share) '
+                           'WHERE r.id > coalesce(p.last_id, 0))', part.rel)
+               INTO unpublished;
             IF unpublished THEN
                 RAISE EXCEPTION 'cannot drop %: it holds results not yet published', part.relname
                     USING ERRCODE = 'object_in_use',
@@ -743,7 +833,6 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    recorded bigint;
     renumbered bigint;
 BEGIN
     IF past IS NULL OR past < 0 THEN
@@ -751,16 +840,15 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM pgkafka_join.lock_ingest();
-    SELECT coalesce(max(last_id), 0) INTO recorded
-      FROM pgkafka_join.output_position
-     WHERE topic = current_setting('pgkafka_join.output_topic');
     PERFORM setval('pgkafka_join.rated_movies_id_seq',
                    greatest(past, (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END
                                      FROM pgkafka_join.rated_movies_id_seq)));
     WITH moved AS (
         SELECT id, nextval('pgkafka_join.rated_movies_id_seq') AS new_id
-          FROM (SELECT id FROM pgkafka_join.rated_movies
-                 WHERE id > recorded AND id <= past ORDER BY id) ids
+          FROM (SELECT r.id FROM pgkafka_join.rated_movies r
+                  LEFT JOIN pgkafka_join.published_ids() p USING (share)
+                 WHERE r.id > coalesce(p.last_id, 0) AND r.id <= past
+                 ORDER BY r.id) ids
     )
     UPDATE pgkafka_join.rated_movies r SET id = m.new_id
       FROM moved m
@@ -798,7 +886,8 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION worker_status(OUT pid integer, OUT state text, OUT state_since timestamptz,
+CREATE FUNCTION worker_status(OUT worker integer, OUT pid integer, OUT state text,
+                              OUT state_since timestamptz,
                               OUT last_error text, OUT last_error_at timestamptz,
                               OUT messages_total bigint, OUT results_total bigint,
                               OUT published_total bigint,
@@ -807,12 +896,14 @@ CREATE FUNCTION worker_status(OUT pid integer, OUT state text, OUT state_since t
                               OUT published_per_second double precision,
                               OUT published_id bigint,
                               OUT partitions integer, OUT unlisted_lag bigint,
-                              OUT unlisted_stopped integer)
-RETURNS record
+                              OUT unlisted_stopped integer,
+                              OUT owned_partitions text, OUT shares integer[])
+RETURNS SETOF record
 LANGUAGE C STRICT
 AS 'MODULE_PATHNAME', 'pgkafka_join_worker_status';
 
-CREATE FUNCTION partition_status(OUT topic text, OUT kafka_partition integer,
+CREATE FUNCTION partition_status(OUT worker integer, OUT topic text,
+                                 OUT kafka_partition integer,
                                  OUT high_watermark bigint, OUT consumed_offset bigint,
                                  OUT problem text)
 RETURNS SETOF record
@@ -820,14 +911,16 @@ LANGUAGE C STRICT
 AS 'MODULE_PATHNAME', 'pgkafka_join_partition_status';
 
 /*
- * status: one row, the worker and the pipeline as a whole.  Counters and
- * rates are since the worker started; lag is what the brokers hold beyond
- * the stored offsets, as last seen by the worker (partitions beyond
- * pgkafka_join.max_partitions included).  pending_ratings is counted up to
+ * status: one row per join worker (pgkafka_join.workers of them).  Counters
+ * and rates are since the worker started; lag is what the brokers hold
+ * beyond the stored offsets of the worker's partitions, as last seen by the
+ * worker (partitions beyond pgkafka_join.max_partitions included).
+ * publish_lag counts the worker's results not yet recorded as published;
+ * it and pending_ratings (for the whole database) are counted up to
  * 100000: 100001 means "more".
  */
 CREATE VIEW status AS
-SELECT w.pid, w.state, w.state_since,
+SELECT w.worker, w.pid, w.state, w.state_since,
        (SELECT paused FROM control) AS paused,
        w.last_error, w.last_error_at,
        w.messages_total, w.results_total, w.published_total,
@@ -841,19 +934,32 @@ SELECT w.pid, w.state, w.state_since,
                                WHERE NOT r.joined AND r.rated_at >= now() - join_window()
                                LIMIT 100001) p) AS pending_ratings,
        w.published_id,
-       (SELECT coalesce(max(id), 0) FROM rated_movies) - coalesce(w.published_id, 0) AS publish_lag,
+       (SELECT count(*) FROM (SELECT 1 FROM unnest(w.shares) AS s(share)
+                               LEFT JOIN published_ids() pi USING (share)
+                               CROSS JOIN LATERAL (SELECT 1 FROM rated_movies r
+                                                    WHERE r.share = s.share
+                                                      AND r.id > coalesce(pi.last_id, 0)
+                                                    LIMIT 100001) u
+                               LIMIT 100001) u) AS publish_lag,
        w.partitions,
-       l.stopped + w.unlisted_stopped AS stopped_partitions
+       l.stopped + w.unlisted_stopped AS stopped_partitions,
+       w.owned_partitions
   FROM worker_status() w,
        LATERAL (SELECT coalesce(sum(greatest(p.high_watermark - coalesce(io.next_offset, 0), 0)), 0)::bigint AS lag,
                        count(p.problem)::integer AS stopped
                   FROM partition_status() p
-                  LEFT JOIN input_offsets io USING (topic, kafka_partition)) l;
+                  LEFT JOIN input_offsets io USING (topic, kafka_partition)
+                 WHERE p.worker = w.worker) l
+ ORDER BY w.worker;
 
-/* input_status: per input topic and partition, stored offset, lag, problem */
+/*
+ * input_status: per input topic and partition, the worker consuming it,
+ * stored offset, lag, problem
+ */
 CREATE VIEW input_status AS
 SELECT coalesce(io.topic, p.topic) AS topic,
        coalesce(io.kafka_partition, p.kafka_partition) AS kafka_partition,
+       p.worker,
        io.next_offset AS stored_offset,
        p.high_watermark,
        greatest(p.high_watermark - coalesce(io.next_offset, 0), 0) AS lag,
@@ -862,9 +968,9 @@ SELECT coalesce(io.topic, p.topic) AS topic,
   FROM input_offsets io
   FULL JOIN partition_status() p USING (topic, kafka_partition);
 
-/* output_status: per output partition, what was published */
+/* output_status: per output partition and share, what was published */
 CREATE VIEW output_status AS
-SELECT op.topic, op.kafka_partition, op.next_offset, op.last_id, op.updated_at
+SELECT op.topic, op.kafka_partition, op.share, op.next_offset, op.last_id, op.updated_at
   FROM output_position op;
 
 /* Roles: a reader of everything, an admin who may also operate */
@@ -887,9 +993,10 @@ GRANT EXECUTE ON FUNCTION parse_message(text, bytea), output_value(rated_movies)
     join_window() TO PUBLIC;
 
 GRANT SELECT ON movies, ratings, rated_movies, input_offsets, output_position,
-    rejected_messages, control, status, input_status, output_status
+    rejected_messages, rejoins, control, status, input_status, output_status
     TO pgkafka_join_reader;
-GRANT EXECUTE ON FUNCTION worker_status(), partition_status(), output_position()
+GRANT EXECUTE ON FUNCTION worker_status(), partition_status(), output_position(),
+    snapshot_shares(), published_ids()
     TO pgkafka_join_reader;
 GRANT EXECUTE ON FUNCTION pause(), resume(), reset_offsets(text, integer, bigint),
     drop_partitions(interval), wake_worker(), advance_result_ids(bigint),

@@ -15,11 +15,11 @@ SELECT * FROM pgkafka_join.drop_partitions('-1 day');
 
 -- a result in 2020-02 that the publisher has not sent yet blocks its month
 INSERT INTO pgkafka_join.rated_movies
-VALUES (nextval('pgkafka_join.rated_movies_id_seq'), 1, 'One', 2001, 5, '2020-02-10Z', now(), 0, 0);
+VALUES (nextval('pgkafka_join.rated_movies_id_seq'), 1, 'One', 2001, 5, '2020-02-10Z', now(), 0, 0, 0);
 SELECT * FROM pgkafka_join.drop_partitions('2 months');
 -- once published, it goes
-INSERT INTO pgkafka_join.output_position
-SELECT current_setting('pgkafka_join.output_topic'), 0, 1, max(id), now()
+INSERT INTO pgkafka_join.output_position (topic, kafka_partition, share, next_offset, last_id, updated_at)
+SELECT current_setting('pgkafka_join.output_topic'), 0, 0, 1, max(id), now()
   FROM pgkafka_join.rated_movies;
 SELECT * FROM pgkafka_join.drop_partitions('2 months') ORDER BY 1;
 SELECT count(*) FROM pgkafka_join.rated_movies;

@@ -41,6 +41,105 @@ int			pkj_retry_interval = 5000;
 int			pkj_max_message_bytes = 1048576;
 int			pkj_premake_months = 2;
 int			pkj_max_partitions = 1024;
+int			pkj_workers = 1;
+char	   *pkj_partitions = NULL;
+
+/* Partition numbers beyond this are refused in pgkafka_join.partitions */
+#define MAX_PARTITION_NUMBER 65535
+
+/*
+ * pkj_parse_partitions
+ *		Parse a list of partition numbers and ranges ("0-5,12"), spaces
+ *		allowed, into a sorted list of distinct numbers.  Returns false, with
+ *		*errmsg set, on a bad list; never throws.  An empty text gives NIL.
+ */
+bool
+pkj_parse_partitions(const char *text, List **partitions, char **errmsg)
+{
+	const char *p = text;
+	bool	   *seen;
+
+	*partitions = NIL;
+	while (isspace((unsigned char) *p))
+		p++;
+	if (*p == '\0')
+		return true;			/* empty: every partition */
+	seen = palloc0((MAX_PARTITION_NUMBER + 1) * sizeof(bool));
+	for (;;)
+	{
+		long		first,
+					last;
+		char	   *end;
+
+		while (isspace((unsigned char) *p))
+			p++;
+		if (!isdigit((unsigned char) *p))
+		{
+			*errmsg = psprintf("expected a partition number at \"%s\"", p);
+			return false;
+		}
+		first = strtol(p, &end, 10);
+		p = end;
+		while (isspace((unsigned char) *p))
+			p++;
+		last = first;
+		if (*p == '-')
+		{
+			p++;
+			while (isspace((unsigned char) *p))
+				p++;
+			if (!isdigit((unsigned char) *p))
+			{
+				*errmsg = psprintf("expected the end of a range at \"%s\"", p);
+				return false;
+			}
+			last = strtol(p, &end, 10);
+			p = end;
+		}
+		if (first > MAX_PARTITION_NUMBER || last > MAX_PARTITION_NUMBER)
+		{
+			*errmsg = psprintf("partition numbers go up to %d", MAX_PARTITION_NUMBER);
+			return false;
+		}
+		if (last < first)
+		{
+			*errmsg = psprintf("range %ld-%ld is empty", first, last);
+			return false;
+		}
+		for (long i = first; i <= last; i++)
+			seen[i] = true;
+		while (isspace((unsigned char) *p))
+			p++;
+		if (*p == '\0')
+			break;
+		if (*p != ',')
+		{
+			*errmsg = psprintf("expected a comma at \"%s\"", p);
+			return false;
+		}
+		p++;
+	}
+	for (int i = 0; i <= MAX_PARTITION_NUMBER; i++)
+		if (seen[i])
+			*partitions = lappend_int(*partitions, i);
+	pfree(seen);
+	return true;
+}
+
+static bool
+check_partitions(char **newval, void **extra, GucSource source)
+{
+	List	   *partitions;
+	char	   *errmsg;
+
+	if (!pkj_parse_partitions(*newval, &partitions, &errmsg))
+	{
+		GUC_check_errdetail("pgkafka_join.partitions: %s.", errmsg);
+		GUC_check_errhint("List partition numbers and ranges, such as '0-5,12'; empty means every partition.");
+		return false;
+	}
+	return true;
+}
 
 /*
  * Parse an interval without throwing: the check hook must report a bad value
@@ -394,6 +493,22 @@ pkj_define_gucs(void)
 							1024, 1, 1048576,
 							PGC_POSTMASTER, 0,
 							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pgkafka_join.workers",
+							"Join workers per server, each owning a share of the input partitions.",
+							"Worker i owns the server's partitions at positions i, i + workers, ... of their sorted list.",
+							&pkj_workers,
+							1, 1, PKJ_MAX_WORKERS,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("pgkafka_join.partitions",
+							   "Partition numbers of both input topics this server owns, such as '0-5,12'.",
+							   "Empty: every partition.  Set on each of several servers sharing the topics.",
+							   &pkj_partitions,
+							   "",
+							   PGC_POSTMASTER, 0,
+							   check_partitions, NULL, NULL);
 
 	MarkGUCPrefixReserved("pgkafka_join");
 }

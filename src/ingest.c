@@ -14,7 +14,18 @@
  *	  store_offsets   the next offset to consume, per topic and partition
  *
  * The offsets commit with the rows they produced, so after a crash the
- * worker resumes exactly after the last stored message.  Movies go before
+ * worker resumes exactly after the last stored message.  Each result
+ * belongs to the share of the partition its message came on (see
+ * rated_movies.share); the worker owns every partition it consumes.
+ *
+ * Several workers store batches concurrently, without a common lock.  A
+ * rating and its movie on partitions of two workers (keyed otherwise than
+ * the movie) may then be stored by two transactions that each miss the
+ * other's row.  So a batch whose ratings wait inside the window queues them
+ * in rejoins, and after its commit pkj_ingest_rejoin() waits for the
+ * transactions the other workers were running, then joins them: a movie
+ * stored by one of those is seen; one stored by a later transaction saw the
+ * ratings when it was stored.  Movies go before
  * ratings: every message of a batch is stored at the same commit, and a
  * rating whose movie is stored by that commit is joined by it.
  *
@@ -23,6 +34,7 @@
 #include "postgres.h"
 
 #include "access/table.h"
+#include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/copy.h"
@@ -34,6 +46,9 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/lmgr.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
 #include "utils/array.h"
 #include "utils/resowner.h"
 #include "utils/builtins.h"
@@ -85,11 +100,13 @@ struct PkjBatch
 	MemoryContext cxt;
 	int			count;			/* messages in the batch */
 	Size		bytes;			/* bytes of keys and values kept */
-	Rows		movies;			/* id, title (NULL: tombstone), release_year */
+	Rows		movies;			/* id, title (NULL: tombstone), release_year,
+								 * partition */
 	Rows		ratings;		/* movie_id, rating, rated_at, partition, offset */
 	Rows		rejected;		/* topic, partition, offset, key, payload, reason */
 	List	   *offsets;		/* of InputOffset */
 	RawMessage	first;			/* the first message, as it came */
+	bool		rejoin;			/* queued ratings to join again */
 };
 
 /*
@@ -111,6 +128,8 @@ static SPIPlanPtr join_waiting_plan = NULL;
 static SPIPlanPtr store_ratings_plan = NULL;
 static SPIPlanPtr store_rejected_plan = NULL;
 static SPIPlanPtr store_offsets_plan = NULL;
+static SPIPlanPtr queue_rejoin_plan = NULL;
+static SPIPlanPtr run_rejoins_plan = NULL;
 
 static void
 rows_init(Rows *rows, int ncolumns, const Oid *types)
@@ -203,15 +222,16 @@ pkj_batch_create(MemoryContext cxt)
 void
 pkj_batch_reset(PkjBatch *batch)
 {
-	static const Oid movie_types[] = {INT8OID, TEXTOID, INT4OID};
+	static const Oid movie_types[] = {INT8OID, TEXTOID, INT4OID, INT4OID};
 	static const Oid rating_types[] = {INT8OID, FLOAT8OID, TIMESTAMPTZOID, INT4OID, INT8OID};
 
 	batch->count = 0;
 	batch->bytes = 0;
-	rows_init(&batch->movies, 3, movie_types);
+	rows_init(&batch->movies, 4, movie_types);
 	rows_init(&batch->ratings, 5, rating_types);
 	rows_init(&batch->rejected, 6, rejected_types);
 	batch->offsets = NIL;
+	batch->rejoin = false;
 }
 
 int
@@ -311,6 +331,30 @@ reject(PkjBatch *batch, const char *topic, const rd_kafka_message_t *msg,
 	add_rejected(batch, &m, reason);
 }
 
+/*
+ * With the partitions split across servers (pgkafka_join.partitions set),
+ * every message must be keyed by its movie id in decimal: one keyed
+ * otherwise may have landed on a partition of another server, away from
+ * its movie or its ratings.  Returns false, having rejected the message, if
+ * the key is another.
+ */
+static bool
+check_key(PkjBatch *batch, const char *topic, const rd_kafka_message_t *msg,
+		  int64 movie_id)
+{
+	int64		key;
+
+	if (!pkj_partitions_split())
+		return true;
+	if (msg->key != NULL && pkj_parse_id_text(msg->key, msg->key_len, &key) &&
+		key == movie_id)
+		return true;
+	reject(batch, topic, msg,
+		   psprintf("key is not the movie id " INT64_FORMAT " in decimal: with pgkafka_join.partitions set, a message keyed otherwise may belong to another server's partitions",
+					movie_id));
+	return false;
+}
+
 static void
 add_movie(PkjBatch *batch, const char *topic, const rd_kafka_message_t *msg)
 {
@@ -332,6 +376,7 @@ add_movie(PkjBatch *batch, const char *topic, const rd_kafka_message_t *msg)
 		rows_set(&batch->movies, row, 0, Int64GetDatum(id));
 		rows_set_null(&batch->movies, row, 1);
 		rows_set_null(&batch->movies, row, 2);
+		rows_set(&batch->movies, row, 3, Int32GetDatum(msg->partition));
 		return;
 	}
 
@@ -340,6 +385,8 @@ add_movie(PkjBatch *batch, const char *topic, const rd_kafka_message_t *msg)
 		reject(batch, topic, msg, reason);
 		return;
 	}
+	if (!check_key(batch, topic, msg, movie.id))
+		return;
 	row = rows_add(&batch->movies);
 	rows_set(&batch->movies, row, 0, Int64GetDatum(movie.id));
 	rows_set(&batch->movies, row, 1, CStringGetTextDatum(movie.title));
@@ -347,6 +394,7 @@ add_movie(PkjBatch *batch, const char *topic, const rd_kafka_message_t *msg)
 		rows_set(&batch->movies, row, 2, Int32GetDatum(movie.release_year));
 	else
 		rows_set_null(&batch->movies, row, 2);
+	rows_set(&batch->movies, row, 3, Int32GetDatum(msg->partition));
 }
 
 static void
@@ -366,6 +414,8 @@ add_rating(PkjBatch *batch, const char *topic, const rd_kafka_message_t *msg)
 		reject(batch, topic, msg, reason);
 		return;
 	}
+	if (!check_key(batch, topic, msg, rating.movie_id))
+		return;
 	if (!rating.has_rated_at)
 	{
 		rd_kafka_timestamp_type_t tstype;
@@ -447,7 +497,10 @@ prepare(const char *sql, int nargs, const Oid *argtypes)
 static void
 prepare_plans(void)
 {
-	static const Oid movies_args[] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID};
+	static const Oid movies_args[] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT4ARRAYOID};
+	static const Oid join_args[] = {INT8ARRAYOID, INT4ARRAYOID};
+	static const Oid queue_args[] = {INT4OID, INT8ARRAYOID, INT4ARRAYOID};
+	static const Oid run_args[] = {INT4ARRAYOID};
 	static const Oid ratings_args[] = {INT8ARRAYOID, FLOAT8ARRAYOID, TIMESTAMPTZARRAYOID,
 	INT4ARRAYOID, INT8ARRAYOID};
 	static const Oid rejected_args[] = {TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID,
@@ -457,16 +510,88 @@ prepare_plans(void)
 	if (store_movies_plan != NULL)
 		return;
 	begin_batch_plan = prepare("SELECT pgkafka_join.begin_batch()", 0, NULL);
-	store_movies_plan = prepare("SELECT pgkafka_join.store_movies($1, $2, $3)",
-								3, movies_args);
-	join_waiting_plan = prepare("SELECT pgkafka_join.join_waiting($1, $2, $3)",
-								3, movies_args);
+	store_movies_plan = prepare("SELECT pgkafka_join.store_movies($1, $2, $3, $4)",
+								4, movies_args);
+	join_waiting_plan = prepare("SELECT pgkafka_join.join_waiting($1, $2)",
+								2, join_args);
 	store_ratings_plan = prepare("SELECT pgkafka_join.store_ratings($1, $2, $3, $4, $5)",
 								 5, ratings_args);
 	store_rejected_plan = prepare("SELECT pgkafka_join.store_rejected($1, $2, $3, $4, $5, $6)",
 								  6, rejected_args);
 	store_offsets_plan = prepare("SELECT pgkafka_join.store_offsets($1, $2, $3)",
 								 3, offsets_args);
+	queue_rejoin_plan = prepare("SELECT pgkafka_join.queue_rejoin($1, $2, $3)",
+								3, queue_args);
+	run_rejoins_plan = prepare("SELECT pgkafka_join.run_rejoins($1)", 1, run_args);
+}
+
+/* The movie ids and shares of a batch's movies, for join_waiting() */
+static int64
+join_copied_movies(Rows *movies)
+{
+	Datum		args[2];
+	Rows		ids = *movies;
+	bool		isnull;
+
+	ids.ncolumns = 2;
+	ids.columns[1] = movies->columns[3];
+	args[0] = column_array(&ids, 0);
+	args[1] = column_array(&ids, 1);
+	if (SPI_execute_plan(join_waiting_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not call pgkafka_join.join_waiting()");
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+									   &isnull));
+}
+
+/*
+ * The ratings of the batch inside the join window, as far as the worker can
+ * tell (the window is the same one SQL uses, at this moment).
+ */
+static int
+ratings_in_window(Rows *ratings, TimestampTz *cutoff)
+{
+	Interval   *window = DatumGetIntervalP(DirectFunctionCall3(interval_in,
+															   CStringGetDatum(pkj_join_window),
+															   ObjectIdGetDatum(InvalidOid),
+															   Int32GetDatum(-1)));
+	int			n = 0;
+
+	*cutoff = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
+													  TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()),
+													  IntervalPGetDatum(window)));
+	for (int i = 0; i < ratings->count; i++)
+		if (DatumGetTimestampTz(ratings->columns[2].values[i]) >= *cutoff)
+			n++;
+	return n;
+}
+
+/*
+ * Queue the batch's ratings inside the window for run_rejoins(): some of
+ * them wait for their movie, which another worker may be storing now.
+ */
+static void
+queue_rejoin(Rows *ratings, TimestampTz cutoff)
+{
+	Rows		queued;
+	static const Oid types[] = {INT8OID, INT4OID};
+	Datum		args[3];
+
+	rows_init(&queued, 2, types);
+	for (int i = 0; i < ratings->count; i++)
+	{
+		int			row;
+
+		if (DatumGetTimestampTz(ratings->columns[2].values[i]) < cutoff)
+			continue;
+		row = rows_add(&queued);
+		rows_set(&queued, row, 0, ratings->columns[0].values[i]);
+		rows_set(&queued, row, 1, ratings->columns[3].values[i]);
+	}
+	args[0] = Int32GetDatum(pkj_worker_index);
+	args[1] = column_array(&queued, 0);
+	args[2] = column_array(&queued, 1);
+	if (SPI_execute_plan(queue_rejoin_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not call pgkafka_join.queue_rejoin()");
 }
 
 /* Call one store function with a set of rows; returns what it returned */
@@ -806,10 +931,23 @@ pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 	}
 
 	if (batch->movies.count > 0 && copy_new_movies(&batch->movies))
-		*results += store_rows(join_waiting_plan, &batch->movies);
+		*results += join_copied_movies(&batch->movies);
 	else
 		*results += store_rows(store_movies_plan, &batch->movies);
-	*results += store_rows(store_ratings_plan, &batch->ratings);
+	if (batch->ratings.count > 0)
+	{
+		TimestampTz cutoff;
+		int			in_window = ratings_in_window(&batch->ratings, &cutoff);
+		int64		joined = store_rows(store_ratings_plan, &batch->ratings);
+
+		*results += joined;
+		/* some wait inside the window: another worker may store their movie now */
+		if (pkj_workers > 1 && joined < in_window)
+		{
+			queue_rejoin(&batch->ratings, cutoff);
+			batch->rejoin = true;
+		}
+	}
 	store_rows(store_rejected_plan, &batch->rejected);
 
 	offset_rows(batch, &offsets);
@@ -857,4 +995,79 @@ pkj_ingest_reject_single(PkjBatch *batch, int64 offsets_generation, const char *
 	MemoryContextSwitchTo(caller);
 	pkj_status_count_batch(1, 0);
 	return true;
+}
+
+/*
+ * Wait until the transactions the other join workers are running now have
+ * ended (committed or aborted), so that what they stored is visible to the
+ * next statement.  Called at the start of a transaction that holds no lock.
+ */
+static void
+wait_for_other_workers(void)
+{
+	List	   *pids = pkj_status_other_worker_pids();
+	ListCell   *lc;
+
+	foreach(lc, pids)
+	{
+		PGPROC	   *proc = BackendPidGetProc(lfirst_int(lc));
+		TransactionId xid = proc ? proc->xid : InvalidTransactionId;
+
+		if (TransactionIdIsValid(xid))
+			XactLockTableWait(xid, NULL, NULL, XLTW_None);
+	}
+}
+
+/*
+ * pkj_ingest_rejoin
+ *		Join the ratings queued in rejoins (by this worker's last batch, or
+ *		left by a worker that stopped before it could), once the other
+ *		workers' transactions running now have ended.  Called after a batch
+ *		that queued some, and whenever the worker (re)connects.  Returns the
+ *		number of results produced.
+ */
+int64
+pkj_ingest_rejoin(List *owned)
+{
+	Datum		args[1];
+	Datum	   *elems;
+	int			n = list_length(owned);
+	int			lbs[1] = {1};
+	int64		produced;
+	bool		isnull;
+
+	if (owned == NIL)
+		return 0;
+	elems = palloc(n * sizeof(Datum));
+	for (int i = 0; i < n; i++)
+		elems[i] = Int32GetDatum(list_nth_int(owned, i));
+	args[0] = PointerGetDatum(construct_md_array(elems, NULL, 1, &n, lbs, INT4OID,
+												 sizeof(int32), true, TYPALIGN_INT));
+
+	pkj_begin_spi("joining ratings another worker's movies may have come for");
+	wait_for_other_workers();
+	prepare_plans();
+	/* the same lock as a batch: pause() and advance_result_ids() wait for it */
+	if (SPI_execute("SELECT pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtext('pgkafka_join.ingest')::bigint << 32)",
+					false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not take the ingest lock");
+	if (!pkj_lock_extension())
+	{
+		pkj_abort_spi();
+		return 0;
+	}
+	if (SPI_execute_plan(run_rejoins_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not call pgkafka_join.run_rejoins()");
+	produced = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	pkj_end_spi();
+	if (produced > 0)
+		pkj_status_count_batch(0, produced);
+	return produced;
+}
+
+/* Did the batch just stored queue ratings for pkj_ingest_rejoin()? */
+bool
+pkj_batch_queued_rejoin(PkjBatch *batch)
+{
+	return batch->rejoin;
 }

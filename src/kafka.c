@@ -265,9 +265,10 @@ read_kafka_group(void)
 
 /*
  * pkj_transactional_id_value
- *		The transactional id of the publisher, which is also the group id its
- *		position is committed under.  Unique per cluster and database unless
- *		set explicitly.
+ *		The transactional id of the publisher of worker 0 (worker i > 0 adds
+ *		"-i"), which also names the server in the claims of its partitions
+ *		(see shares.c).  Unique per cluster and database unless set
+ *		explicitly.
  */
 char *
 pkj_transactional_id_value(void)
@@ -291,7 +292,9 @@ pkj_kafka_connect(Oid extension_oid, char **problem)
 {
 	rd_kafka_conf_t *conf;
 	rd_kafka_conf_t *producer_conf;
-	char	   *txn_id = pkj_transactional_id_value();
+	/* worker 0 keeps the id of a single worker; the others add their number */
+	char	   *txn_id = pkj_worker_index == 0 ? pkj_transactional_id_value() :
+		psprintf("%s-%d", pkj_transactional_id_value(), pkj_worker_index);
 	char	   *group_id = read_kafka_group();
 	List	   *file_props;
 	char	   *file_content;
@@ -410,6 +413,11 @@ pkj_kafka_disconnect(void)
 	}
 	if (pkj_kafka.producer)
 		rd_kafka_destroy(pkj_kafka.producer);
+	if (pkj_kafka.claims)
+	{
+		rd_kafka_consumer_close(pkj_kafka.claims);
+		rd_kafka_destroy(pkj_kafka.claims);
+	}
 	if (pkj_kafka.cgmd)
 		rd_kafka_consumer_group_metadata_destroy(pkj_kafka.cgmd);
 	if (pkj_kafka.assignment)
@@ -430,6 +438,41 @@ pkj_kafka_disconnect(void)
 		pfree(pkj_kafka.output_topic);
 	}
 	memset(&pkj_kafka, 0, sizeof(pkj_kafka));
+}
+
+/*
+ * pkj_kafka_claims_handle
+ *		The handle the claims of the partitions are read and written with
+ *		(see shares.c): a consumer of group "group" that joins no group and
+ *		consumes nothing; made on first use, destroyed with the others.
+ *		NULL, with *problem set, if librdkafka refuses the properties.
+ */
+rd_kafka_t *
+pkj_kafka_claims_handle(const char *group, char **problem)
+{
+	const char *const defaults[] = {NULL};
+	const char *const reserved[] = {
+		"group.id", group,
+		"enable.auto.commit", "false",
+		"enable.auto.offset.store", "false",
+		NULL
+	};
+	List	   *file_props;
+	char	   *file_content;
+	rd_kafka_conf_t *conf;
+	MemoryContext old;
+
+	if (pkj_kafka.claims != NULL)
+		return pkj_kafka.claims;
+	if (!pkj_read_properties_file(&file_props, &file_content, problem))
+		return NULL;
+	conf = make_conf("claims", defaults, reserved, file_props, problem);
+	if (conf == NULL)
+		return NULL;
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	pkj_kafka.claims = new_handle(RD_KAFKA_CONSUMER, conf, problem);
+	MemoryContextSwitchTo(old);
+	return pkj_kafka.claims;
 }
 
 /* Have the settings the handles were made with changed? */
@@ -497,4 +540,6 @@ pkj_kafka_serve_producer(void)
 {
 	if (pkj_kafka.producer)
 		rd_kafka_poll(pkj_kafka.producer, 0);
+	if (pkj_kafka.claims)
+		rd_kafka_poll(pkj_kafka.claims, 0);
 }

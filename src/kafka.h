@@ -17,6 +17,7 @@ typedef struct PkjKafka
 	int			wakeup[2];		/* pipe written when the queue fills */
 	rd_kafka_t *producer;
 	rd_kafka_consumer_group_metadata_t *cgmd;
+	rd_kafka_t *claims;			/* claims of the partitions, see shares.c */
 	bool		transactions_ready; /* init_transactions done */
 	bool		must_reconnect; /* a transaction was left unfinished */
 	Oid			extension_oid;	/* the extension the handles work for */
@@ -49,6 +50,7 @@ extern bool pkj_kafka_settings_changed(void);
 extern void pkj_kafka_drain_wakeup(void);
 extern int	pkj_kafka_partition_count(const char *topic, int timeout_ms);
 extern void pkj_kafka_serve_producer(void);
+extern rd_kafka_t *pkj_kafka_claims_handle(const char *group, char **problem);
 
 /* ingest.c */
 struct PkjBatch;

@@ -10,6 +10,7 @@
  *	  kafka.c     librdkafka handles: consumer, transactional producer
  *	  ingest.c    one batch of consumed messages -> one transaction
  *	  publish.c   new rated movies -> one Kafka transaction
+ *	  shares.c    which partitions a worker owns; claims against other servers
  *	  worker.c    launcher and join worker processes, their loop and signals
  *	  sql_api.c   SQL-callable C functions
  *
@@ -40,8 +41,14 @@ extern int	pkj_retry_interval;
 extern int	pkj_max_message_bytes;
 extern int	pkj_premake_months;
 extern int	pkj_max_partitions;
+extern int	pkj_workers;
+extern char *pkj_partitions;
+
+#define PKJ_MAX_WORKERS 64
 
 extern void pkj_define_gucs(void);
+extern bool pkj_parse_partitions(const char *text, List **partitions,
+								 char **errmsg);
 
 /*
  * A parsed list of extra librdkafka properties, from
@@ -103,6 +110,24 @@ extern bool pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation,
 							 int64 *results);
 extern bool pkj_ingest_reject_single(PkjBatch *batch, int64 offsets_generation,
 									 const char *reason);
+extern int64 pkj_ingest_rejoin(List *owned);
+extern bool pkj_batch_queued_rejoin(PkjBatch *batch);
+
+/* ---- shares.c ---- */
+typedef enum PkjClaim
+{
+	PKJ_CLAIM_HELD,				/* the worker owns its partitions */
+	PKJ_CLAIM_PENDING,			/* not known yet: consume nothing */
+	PKJ_CLAIM_REFUSED			/* another server owns some of them */
+} PkjClaim;
+
+extern int	pkj_worker_index;
+extern List *pkj_owned_partitions(int npartitions, List **beyond);
+extern bool pkj_partitions_split(void);
+extern char *pkj_partitions_text(List *partitions);
+extern PkjClaim pkj_claims_hold(List *owned);
+extern void pkj_claims_reset(void);
+extern long pkj_claims_next_ms(void);
 
 /* ---- publish.c ---- */
 typedef enum PkjPosition
@@ -112,13 +137,16 @@ typedef enum PkjPosition
 	PKJ_POSITION_BEHIND			/* the output topic is ahead of PostgreSQL */
 } PkjPosition;
 
+extern void pkj_publisher_set_shares(List *shares);
 extern PkjPosition pkj_publisher_position(void);
 extern int64 pkj_publish(MemoryContext cxt);
 extern void pkj_publisher_reset(void);
 
 /* ---- status.c ---- */
 extern void pkj_status_init(void);
-extern void pkj_status_worker_started(void);
+extern void pkj_status_worker_started(int worker);
+extern void pkj_status_set_owned(const char *owned, List *shares);
+extern List *pkj_status_other_worker_pids(void);
 extern void pkj_status_worker_exit(int code, Datum arg);
 extern void pkj_status_wake_worker(void);
 extern void pkj_status_set_state(const char *state);

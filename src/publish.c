@@ -3,40 +3,48 @@
  * publish.c
  *	  New rated movies -> one Kafka transaction on the output topic.
  *
- * Results are numbered by rated_movies_id_seq, and every transaction that
- * adds results holds the ingest lock from its first number to its commit
- * (see lock_ingest in the install script).  Numbers therefore become
- * visible in order: once id N is visible, every lower id that will ever
- * commit is visible too.  The publisher's position is thus one number, the
- * last id published, and a batch is "every id above it, in order".
+ * Each result belongs to a share, the input partition whose worker made it
+ * (see rated_movies.share), and each worker publishes the shares of the
+ * partitions it owns.  A partition has one owner at a time, which stores
+ * its batches one transaction after the other, so within a share a higher
+ * id never becomes visible before a lower one: once id N of a share is
+ * visible, every lower id of the share that will ever commit is visible
+ * too.  The publisher's position is thus one number per share, the last id
+ * of the share published, and a batch is "every id above it, in order".
  *
- * That position is kept in Kafka, in the same Kafka transaction as the
- * records: it is committed with rd_kafka_send_offsets_to_transaction() as
- * the offset of the output topic's partition 0 for a group named after the
- * transactional id.  Either the records and the position both commit, or
- * neither does; a read_committed consumer never sees the records of an
- * aborted or fenced transaction.  On start the producer calls
- * init_transactions(), which aborts whatever transaction a previous
- * incarnation left open, then reads the committed position back.  So no
- * result is skipped (the position only moves past records that committed)
- * and none is repeated (records only commit with the position past them).
+ * Those positions are kept in Kafka, in the same Kafka transaction as the
+ * records: committed with rd_kafka_send_offsets_to_transaction() as the
+ * offset of the ratings topic's partition of the share, for the group
+ * control.kafka_group.  (Share -1, the results made before version 1.1,
+ * keeps the position of 1.0: the offset of the output topic's partition
+ * 0.)  Either the records and the positions commit, or neither does; a
+ * read_committed consumer never sees the records of an aborted or fenced
+ * transaction.  On start the producer calls init_transactions(), which
+ * aborts whatever transaction a previous incarnation with the same
+ * transactional id left open, then reads the committed positions back; a
+ * position still inside another producer's open transaction (a worker that
+ * owned the share before a change of pgkafka_join.workers) is not given
+ * until that transaction ends, and is waited for.  So no result is skipped
+ * (a position only moves past records that committed) and none is repeated
+ * (records only commit with the position past them).
  *
- * After each commit, output_position in PostgreSQL records the partition
- * offsets the records landed at, from the delivery reports.  It is written
- * after the Kafka commit, so it can only lag the truth; it serves clients
- * that hand over from a snapshot to the topic, and as a lower bound should
- * the group's offsets ever expire on the brokers.  When it is ahead of the
- * position in Kafka anyway (the group's offsets were reset), the higher one
- * is used: those results are on the topic.
+ * After each commit, output_position in PostgreSQL records, per output
+ * partition and share, the offsets the records landed at, from the delivery
+ * reports.  It is written after the Kafka commit, so it can only lag the
+ * truth; it serves clients that hand over from a snapshot to the topic, and
+ * as a lower bound should the group's offsets ever expire on the brokers.
+ * When it is ahead of the position in Kafka anyway (the group's offsets
+ * were reset), the higher one is used: those results are on the topic.
  *
  * All of this assumes that what was published is still in PostgreSQL.  It
  * is not after a restore from a backup, a failover to an asynchronous
- * standby, or commits lost with fsync off: then the position in Kafka is
+ * standby, or commits lost with fsync off: then a position in Kafka is
  * above the highest result id the sequence ever handed out, new results
- * would be numbered below it and never sent.  The position is compared with
- * the sequence every time it is read; when Kafka is ahead, the worker stores
- * and publishes nothing, says so, and waits for advance_result_ids().  (The
- * worker's own commits are always durable: see force_durable_commit().)
+ * would be numbered below it and never sent.  The positions are compared
+ * with the sequence every time they are read; when Kafka is ahead, the
+ * worker stores and publishes nothing, says so, and waits for
+ * advance_result_ids().  (The worker's own commits are always durable: see
+ * force_durable_commit().)
  *
  *-------------------------------------------------------------------------
  */
@@ -49,6 +57,8 @@
 #include "pgstat.h"
 #include "postmaster/interrupt.h"
 #include "storage/latch.h"
+#include "lib/stringinfo.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -64,18 +74,32 @@
 typedef struct PendingResult
 {
 	int64		id;
+	int32		share;
 	char	   *key;
 	char	   *value;
 } PendingResult;
 
-/* Where the records of one transaction landed, per output partition */
+/* A share this worker publishes, and where it stands */
+typedef struct Share
+{
+	int32		share;
+	int64		published;		/* last id committed to Kafka */
+	int64		sent;			/* last id in the transaction in progress */
+} Share;
+
+/* Where the records of one transaction landed, per output partition and share */
 typedef struct Landed
 {
+	int32		partition;
+	int32		share;
 	int64		next_offset;
 	int64		last_id;
 } Landed;
 
-static int64 published_id = -1;	/* last id committed to Kafka; -1: unknown */
+static Share *shares = NULL;	/* sorted by share */
+static int	nshares = 0;
+static int	first_share = 0;	/* where the next fetch starts, in turn */
+static bool position_known = false; /* Share.published exact */
 static bool behind_logged = false;	/* said that Kafka is ahead */
 static bool output_topic_checked = false;
 static bool output_wait_logged = false;	/* said we wait for the output topic */
@@ -83,6 +107,7 @@ static bool output_wait_logged = false;	/* said we wait for the output topic */
 /* filled by the delivery reports of the transaction in progress */
 static Landed *landed = NULL;
 static int	nlanded = 0;
+static int	landed_size = 0;
 static bool delivery_failed = false;
 
 static SPIPlanPtr fetch_plan = NULL;
@@ -99,6 +124,12 @@ void
 pkj_delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 {
 	int64		id = (int64) (intptr_t) msg->_private;
+	rd_kafka_headers_t *headers;
+	const void *value;
+	size_t		size;
+	char		text[16];
+	int32		share;
+	int			i;
 
 	if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
@@ -106,30 +137,100 @@ pkj_delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 		pkj_kafka_note_error(rd_kafka_err2str(msg->err));
 		return;
 	}
-	if (msg->partition >= nlanded)
+	if (rd_kafka_message_headers(msg, &headers) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+		rd_kafka_header_get_last(headers, "pgkafka_join.share", &value, &size) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+		size >= sizeof(text))
 	{
-		int			n = msg->partition + 1;
-
-		landed = landed ? repalloc(landed, n * sizeof(Landed))
-			: MemoryContextAlloc(TopMemoryContext, n * sizeof(Landed));
-		for (int i = nlanded; i < n; i++)
-		{
-			landed[i].next_offset = -1;
-			landed[i].last_id = -1;
-		}
-		nlanded = n;
+		delivery_failed = true;
+		return;
 	}
-	landed[msg->partition].next_offset = Max(landed[msg->partition].next_offset,
-											 msg->offset + 1);
-	landed[msg->partition].last_id = Max(landed[msg->partition].last_id, id);
+	memcpy(text, value, size);
+	text[size] = '\0';
+	share = atoi(text);
+
+	for (i = 0; i < nlanded; i++)
+		if (landed[i].partition == msg->partition && landed[i].share == share)
+			break;
+	if (i == nlanded)
+	{
+		if (nlanded == landed_size)
+		{
+			landed_size = Max(64, landed_size * 2);
+			landed = landed ? repalloc(landed, landed_size * sizeof(Landed))
+				: MemoryContextAlloc(TopMemoryContext, landed_size * sizeof(Landed));
+		}
+		landed[i].partition = msg->partition;
+		landed[i].share = share;
+		landed[i].next_offset = -1;
+		landed[i].last_id = -1;
+		nlanded++;
+	}
+	landed[i].next_offset = Max(landed[i].next_offset, msg->offset + 1);
+	landed[i].last_id = Max(landed[i].last_id, id);
 }
 
-/* Forget the position: it is read again from Kafka before the next batch */
+/* Forget the positions: they are read again from Kafka before the next batch */
 void
 pkj_publisher_reset(void)
 {
-	published_id = -1;
+	position_known = false;
 	output_topic_checked = false;
+}
+
+static int
+share_cmp(const void *a, const void *b)
+{
+	int32		sa = ((const Share *) a)->share;
+	int32		sb = ((const Share *) b)->share;
+
+	return sa < sb ? -1 : sa > sb ? 1 : 0;
+}
+
+/*
+ * pkj_publisher_set_shares
+ *		The shares this worker publishes from now on; their positions are
+ *		read again before the next batch.
+ */
+void
+pkj_publisher_set_shares(List *list)
+{
+	ListCell   *lc;
+
+	if (shares)
+		pfree(shares);
+	nshares = list_length(list);
+	shares = MemoryContextAllocZero(TopMemoryContext, Max(nshares, 1) * sizeof(Share));
+	nshares = 0;
+	foreach(lc, list)
+		shares[nshares++].share = lfirst_int(lc);
+	qsort(shares, nshares, sizeof(Share), share_cmp);
+	first_share = 0;
+	position_known = false;
+}
+
+static Share *
+find_share(int32 share)
+{
+	Share		key = {.share = share};
+
+	return bsearch(&key, shares, nshares, sizeof(Share), share_cmp);
+}
+
+/* Where a share's position is committed in Kafka: topic and partition */
+static void
+position_key(int32 share, const char **topic, int32 *partition)
+{
+	if (share < 0)
+	{
+		/* the position of version 1.0, before there were shares */
+		*topic = pkj_kafka.output_topic;
+		*partition = 0;
+	}
+	else
+	{
+		*topic = pkj_kafka.ratings_topic;
+		*partition = share;
+	}
 }
 
 static void
@@ -212,33 +313,38 @@ keep_plan(const char *sql, int nargs, Oid *argtypes)
 }
 
 /*
- * What PostgreSQL knows of the position: the highest id output_position
- * says was published to the output topic, and the highest id the sequence
- * ever handed out.
+ * What PostgreSQL knows of the positions: the highest id output_position
+ * says was published, per share (into Share.published), and the highest id
+ * the sequence ever handed out.
  */
 static void
-stored_position(int64 *recorded, int64 *handed_out)
+stored_positions(int64 *handed_out)
 {
-	Oid			argtypes[1] = {TEXTOID};
-	Datum		args[1];
 	bool		isnull;
 
-	pkj_begin_spi("reading the output position");
+	pkj_begin_spi("reading the output positions");
 	if (position_plan == NULL)
 	{
-		position_plan = keep_plan("SELECT coalesce(max(last_id), 0) "
-								  "FROM pgkafka_join.output_position WHERE topic = $1",
-								  1, argtypes);
+		position_plan = keep_plan("SELECT share, last_id FROM pgkafka_join.published_ids()",
+								  0, NULL);
 		handed_out_plan = keep_plan("SELECT CASE WHEN is_called THEN last_value "
 									"ELSE last_value - 1 END "
 									"FROM pgkafka_join.rated_movies_id_seq",
 									0, NULL);
 	}
-	args[0] = CStringGetTextDatum(pkj_kafka.output_topic);
-	if (SPI_execute_plan(position_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(position_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pgkafka_join.output_position");
-	*recorded = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											SPI_tuptable->tupdesc, 1, &isnull));
+	for (int i = 0; i < nshares; i++)
+		shares[i].published = 0;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		Share	   *sh = find_share(DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+																SPI_tuptable->tupdesc, 1, &isnull)));
+
+		if (sh)
+			sh->published = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+														 SPI_tuptable->tupdesc, 2, &isnull));
+	}
 	if (SPI_execute_plan(handed_out_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pgkafka_join.rated_movies_id_seq");
 	*handed_out = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
@@ -246,10 +352,23 @@ stored_position(int64 *recorded, int64 *handed_out)
 	pkj_end_spi();
 }
 
+/* The shares' positions as text, for the log: "0: 12, 3: 40" */
+static char *
+positions_text(void)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < nshares; i++)
+		appendStringInfo(&buf, "%s%d: " INT64_FORMAT, i > 0 ? ", " : "",
+						 shares[i].share, shares[i].published);
+	return buf.data;
+}
+
 /*
  * pkj_publisher_position
  *		Make the producer ready for transactions and learn where publishing
- *		stands.  PKJ_POSITION_KNOWN: published_id is exact.
+ *		stands.  PKJ_POSITION_KNOWN: the shares' positions are exact.
  *		PKJ_POSITION_UNKNOWN: the brokers could not tell yet (logged); try
  *		again later.  PKJ_POSITION_BEHIND: the output topic is ahead of
  *		PostgreSQL; nothing may be stored or published until
@@ -261,11 +380,12 @@ pkj_publisher_position(void)
 	rd_kafka_error_t *error;
 	rd_kafka_topic_partition_list_t *parts;
 	rd_kafka_resp_err_t err;
-	int64		kafka_position = -1;
-	int64		recorded;
+	int64	   *kafka_position;
 	int64		handed_out;
+	int64		ahead = -1;
+	int64		last = -1;
 
-	if (published_id >= 0)
+	if (position_known)
 		return PKJ_POSITION_KNOWN;
 
 	/* a previous producer's transaction is completed or aborted first */
@@ -284,41 +404,68 @@ pkj_publisher_position(void)
 		pkj_kafka.transactions_ready = true;
 	}
 
-	parts = rd_kafka_topic_partition_list_new(1);
-	rd_kafka_topic_partition_list_add(parts, pkj_kafka.output_topic, 0);
-	err = rd_kafka_committed(pkj_kafka.consumer, parts, KAFKA_TIMEOUT_MS);
-	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
-		err = parts->elems[0].err;
-	/* an output topic that does not exist (yet) has no position */
-	if (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
-		err = RD_KAFKA_RESP_ERR_NO_ERROR;
-	else if (err == RD_KAFKA_RESP_ERR_NO_ERROR && parts->elems[0].offset >= 0)
-		kafka_position = parts->elems[0].offset;
+	kafka_position = palloc(Max(nshares, 1) * sizeof(int64));
+	parts = rd_kafka_topic_partition_list_new(Max(nshares, 1));
+	for (int i = 0; i < nshares; i++)
+	{
+		const char *topic;
+		int32		partition;
+
+		position_key(shares[i].share, &topic, &partition);
+		rd_kafka_topic_partition_list_add(parts, topic, partition);
+	}
+	err = nshares == 0 ? RD_KAFKA_RESP_ERR_NO_ERROR :
+		rd_kafka_committed(pkj_kafka.consumer, parts, KAFKA_TIMEOUT_MS);
+	for (int i = 0; i < nshares && err == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
+	{
+		const char *topic;
+		int32		partition;
+		rd_kafka_topic_partition_t *tp;
+
+		position_key(shares[i].share, &topic, &partition);
+		tp = rd_kafka_topic_partition_list_find(parts, topic, partition);
+		kafka_position[i] = -1;
+		/* a topic that does not exist (yet) holds no position */
+		if (tp == NULL || tp->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+			continue;
+		if (tp->err != RD_KAFKA_RESP_ERR_NO_ERROR)
+			err = tp->err;
+		else if (tp->offset >= 0)
+			kafka_position[i] = tp->offset;
+	}
 	rd_kafka_topic_partition_list_destroy(parts);
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
 		pkj_kafka_note_error(rd_kafka_err2str(err));
 		ereport(LOG,
-				(errmsg("could not read the publish position from Kafka: %s",
-						rd_kafka_err2str(err))));
+				(errmsg("could not read the publish positions from Kafka: %s",
+						rd_kafka_err2str(err)),
+				 err == RD_KAFKA_RESP_ERR_UNSTABLE_OFFSET_COMMIT ?
+				 errdetail("A transaction of another producer is still open on them; it ends when its producer starts again or when the brokers time it out (transaction.timeout.ms).") : 0));
 		return PKJ_POSITION_UNKNOWN;
 	}
-	stored_position(&recorded, &handed_out);
+	stored_positions(&handed_out);
 
-	if (kafka_position > handed_out)
+	for (int i = 0; i < nshares; i++)
+		ahead = Max(ahead, kafka_position[i]);
+	if (ahead > handed_out)
 	{
+		int64		recorded = 0;
+
+		for (int i = 0; i < nshares; i++)
+			recorded = Max(recorded, shares[i].published);
 		pkj_status_set_state("stopped: the output topic is ahead of PostgreSQL");
 		pkj_status_set_error(psprintf("results up to id " INT64_FORMAT " were published, but PostgreSQL numbered results only up to " INT64_FORMAT,
-									  kafka_position, handed_out));
+									  ahead, handed_out));
 		if (!behind_logged)
 			ereport(WARNING,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("pgkafka_join stopped: the output topic \"%s\" is ahead of PostgreSQL",
 							pkj_kafka.output_topic),
 					 errdetail("Results up to id " INT64_FORMAT " were published to Kafka; PostgreSQL numbered results only up to id " INT64_FORMAT " and recorded publishing up to id " INT64_FORMAT ".  The database lost commits or was restored to an earlier state; new results would be numbered below the published position and never sent.",
-							   kafka_position, handed_out, recorded),
+							   ahead, handed_out, recorded),
 					 errhint("To go on, run SELECT pgkafka_join.advance_result_ids(" INT64_FORMAT "): results not known to be published, and those of input consumed again, are then published with new ids.",
-							 kafka_position)));
+							 ahead)));
 		behind_logged = true;
 		return PKJ_POSITION_BEHIND;
 	}
@@ -333,24 +480,22 @@ pkj_publisher_position(void)
 	 * brokers: those results are on the topic all the same, so the higher
 	 * one counts.
 	 */
-	if (recorded > kafka_position)
+	for (int i = 0; i < nshares; i++)
 	{
-		published_id = recorded;
-		if (kafka_position >= 0)
+		if (shares[i].published > kafka_position[i] && kafka_position[i] >= 0)
 			ereport(LOG,
 					(errmsg("pgkafka_join.output_position is ahead of the position committed in Kafka; publishing after the former"),
-					 errdetail("Recorded in PostgreSQL: " INT64_FORMAT "; committed in Kafka: " INT64_FORMAT ".",
-							   recorded, kafka_position)));
+					 errdetail("Share %d: recorded in PostgreSQL: " INT64_FORMAT "; committed in Kafka: " INT64_FORMAT ".",
+							   shares[i].share, shares[i].published, kafka_position[i])));
+		shares[i].published = Max(shares[i].published, kafka_position[i]);
+		last = Max(last, shares[i].published);
 	}
-	else
-		published_id = kafka_position;
-	pkj_status_count_published(0, published_id);
+	position_known = true;
+	pkj_status_count_published(0, last);
 	ereport(LOG,
-			(errmsg("pgkafka_join publishes to \"%s\" after result " INT64_FORMAT,
-					pkj_kafka.output_topic, published_id),
-			 errdetail("Position committed in Kafka: %s; recorded in PostgreSQL: " INT64_FORMAT ".",
-					   kafka_position >= 0 ? psprintf(INT64_FORMAT, kafka_position) : "none",
-					   recorded)));
+			(errmsg("pgkafka_join publishes to \"%s\" after results %s",
+					pkj_kafka.output_topic, positions_text()),
+			 errdetail("Per share (input partition), the last result id published.")));
 	return PKJ_POSITION_KNOWN;
 }
 
@@ -385,15 +530,19 @@ output_topic_ready(void)
 }
 
 /*
- * Read the next results after the position, at most batch_size of them,
- * into memory of the given context.
+ * Read the next results after the shares' positions, in id order within
+ * each share, at most batch_size of them, into memory of the given context.
+ * The shares take turns in being read first, so that none waits for
+ * another's backlog.
  */
 static int
 fetch_results(MemoryContext cxt, PendingResult **results)
 {
-	Oid			argtypes[2] = {INT8OID, INT4OID};
-	Datum		args[2];
-	PendingResult	   *res;
+	Oid			argtypes[3] = {INT4ARRAYOID, INT8ARRAYOID, INT4OID};
+	Datum		args[3];
+	Datum	   *share_elems = palloc(Max(nshares, 1) * sizeof(Datum));
+	Datum	   *after_elems = palloc(Max(nshares, 1) * sizeof(Datum));
+	PendingResult *res;
 	int			n;
 
 	pkj_begin_spi("reading results to publish");
@@ -405,12 +554,28 @@ fetch_results(MemoryContext cxt, PendingResult **results)
 		return 0;
 	}
 	if (fetch_plan == NULL)
-		fetch_plan = keep_plan("SELECT r.id, r.movie_id::text, pgkafka_join.output_value(r) "
+		fetch_plan = keep_plan("SELECT r.id, r.share, r.movie_id::text, r.value "
+							   "FROM unnest($1, $2) WITH ORDINALITY AS s(share, after, turn) "
+							   "CROSS JOIN LATERAL "
+							   "(SELECT r.id, r.share, r.movie_id, pgkafka_join.output_value(r) AS value "
 							   "FROM pgkafka_join.rated_movies r "
-							   "WHERE r.id > $1 ORDER BY r.id LIMIT $2",
-							   2, argtypes);
-	args[0] = Int64GetDatum(published_id);
-	args[1] = Int32GetDatum(pkj_batch_size);
+							   "WHERE r.share = s.share AND r.id > s.after "
+							   "ORDER BY r.id LIMIT $3) r "
+							   "LIMIT $3",
+							   3, argtypes);
+	for (int i = 0; i < nshares; i++)
+	{
+		Share	   *sh = &shares[(first_share + i) % nshares];
+
+		share_elems[i] = Int32GetDatum(sh->share);
+		after_elems[i] = Int64GetDatum(sh->published);
+	}
+	first_share = nshares > 0 ? (first_share + 1) % nshares : 0;
+	args[0] = PointerGetDatum(construct_array(share_elems, nshares, INT4OID,
+											  sizeof(int32), true, TYPALIGN_INT));
+	args[1] = PointerGetDatum(construct_array(after_elems, nshares, INT8OID,
+											  sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[2] = Int32GetDatum(pkj_batch_size);
 	if (SPI_execute_plan(fetch_plan, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pgkafka_join.rated_movies");
 
@@ -423,8 +588,9 @@ fetch_results(MemoryContext cxt, PendingResult **results)
 		bool		isnull;
 
 		res[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		res[i].key = MemoryContextStrdup(cxt, SPI_getvalue(tup, desc, 2));
-		res[i].value = MemoryContextStrdup(cxt, SPI_getvalue(tup, desc, 3));
+		res[i].share = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		res[i].key = MemoryContextStrdup(cxt, SPI_getvalue(tup, desc, 3));
+		res[i].value = MemoryContextStrdup(cxt, SPI_getvalue(tup, desc, 4));
 	}
 	pkj_end_spi();
 	*results = res;
@@ -435,8 +601,8 @@ fetch_results(MemoryContext cxt, PendingResult **results)
 static void
 record_landed(void)
 {
-	Oid			argtypes[4] = {TEXTOID, INT4OID, INT8OID, INT8OID};
-	Datum		args[4];
+	Oid			argtypes[5] = {TEXTOID, INT4OID, INT4OID, INT8OID, INT8OID};
+	Datum		args[5];
 
 	pkj_begin_spi("recording the output position");
 	if (!pkj_lock_extension())
@@ -446,20 +612,20 @@ record_landed(void)
 	}
 	if (record_plan == NULL)
 		record_plan = keep_plan("INSERT INTO pgkafka_join.output_position AS op "
-								"VALUES ($1, $2, $3, $4, now()) "
-								"ON CONFLICT (topic, kafka_partition) DO UPDATE "
+								"(topic, kafka_partition, share, next_offset, last_id, updated_at) "
+								"VALUES ($1, $2, $3, $4, $5, now()) "
+								"ON CONFLICT (topic, kafka_partition, share) DO UPDATE "
 								"SET next_offset = greatest(op.next_offset, excluded.next_offset), "
 								"last_id = greatest(op.last_id, excluded.last_id), "
 								"updated_at = excluded.updated_at",
-								4, argtypes);
+								5, argtypes);
 	args[0] = CStringGetTextDatum(pkj_kafka.output_topic);
-	for (int p = 0; p < nlanded; p++)
+	for (int i = 0; i < nlanded; i++)
 	{
-		if (landed[p].next_offset < 0 || landed[p].last_id < 0)
-			continue;
-		args[1] = Int32GetDatum(p);
-		args[2] = Int64GetDatum(landed[p].next_offset);
-		args[3] = Int64GetDatum(landed[p].last_id);
+		args[1] = Int32GetDatum(landed[i].partition);
+		args[2] = Int32GetDatum(landed[i].share);
+		args[3] = Int64GetDatum(landed[i].next_offset);
+		args[4] = Int64GetDatum(landed[i].last_id);
 		if (SPI_execute_plan(record_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not update pgkafka_join.output_position");
 	}
@@ -472,6 +638,8 @@ produce(const PendingResult *r)
 {
 	char		idtext[32];
 	int			idlen = snprintf(idtext, sizeof(idtext), INT64_FORMAT, r->id);
+	char		sharetext[16];
+	int			sharelen = snprintf(sharetext, sizeof(sharetext), "%d", r->share);
 
 	for (;;)
 	{
@@ -483,6 +651,7 @@ produce(const PendingResult *r)
 								RD_KAFKA_V_KEY(r->key, strlen(r->key)),
 								RD_KAFKA_V_VALUE(r->value, strlen(r->value)),
 								RD_KAFKA_V_HEADER("pgkafka_join.id", idtext, idlen),
+								RD_KAFKA_V_HEADER("pgkafka_join.share", sharetext, sharelen),
 								RD_KAFKA_V_OPAQUE((void *) (intptr_t) r->id),
 								RD_KAFKA_V_END);
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -536,9 +705,9 @@ abort_transaction(void)
 int64
 pkj_publish(MemoryContext cxt)
 {
-	PendingResult	   *results;
+	PendingResult *results;
 	int			n;
-	int64		last_id;
+	int64		last_id = -1;
 	rd_kafka_error_t *error;
 	rd_kafka_topic_partition_list_t *position;
 
@@ -548,7 +717,6 @@ pkj_publish(MemoryContext cxt)
 	n = fetch_results(cxt, &results);
 	if (n == 0)
 		return 0;
-	last_id = results[n - 1].id;
 
 	pgstat_report_activity(STATE_RUNNING, "publishing results");
 	error = rd_kafka_begin_transaction(pkj_kafka.producer);
@@ -560,25 +728,36 @@ pkj_publish(MemoryContext cxt)
 		return -1;
 	}
 
-	for (int p = 0; p < nlanded; p++)
-	{
-		landed[p].next_offset = -1;
-		landed[p].last_id = -1;
-	}
+	nlanded = 0;
 	delivery_failed = false;
+	for (int i = 0; i < nshares; i++)
+		shares[i].sent = shares[i].published;
 
 	for (int i = 0; i < n; i++)
 	{
+		Share	   *sh = find_share(results[i].share);
+
 		if (!produce(&results[i]))
 		{
 			abort_transaction();
 			return ConfigReloadPending ? give_up_for_reload() : -1;
 		}
+		sh->sent = Max(sh->sent, results[i].id);
+		last_id = Max(last_id, results[i].id);
 	}
 
-	/* the position moves with the records, atomically */
-	position = rd_kafka_topic_partition_list_new(1);
-	rd_kafka_topic_partition_list_add(position, pkj_kafka.output_topic, 0)->offset = last_id;
+	/* the positions move with the records, atomically */
+	position = rd_kafka_topic_partition_list_new(nshares);
+	for (int i = 0; i < nshares; i++)
+	{
+		const char *topic;
+		int32		partition;
+
+		if (shares[i].sent == shares[i].published)
+			continue;
+		position_key(shares[i].share, &topic, &partition);
+		rd_kafka_topic_partition_list_add(position, topic, partition)->offset = shares[i].sent;
+	}
 	for (;;)
 	{
 		error = rd_kafka_send_offsets_to_transaction(pkj_kafka.producer, position,
@@ -624,7 +803,8 @@ pkj_publish(MemoryContext cxt)
 
 	/* committed: serve the remaining delivery reports, then record them */
 	rd_kafka_poll(pkj_kafka.producer, 0);
-	published_id = last_id;
+	for (int i = 0; i < nshares; i++)
+		shares[i].published = shares[i].sent;
 	pkj_status_count_published(n, last_id);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	if (!delivery_failed)

@@ -3,9 +3,9 @@
  * status.c
  *	  What the join worker is doing, in shared memory, for the status views.
  *
- * The worker is the only writer; any backend may read.  A spinlock guards
- * the whole struct: writers hold it for a few stores, readers copy the
- * struct out under it and format outside.  Rates are kept as per-second
+ * One slot per join worker, which is its only writer; any backend may
+ * read.  A spinlock guards each slot: writers hold it for a few stores,
+ * readers copy the slot out under it and format outside.  Rates are kept as per-second
  * counts in a ring of 60 slots, so "per second over the last minute" is a
  * sum divided by 60.  Nothing here is needed for correctness: it is lost on
  * restart and rebuilt as the worker runs.
@@ -23,12 +23,17 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
+#include "catalog/pg_type.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
 #include "pgkafka_join.h"
 
 #define RING_SECONDS 60
+
+/* Shares listed per worker in worker_status(); a worker rarely owns more */
+#define SHARES_LISTED 1024
 
 typedef struct PkjPartitionStatus
 {
@@ -39,7 +44,8 @@ typedef struct PkjPartitionStatus
 	char		problem[256];	/* why it is not consumed; "" if it is */
 } PkjPartitionStatus;
 
-typedef struct PkjShared
+/* One join worker's slot; its partitions follow it in shared memory */
+typedef struct PkjWorkerSlot
 {
 	slock_t		mutex;
 	pid_t		worker_pid;
@@ -59,23 +65,34 @@ typedef struct PkjShared
 	int			assigned;		/* partitions assigned, listed or not */
 	int64		unlisted_lag;	/* lag of those beyond max_partitions */
 	int			unlisted_stopped;	/* of those, how many are stopped */
+	char		owned[256];		/* the partitions it owns, as text */
+	int			nshares;		/* the shares it publishes */
+	int32		shares[SHARES_LISTED];
 	int			npartitions;	/* listed, at most pkj_max_partitions */
 	PkjPartitionStatus partitions[FLEXIBLE_ARRAY_MEMBER];
-} PkjShared;
+} PkjWorkerSlot;
 
-#define SHARED_SIZE (offsetof(PkjShared, partitions) + \
-					 sizeof(PkjPartitionStatus) * pkj_max_partitions)
+#define SLOT_SIZE MAXALIGN(offsetof(PkjWorkerSlot, partitions) + \
+						   sizeof(PkjPartitionStatus) * pkj_max_partitions)
+#define SHARED_SIZE (SLOT_SIZE * pkj_workers)
 
-static PkjShared *shared = NULL;
+static char *slots = NULL;		/* pkj_workers slots in shared memory */
+static PkjWorkerSlot *me = NULL;	/* this worker's slot */
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static inline PkjWorkerSlot *
+slot(int worker)
+{
+	return (PkjWorkerSlot *) (slots + SLOT_SIZE * worker);
+}
 
 static void
 status_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(SHARED_SIZE));
+	RequestAddinShmemSpace(SHARED_SIZE);
 }
 
 static void
@@ -87,13 +104,16 @@ status_shmem_startup(void)
 		prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	shared = ShmemInitStruct("pgkafka_join", SHARED_SIZE, &found);
+	slots = ShmemInitStruct("pgkafka_join", SHARED_SIZE, &found);
 	if (!found)
 	{
-		memset(shared, 0, SHARED_SIZE);
-		SpinLockInit(&shared->mutex);
-		strlcpy(shared->state, "not started", sizeof(shared->state));
-		shared->published_id = -1;
+		memset(slots, 0, SHARED_SIZE);
+		for (int i = 0; i < pkj_workers; i++)
+		{
+			SpinLockInit(&slot(i)->mutex);
+			strlcpy(slot(i)->state, "not started", sizeof(slot(i)->state));
+			slot(i)->published_id = -1;
+		}
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -107,64 +127,109 @@ pkj_status_init(void)
 	shmem_startup_hook = status_shmem_startup;
 }
 
-/* The worker announces itself; its latch is what pause/resume set */
+/* Worker number "worker" announces itself; its latch is what pause/resume set */
 void
-pkj_status_worker_started(void)
+pkj_status_worker_started(int worker)
 {
-	SpinLockAcquire(&shared->mutex);
-	shared->worker_pid = MyProcPid;
-	shared->worker_latch = MyLatch;
-	shared->npartitions = 0;
-	shared->assigned = 0;
-	shared->unlisted_lag = 0;
-	shared->unlisted_stopped = 0;
-	shared->published_id = -1;
-	SpinLockRelease(&shared->mutex);
+	me = slot(worker);
+	SpinLockAcquire(&me->mutex);
+	me->worker_pid = MyProcPid;
+	me->worker_latch = MyLatch;
+	me->npartitions = 0;
+	me->assigned = 0;
+	me->unlisted_lag = 0;
+	me->unlisted_stopped = 0;
+	me->published_id = -1;
+	me->owned[0] = '\0';
+	me->nshares = 0;
+	SpinLockRelease(&me->mutex);
 	on_shmem_exit(pkj_status_worker_exit, (Datum) 0);
 }
 
 void
 pkj_status_worker_exit(int code, Datum arg)
 {
-	SpinLockAcquire(&shared->mutex);
-	shared->worker_pid = 0;
-	shared->worker_latch = NULL;
-	strlcpy(shared->state, "stopped", sizeof(shared->state));
-	shared->state_since = GetCurrentTimestamp();
-	SpinLockRelease(&shared->mutex);
+	SpinLockAcquire(&me->mutex);
+	me->worker_pid = 0;
+	me->worker_latch = NULL;
+	strlcpy(me->state, "stopped", sizeof(me->state));
+	me->state_since = GetCurrentTimestamp();
+	SpinLockRelease(&me->mutex);
 }
 
-/* Wake the worker up, e.g. after pause() or resume() */
+/* The pids of the other join workers running now */
+List *
+pkj_status_other_worker_pids(void)
+{
+	List	   *pids = NIL;
+
+	for (int i = 0; i < pkj_workers; i++)
+	{
+		pid_t		pid;
+
+		if (slot(i) == me)
+			continue;
+		SpinLockAcquire(&slot(i)->mutex);
+		pid = slot(i)->worker_pid;
+		SpinLockRelease(&slot(i)->mutex);
+		if (pid != 0)
+			pids = lappend_int(pids, pid);
+	}
+	return pids;
+}
+
+/* Wake every worker up, e.g. after pause() or resume() */
 void
 pkj_status_wake_worker(void)
 {
-	if (shared == NULL)
+	if (slots == NULL)
 		return;
-	SpinLockAcquire(&shared->mutex);
-	if (shared->worker_latch)
-		SetLatch(shared->worker_latch);
-	SpinLockRelease(&shared->mutex);
+	for (int i = 0; i < pkj_workers; i++)
+	{
+		SpinLockAcquire(&slot(i)->mutex);
+		if (slot(i)->worker_latch)
+			SetLatch(slot(i)->worker_latch);
+		SpinLockRelease(&slot(i)->mutex);
+	}
+}
+
+/* The partitions this worker owns, and the shares it publishes */
+void
+pkj_status_set_owned(const char *owned, List *shares)
+{
+	ListCell   *lc;
+
+	SpinLockAcquire(&me->mutex);
+	strlcpy(me->owned, owned, sizeof(me->owned));
+	me->nshares = 0;
+	foreach(lc, shares)
+	{
+		if (me->nshares == SHARES_LISTED)
+			break;
+		me->shares[me->nshares++] = lfirst_int(lc);
+	}
+	SpinLockRelease(&me->mutex);
 }
 
 void
 pkj_status_set_state(const char *state)
 {
-	SpinLockAcquire(&shared->mutex);
-	if (strcmp(shared->state, state) != 0)
+	SpinLockAcquire(&me->mutex);
+	if (strcmp(me->state, state) != 0)
 	{
-		strlcpy(shared->state, state, sizeof(shared->state));
-		shared->state_since = GetCurrentTimestamp();
+		strlcpy(me->state, state, sizeof(me->state));
+		me->state_since = GetCurrentTimestamp();
 	}
-	SpinLockRelease(&shared->mutex);
+	SpinLockRelease(&me->mutex);
 }
 
 void
 pkj_status_set_error(const char *error)
 {
-	SpinLockAcquire(&shared->mutex);
-	strlcpy(shared->last_error, error, sizeof(shared->last_error));
-	shared->last_error_at = GetCurrentTimestamp();
-	SpinLockRelease(&shared->mutex);
+	SpinLockAcquire(&me->mutex);
+	strlcpy(me->last_error, error, sizeof(me->last_error));
+	me->last_error_at = GetCurrentTimestamp();
+	SpinLockRelease(&me->mutex);
 }
 
 /* The ring slot of the current second, cleared if it holds an older one */
@@ -174,12 +239,12 @@ ring_slot(void)
 	int64		second = GetCurrentTimestamp() / USECS_PER_SEC;
 	int			slot = second % RING_SECONDS;
 
-	if (shared->ring_second[slot] != second)
+	if (me->ring_second[slot] != second)
 	{
-		shared->ring_second[slot] = second;
-		shared->ring_messages[slot] = 0;
-		shared->ring_results[slot] = 0;
-		shared->ring_published[slot] = 0;
+		me->ring_second[slot] = second;
+		me->ring_messages[slot] = 0;
+		me->ring_results[slot] = 0;
+		me->ring_published[slot] = 0;
 	}
 	return slot;
 }
@@ -190,13 +255,13 @@ pkj_status_count_batch(int64 messages, int64 results)
 {
 	int			slot;
 
-	SpinLockAcquire(&shared->mutex);
+	SpinLockAcquire(&me->mutex);
 	slot = ring_slot();
-	shared->ring_messages[slot] += messages;
-	shared->ring_results[slot] += results;
-	shared->messages_total += messages;
-	shared->results_total += results;
-	SpinLockRelease(&shared->mutex);
+	me->ring_messages[slot] += messages;
+	me->ring_results[slot] += results;
+	me->messages_total += messages;
+	me->results_total += results;
+	SpinLockRelease(&me->mutex);
 }
 
 /* Results were published, up to result id last_id */
@@ -205,24 +270,24 @@ pkj_status_count_published(int64 published, int64 last_id)
 {
 	int			slot;
 
-	SpinLockAcquire(&shared->mutex);
+	SpinLockAcquire(&me->mutex);
 	slot = ring_slot();
-	shared->ring_published[slot] += published;
-	shared->published_total += published;
-	shared->published_id = last_id;
-	SpinLockRelease(&shared->mutex);
+	me->ring_published[slot] += published;
+	me->published_total += published;
+	me->published_id = last_id;
+	SpinLockRelease(&me->mutex);
 }
 
 /* Forget the partitions, e.g. before a new assignment */
 void
 pkj_status_reset_partitions(void)
 {
-	SpinLockAcquire(&shared->mutex);
-	shared->npartitions = 0;
-	shared->assigned = 0;
-	shared->unlisted_lag = 0;
-	shared->unlisted_stopped = 0;
-	SpinLockRelease(&shared->mutex);
+	SpinLockAcquire(&me->mutex);
+	me->npartitions = 0;
+	me->assigned = 0;
+	me->unlisted_lag = 0;
+	me->unlisted_stopped = 0;
+	SpinLockRelease(&me->mutex);
 }
 
 /*
@@ -234,20 +299,20 @@ partition_slot(const char *topic, int32 partition)
 {
 	int			i;
 
-	for (i = 0; i < shared->npartitions; i++)
+	for (i = 0; i < me->npartitions; i++)
 	{
-		if (shared->partitions[i].partition == partition &&
-			strcmp(shared->partitions[i].topic, topic) == 0)
+		if (me->partitions[i].partition == partition &&
+			strcmp(me->partitions[i].topic, topic) == 0)
 			return i;
 	}
 	if (i == pkj_max_partitions)
 		return -1;
-	strlcpy(shared->partitions[i].topic, topic, sizeof(shared->partitions[i].topic));
-	shared->partitions[i].partition = partition;
-	shared->partitions[i].high_watermark = -1;
-	shared->partitions[i].consumed = -1;
-	shared->partitions[i].problem[0] = '\0';
-	shared->npartitions++;
+	strlcpy(me->partitions[i].topic, topic, sizeof(me->partitions[i].topic));
+	me->partitions[i].partition = partition;
+	me->partitions[i].high_watermark = -1;
+	me->partitions[i].consumed = -1;
+	me->partitions[i].problem[0] = '\0';
+	me->npartitions++;
 	return i;
 }
 
@@ -261,14 +326,14 @@ pkj_status_set_partition(const char *topic, int32 partition,
 {
 	int			i;
 
-	SpinLockAcquire(&shared->mutex);
+	SpinLockAcquire(&me->mutex);
 	i = partition_slot(topic, partition);
 	if (i >= 0)
 	{
-		shared->partitions[i].high_watermark = high_watermark;
-		shared->partitions[i].consumed = consumed;
+		me->partitions[i].high_watermark = high_watermark;
+		me->partitions[i].consumed = consumed;
 	}
-	SpinLockRelease(&shared->mutex);
+	SpinLockRelease(&me->mutex);
 	return i >= 0;
 }
 
@@ -279,23 +344,23 @@ pkj_status_set_partition_problem(const char *topic, int32 partition,
 {
 	int			i;
 
-	SpinLockAcquire(&shared->mutex);
+	SpinLockAcquire(&me->mutex);
 	i = partition_slot(topic, partition);
 	if (i >= 0)
-		strlcpy(shared->partitions[i].problem, problem, sizeof(shared->partitions[i].problem));
+		strlcpy(me->partitions[i].problem, problem, sizeof(me->partitions[i].problem));
 	else
-		shared->unlisted_stopped++;
-	SpinLockRelease(&shared->mutex);
+		me->unlisted_stopped++;
+	SpinLockRelease(&me->mutex);
 }
 
 /* How many partitions are assigned, and the lag of those not listed */
 void
 pkj_status_set_unlisted(int partitions, int64 lag)
 {
-	SpinLockAcquire(&shared->mutex);
-	shared->assigned = partitions;
-	shared->unlisted_lag = lag;
-	SpinLockRelease(&shared->mutex);
+	SpinLockAcquire(&me->mutex);
+	me->assigned = partitions;
+	me->unlisted_lag = lag;
+	SpinLockRelease(&me->mutex);
 }
 
 /* Messages left to consume, over all partitions whose watermark is known */
@@ -304,16 +369,16 @@ pkj_status_total_lag(void)
 {
 	int64		lag = 0;
 
-	SpinLockAcquire(&shared->mutex);
-	for (int i = 0; i < shared->npartitions; i++)
+	SpinLockAcquire(&me->mutex);
+	for (int i = 0; i < me->npartitions; i++)
 	{
-		PkjPartitionStatus *p = &shared->partitions[i];
+		PkjPartitionStatus *p = &me->partitions[i];
 
 		if (p->high_watermark >= 0 && p->consumed >= 0 && p->high_watermark > p->consumed)
 			lag += p->high_watermark - p->consumed;
 	}
-	lag += shared->unlisted_lag;
-	SpinLockRelease(&shared->mutex);
+	lag += me->unlisted_lag;
+	SpinLockRelease(&me->mutex);
 	return lag;
 }
 
@@ -323,9 +388,9 @@ pkj_status_messages_total(void)
 {
 	int64		total;
 
-	SpinLockAcquire(&shared->mutex);
-	total = shared->messages_total;
-	SpinLockRelease(&shared->mutex);
+	SpinLockAcquire(&me->mutex);
+	total = me->messages_total;
+	SpinLockRelease(&me->mutex);
 	return total;
 }
 
@@ -339,73 +404,91 @@ pgkafka_join_wake_worker(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+static void
+check_loaded(void)
+{
+	if (slots == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pgkafka_join is not in shared_preload_libraries")));
+}
+
 PG_FUNCTION_INFO_V1(pgkafka_join_worker_status);
 
 /*
- * worker_status() -> one row: what the join worker is doing, its counters
- * and rates over the last minute.
+ * worker_status() -> one row per join worker: what it is doing, its
+ * counters and rates over the last minute, what it owns.
  */
 Datum
 pgkafka_join_worker_status(PG_FUNCTION_ARGS)
 {
-	PkjShared	copy;
-	TupleDesc	tupdesc;
-	Datum		values[15];
-	bool		nulls[15] = {0};
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	PkjWorkerSlot *copy = palloc(offsetof(PkjWorkerSlot, partitions));
 	int64		now = GetCurrentTimestamp() / USECS_PER_SEC;
-	int64		messages = 0,
-				results = 0,
-				published = 0;
 
-	if (shared == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("pgkafka_join is not in shared_preload_libraries")));
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
+	check_loaded();
+	InitMaterializedSRF(fcinfo, 0);
 
-	SpinLockAcquire(&shared->mutex);
-	memcpy(&copy, shared, offsetof(PkjShared, partitions));
-	SpinLockRelease(&shared->mutex);
-
-	for (int i = 0; i < RING_SECONDS; i++)
+	for (int w = 0; w < pkj_workers; w++)
 	{
-		if (copy.ring_second[i] > now - RING_SECONDS)
+		Datum		values[18];
+		bool		nulls[18] = {0};
+		int64		messages = 0,
+					results = 0,
+					published = 0;
+		Datum	   *shares;
+
+		SpinLockAcquire(&slot(w)->mutex);
+		memcpy(copy, slot(w), offsetof(PkjWorkerSlot, partitions));
+		SpinLockRelease(&slot(w)->mutex);
+
+		for (int i = 0; i < RING_SECONDS; i++)
 		{
-			messages += copy.ring_messages[i];
-			results += copy.ring_results[i];
-			published += copy.ring_published[i];
+			if (copy->ring_second[i] > now - RING_SECONDS)
+			{
+				messages += copy->ring_messages[i];
+				results += copy->ring_results[i];
+				published += copy->ring_published[i];
+			}
 		}
+		shares = palloc(sizeof(Datum) * Max(copy->nshares, 1));
+		for (int i = 0; i < copy->nshares; i++)
+			shares[i] = Int32GetDatum(copy->shares[i]);
+
+		values[0] = Int32GetDatum(w);
+		values[1] = Int32GetDatum(copy->worker_pid);
+		nulls[1] = copy->worker_pid == 0;
+		values[2] = CStringGetTextDatum(copy->state);
+		values[3] = TimestampTzGetDatum(copy->state_since);
+		nulls[3] = copy->state_since == 0;
+		values[4] = CStringGetTextDatum(copy->last_error);
+		nulls[4] = copy->last_error_at == 0;
+		values[5] = TimestampTzGetDatum(copy->last_error_at);
+		nulls[5] = copy->last_error_at == 0;
+		values[6] = Int64GetDatum(copy->messages_total);
+		values[7] = Int64GetDatum(copy->results_total);
+		values[8] = Int64GetDatum(copy->published_total);
+		values[9] = Float8GetDatum((double) messages / RING_SECONDS);
+		values[10] = Float8GetDatum((double) results / RING_SECONDS);
+		values[11] = Float8GetDatum((double) published / RING_SECONDS);
+		values[12] = Int64GetDatum(copy->published_id);
+		nulls[12] = copy->published_id < 0;
+		values[13] = Int32GetDatum(copy->assigned);
+		values[14] = Int64GetDatum(copy->unlisted_lag);
+		values[15] = Int32GetDatum(copy->unlisted_stopped);
+		values[16] = CStringGetTextDatum(copy->owned);
+		nulls[16] = copy->worker_pid == 0 && copy->owned[0] == '\0';
+		values[17] = PointerGetDatum(construct_array(shares, copy->nshares, INT4OID,
+													 sizeof(int32), true, TYPALIGN_INT));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
-
-	values[0] = Int32GetDatum(copy.worker_pid);
-	nulls[0] = copy.worker_pid == 0;
-	values[1] = CStringGetTextDatum(copy.state);
-	values[2] = TimestampTzGetDatum(copy.state_since);
-	nulls[2] = copy.state_since == 0;
-	values[3] = CStringGetTextDatum(copy.last_error);
-	nulls[3] = copy.last_error_at == 0;
-	values[4] = TimestampTzGetDatum(copy.last_error_at);
-	nulls[4] = copy.last_error_at == 0;
-	values[5] = Int64GetDatum(copy.messages_total);
-	values[6] = Int64GetDatum(copy.results_total);
-	values[7] = Int64GetDatum(copy.published_total);
-	values[8] = Float8GetDatum((double) messages / RING_SECONDS);
-	values[9] = Float8GetDatum((double) results / RING_SECONDS);
-	values[10] = Float8GetDatum((double) published / RING_SECONDS);
-	values[11] = Int64GetDatum(copy.published_id);
-	nulls[11] = copy.published_id < 0;
-	values[12] = Int32GetDatum(copy.assigned);
-	values[13] = Int64GetDatum(copy.unlisted_lag);
-	values[14] = Int32GetDatum(copy.unlisted_stopped);
-
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+	return (Datum) 0;
 }
 
 PG_FUNCTION_INFO_V1(pgkafka_join_partition_status);
 
 /*
- * partition_status() -> per input partition the worker consumes: the
+ * partition_status() -> per input partition a worker consumes: the
  * broker's high watermark as last seen, and the consumer's position.
  */
 Datum
@@ -413,34 +496,36 @@ pgkafka_join_partition_status(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	PkjPartitionStatus *parts;
-	int			n;
 
-	if (shared == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("pgkafka_join is not in shared_preload_libraries")));
+	check_loaded();
 	InitMaterializedSRF(fcinfo, 0);
 
 	parts = palloc(sizeof(PkjPartitionStatus) * pkj_max_partitions);
-	SpinLockAcquire(&shared->mutex);
-	n = shared->npartitions;
-	memcpy(parts, shared->partitions, sizeof(PkjPartitionStatus) * n);
-	SpinLockRelease(&shared->mutex);
-
-	for (int i = 0; i < n; i++)
+	for (int w = 0; w < pkj_workers; w++)
 	{
-		Datum		values[5];
-		bool		nulls[5] = {0};
+		int			n;
 
-		values[0] = CStringGetTextDatum(parts[i].topic);
-		values[1] = Int32GetDatum(parts[i].partition);
-		values[2] = Int64GetDatum(parts[i].high_watermark);
-		nulls[2] = parts[i].high_watermark < 0;
-		values[3] = Int64GetDatum(parts[i].consumed);
-		nulls[3] = parts[i].consumed < 0;
-		values[4] = CStringGetTextDatum(parts[i].problem);
-		nulls[4] = parts[i].problem[0] == '\0';
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		SpinLockAcquire(&slot(w)->mutex);
+		n = slot(w)->npartitions;
+		memcpy(parts, slot(w)->partitions, sizeof(PkjPartitionStatus) * n);
+		SpinLockRelease(&slot(w)->mutex);
+
+		for (int i = 0; i < n; i++)
+		{
+			Datum		values[6];
+			bool		nulls[6] = {0};
+
+			values[0] = Int32GetDatum(w);
+			values[1] = CStringGetTextDatum(parts[i].topic);
+			values[2] = Int32GetDatum(parts[i].partition);
+			values[3] = Int64GetDatum(parts[i].high_watermark);
+			nulls[3] = parts[i].high_watermark < 0;
+			values[4] = Int64GetDatum(parts[i].consumed);
+			nulls[4] = parts[i].consumed < 0;
+			values[5] = CStringGetTextDatum(parts[i].problem);
+			nulls[5] = parts[i].problem[0] == '\0';
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
 	}
 	return (Datum) 0;
 }

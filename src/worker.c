@@ -90,7 +90,9 @@ typedef enum WaitReason
 	WAIT_TOPIC_NAMES,
 	WAIT_UPDATE,
 	WAIT_UNREACHABLE,
-	WAIT_TOPICS
+	WAIT_TOPICS,
+	WAIT_PARTITIONING,
+	WAIT_NO_PARTITIONS
 } WaitReason;
 
 /* The version of the SQL objects this library works with */
@@ -166,13 +168,42 @@ lookup_database(void)
 	return dboid;
 }
 
+/* Register join worker number "index" in database dboid */
+static BackgroundWorkerHandle *
+start_worker(Oid dboid, int index)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
+	memcpy(worker.bgw_extra, &index, sizeof(index));
+	worker.bgw_notify_pid = MyProcPid;
+	strlcpy(worker.bgw_library_name, "pgkafka_join", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "pkj_worker_main", BGW_MAXLEN);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "pgkafka_join worker %d for database %s",
+			 index, pkj_database);
+	strlcpy(worker.bgw_type, "pgkafka_join worker", BGW_MAXLEN);
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+		return NULL;
+	return handle;
+}
+
 /*
  * pkj_launcher_main
- *		Keep one join worker running in pgkafka_join.database.
+ *		Keep pgkafka_join.workers join workers running in
+ *		pgkafka_join.database, each restarted on its own retry_interval after
+ *		it exited.
  */
 void
 pkj_launcher_main(Datum arg)
 {
+	BackgroundWorkerHandle *handles[PKJ_MAX_WORKERS] = {0};
+	TimestampTz start_after[PKJ_MAX_WORKERS] = {0};
 	bool		logged_missing = false;
 	bool		logged_no_slot = false;
 
@@ -183,10 +214,10 @@ pkj_launcher_main(Datum arg)
 
 	for (;;)
 	{
-		BackgroundWorker worker;
-		BackgroundWorkerHandle *handle;
-		pid_t		pid;
 		Oid			dboid;
+		TimestampTz now;
+		long		wait_ms = pkj_retry_interval;
+		bool		no_slot = false;
 
 		if (ConfigReloadPending)
 		{
@@ -208,42 +239,47 @@ pkj_launcher_main(Datum arg)
 		}
 		logged_missing = false;
 
-		memset(&worker, 0, sizeof(worker));
-		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-		worker.bgw_restart_time = BGW_NEVER_RESTART;
-		worker.bgw_main_arg = ObjectIdGetDatum(dboid);
-		worker.bgw_notify_pid = MyProcPid;
-		strlcpy(worker.bgw_library_name, "pgkafka_join", BGW_MAXLEN);
-		strlcpy(worker.bgw_function_name, "pkj_worker_main", BGW_MAXLEN);
-		snprintf(worker.bgw_name, BGW_MAXLEN, "pgkafka_join worker for database %s",
-				 pkj_database);
-		strlcpy(worker.bgw_type, "pgkafka_join worker", BGW_MAXLEN);
-
-		if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+		now = GetCurrentTimestamp();
+		for (int i = 0; i < pkj_workers; i++)
 		{
-			/* said once, and again when a slot was found */
-			if (!logged_no_slot)
-				ereport(WARNING,
-						(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-						 errmsg("could not start the pgkafka_join worker: no background worker slot is free"),
-						 errdetail("The launcher tries again every pgkafka_join.retry_interval."),
-						 errhint("Raise max_worker_processes.")));
-			logged_no_slot = true;
-			wait_latch(pkj_retry_interval);
-			continue;
-		}
-		if (logged_no_slot)
-			ereport(LOG,
-					(errmsg("pgkafka_join found a background worker slot; the worker starts")));
-		logged_no_slot = false;
-		if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED)
-			(void) WaitForBackgroundWorkerShutdown(handle);
-		CHECK_FOR_INTERRUPTS();
-		pfree(handle);
+			pid_t		pid;
 
-		/* whatever ended it, wait before starting the next one */
-		wait_latch(pkj_retry_interval);
+			if (handles[i] != NULL)
+			{
+				if (GetBackgroundWorkerPid(handles[i], &pid) != BGWH_STOPPED)
+					continue;
+				/* whatever ended it, wait before starting the next one */
+				pfree(handles[i]);
+				handles[i] = NULL;
+				start_after[i] = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
+			}
+			if (now < start_after[i])
+			{
+				wait_ms = Min(wait_ms, TimestampDifferenceMilliseconds(now, start_after[i]) + 1);
+				continue;
+			}
+			handles[i] = start_worker(dboid, i);
+			if (handles[i] == NULL)
+			{
+				no_slot = true;
+				start_after[i] = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
+			}
+		}
+
+		/* said once, and again when a slot was found */
+		if (no_slot && !logged_no_slot)
+			ereport(WARNING,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("could not start a pgkafka_join worker: no background worker slot is free"),
+					 errdetail("The launcher tries again every pgkafka_join.retry_interval."),
+					 errhint("Raise max_worker_processes (pgkafka_join needs pgkafka_join.workers + 1).")));
+		else if (!no_slot && logged_no_slot)
+			ereport(LOG,
+					(errmsg("pgkafka_join found background worker slots; every worker starts")));
+		logged_no_slot = no_slot;
+
+		/* a worker starting or stopping sets the latch */
+		wait_latch(wait_ms);
 	}
 }
 
@@ -256,6 +292,11 @@ log_wait(WaitReason reason, const char *msg, const char *hint)
 	logged_wait = reason;
 	ereport(LOG, (errmsg("%s", msg), hint ? errhint("%s", hint) : 0));
 }
+
+/* The worker's loop state, below; what concerns the partitions it owns */
+static List *owned = NIL;		/* partitions owned, in TopMemoryContext */
+static bool assigned = false;	/* the consumer has them, at the stored offsets */
+static bool rejoined = false;	/* rejoins left over were run since connecting */
 
 /* The oid of the extension in this database, InvalidOid if not installed */
 static Oid
@@ -378,23 +419,27 @@ run_sql(const char *sql, const char *activity)
 }
 
 /*
- * Assign every partition of the input topics, at the offsets stored in
- * PostgreSQL (the beginning where none is stored).  Called at start and
- * whenever a topic gains partitions; always between batches, so the stored
- * offsets are exactly where consumption stands.
+ * Learn the input topics' partition count and which partitions this worker
+ * owns (see shares.c); done at start and whenever the metadata is refreshed.
+ * Returns false, with the state set and the reason logged once, if there is
+ * nothing to consume: brokers unreachable, a topic missing, topics not
+ * co-partitioned, no partition left for this worker.
  */
 static bool
-assign_partitions(void)
+refresh_ownership(void)
 {
 	int			nmovies = pkj_kafka_partition_count(pkj_kafka.movies_topic, 5000);
 	int			nratings = nmovies < 0 ? -1 :
 		pkj_kafka_partition_count(pkj_kafka.ratings_topic, 5000);
-	rd_kafka_topic_partition_list_t *parts;
-	rd_kafka_resp_err_t err;
-	bool		isnull0;
+	List	   *beyond;
+	List	   *mine;
+	List	   *shares;
+	MemoryContext old;
+	static bool logged_beyond = false;
 
 	if (nmovies < 0 || nratings < 0)
 	{
+		pkj_status_set_state("waiting for the brokers");
 		log_wait(WAIT_UNREACHABLE, psprintf("pgkafka_join cannot reach the Kafka brokers: %s",
 											pkj_kafka_last_error),
 				 "Check pgkafka_join.brokers and pgkafka_join.kafka_properties.");
@@ -406,21 +451,103 @@ assign_partitions(void)
 		ereport(LOG, (errmsg("pgkafka_join reaches the Kafka brokers again")));
 		logged_wait = WAIT_NONE;
 	}
-	if (nmovies == pkj_kafka.assigned_movies && nratings == pkj_kafka.assigned_ratings)
+	if (nmovies == pkj_kafka.assigned_movies && nratings == pkj_kafka.assigned_ratings &&
+		owned != NIL)
 		return true;
+
 	if (nmovies == 0 || nratings == 0)
+	{
+		pkj_status_set_state("waiting for topics");
 		log_wait(WAIT_TOPICS,
 				 psprintf("pgkafka_join is waiting for topic \"%s\" to exist",
 						  nmovies == 0 ? pkj_kafka.movies_topic : pkj_kafka.ratings_topic),
 				 "Create the topic, or set pgkafka_join.movies_topic and pgkafka_join.ratings_topic.");
+		return false;
+	}
+	if (nmovies != nratings)
+	{
+		/* consume nothing: a rating and its movie could be anywhere */
+		rd_kafka_assign(pkj_kafka.consumer, NULL);
+		assigned = false;
+		pkj_status_reset_partitions();
+		pkj_status_set_state("waiting: topics not co-partitioned");
+		if (logged_wait != WAIT_PARTITIONING)
+			ereport(WARNING,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("pgkafka_join cannot join topics \"%s\" (%d partitions) and \"%s\" (%d partitions): they are not co-partitioned",
+							pkj_kafka.movies_topic, nmovies, pkj_kafka.ratings_topic, nratings),
+					 errdetail("Nothing is consumed until both input topics have the same number of partitions."),
+					 errhint("As for a Kafka Streams join, both topics need the same number of partitions, both keyed by the movie id with the same partitioner.")));
+		logged_wait = WAIT_PARTITIONING;
+		return false;
+	}
+	if (logged_wait == WAIT_PARTITIONING || logged_wait == WAIT_TOPICS)
+		logged_wait = WAIT_NONE;
 
-	parts = rd_kafka_topic_partition_list_new(nmovies + nratings);
-	for (int i = 0; i < nmovies; i++)
-		rd_kafka_topic_partition_list_add(parts, pkj_kafka.movies_topic, i)->offset =
+	mine = pkj_owned_partitions(nmovies, &beyond);
+	if (beyond != NIL && !logged_beyond)
+		ereport(WARNING,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("pgkafka_join.partitions lists partitions %s, which topics \"%s\" and \"%s\" do not have",
+						pkj_partitions_text(beyond), pkj_kafka.movies_topic, pkj_kafka.ratings_topic),
+				 errdetail("The topics have %d partitions; those listed beyond are consumed once the topics have them.",
+						   nmovies)));
+	logged_beyond = beyond != NIL;
+
+	/* what changes with the partitions owned */
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	list_free(owned);
+	owned = list_copy(mine);
+	shares = list_copy(owned);
+	if (pkj_worker_index == 0)
+		shares = lcons_int(-1, shares); /* results made before 1.1 */
+	MemoryContextSwitchTo(old);
+	pkj_publisher_set_shares(shares);
+	pkj_status_set_owned(pkj_partitions_text(owned), shares);
+	pkj_claims_reset();
+	assigned = false;
+	pkj_kafka.assigned_movies = nmovies;
+	pkj_kafka.assigned_ratings = nratings;
+
+	if (owned == NIL)
+	{
+		pkj_status_set_state("idle: no partition to own");
+		log_wait(WAIT_NO_PARTITIONS,
+				 psprintf("pgkafka_join worker %d has no partition to own", pkj_worker_index),
+				 "The server owns fewer partitions than pgkafka_join.workers.");
+		return false;
+	}
+	ereport(LOG,
+			(errmsg("pgkafka_join worker %d owns partitions %s of \"%s\" and \"%s\"",
+					pkj_worker_index, pkj_partitions_text(owned),
+					pkj_kafka.movies_topic, pkj_kafka.ratings_topic),
+			 errdetail("The topics have %d partitions; this server owns %s, shared among %d workers.",
+					   nmovies, pkj_partitions_split() ? pkj_partitions : "all", pkj_workers)));
+	return true;
+}
+
+/*
+ * Assign the partitions this worker owns, of both input topics, at the
+ * offsets stored in PostgreSQL (the beginning where none is stored).  Always
+ * between batches, so the stored offsets are exactly where consumption
+ * stands.
+ */
+static void
+assign_partitions(void)
+{
+	rd_kafka_topic_partition_list_t *parts;
+	rd_kafka_resp_err_t err;
+	bool		isnull0;
+	ListCell   *lc;
+
+	parts = rd_kafka_topic_partition_list_new(2 * list_length(owned));
+	foreach(lc, owned)
+	{
+		rd_kafka_topic_partition_list_add(parts, pkj_kafka.movies_topic, lfirst_int(lc))->offset =
 			RD_KAFKA_OFFSET_BEGINNING;
-	for (int i = 0; i < nratings; i++)
-		rd_kafka_topic_partition_list_add(parts, pkj_kafka.ratings_topic, i)->offset =
+		rd_kafka_topic_partition_list_add(parts, pkj_kafka.ratings_topic, lfirst_int(lc))->offset =
 			RD_KAFKA_OFFSET_BEGINNING;
+	}
 
 	/* the stored offsets */
 	pkj_begin_spi("reading the input offsets");
@@ -447,6 +574,7 @@ assign_partitions(void)
 	}
 	pkj_end_spi();
 
+	pkj_status_reset_partitions();
 	err = rd_kafka_assign(pkj_kafka.consumer, parts);
 	if (pkj_kafka.assignment)
 		rd_kafka_topic_partition_list_destroy(pkj_kafka.assignment);
@@ -455,17 +583,7 @@ assign_partitions(void)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
 				 errmsg("could not assign the input partitions: %s", rd_kafka_err2str(err))));
-
-	if (nmovies > 0 && nratings > 0)
-	{
-		ereport(LOG,
-				(errmsg("pgkafka_join consumes %d partitions of \"%s\" and %d of \"%s\"",
-						nmovies, pkj_kafka.movies_topic, nratings, pkj_kafka.ratings_topic)));
-		logged_wait = WAIT_NONE;
-	}
-	pkj_kafka.assigned_movies = nmovies;
-	pkj_kafka.assigned_ratings = nratings;
-	return true;
+	assigned = true;
 }
 
 /*
@@ -621,12 +739,27 @@ offsets_reset(void)
 	return generation != offsets_generation;
 }
 
+/*
+ * Drop the Kafka handles, and what was learnt with them: the partitions
+ * owned, their claims, the publisher's positions.
+ */
+static void
+forget_handles(void)
+{
+	pkj_kafka_disconnect();
+	pkj_publisher_reset();
+	pkj_claims_reset();
+	list_free(owned);
+	owned = NIL;
+	assigned = false;
+	rejoined = false;
+}
+
 /* Assign the partitions again, from the stored offsets, before the next batch */
 static void
 force_reassign(void)
 {
-	pkj_kafka.assigned_movies = -1;
-	pkj_kafka.assigned_ratings = -1;
+	assigned = false;
 	if (pkj_kafka.assignment)
 		rd_kafka_topic_partition_list_destroy(pkj_kafka.assignment);
 	pkj_kafka.assignment = NULL;
@@ -642,8 +775,7 @@ static void
 restart_kafka(const char *why)
 {
 	ereport(LOG, (errmsg("%s", why)));
-	pkj_kafka_disconnect();
-	pkj_publisher_reset();
+	forget_handles();
 }
 
 /* Stop fetching while paused; resume() makes the worker assign again */
@@ -729,10 +861,11 @@ update_paused_partition_status(void)
 
 	for (int t = 0; t < 2; t++)
 	{
-		int			n = pkj_kafka_partition_count(topics[t], 1000);
+		ListCell   *lc;
 
-		for (int p = 0; p < n; p++)
+		foreach(lc, owned)
 		{
+			int			p = lfirst_int(lc);
 			int64_t		low,
 						high;
 
@@ -765,7 +898,7 @@ static void
 disconnect(void)
 {
 	if (pkj_kafka.consumer)
-		pkj_kafka_disconnect();
+		forget_handles();
 	pkj_publisher_reset();
 }
 
@@ -929,6 +1062,41 @@ worker_step(void)
 		w.next_partitions = TimestampTzPlusMilliseconds(now, PARTITION_CHECK_MS);
 	}
 
+	/* which partitions this worker owns, and whether it may consume them */
+	if (now >= w.next_metadata || owned == NIL)
+	{
+		if (!refresh_ownership())
+		{
+			pkj_kafka_serve_producer();
+			wait_latch(pkj_retry_interval);
+			return;
+		}
+		w.next_metadata = TimestampTzPlusMilliseconds(now, METADATA_REFRESH_MS);
+	}
+	switch (pkj_claims_hold(owned))
+	{
+		case PKJ_CLAIM_HELD:
+			break;
+		case PKJ_CLAIM_PENDING:
+			pkj_status_set_state("waiting: claiming partitions");
+			pkj_kafka_serve_producer();
+			wait_latch(Min(pkj_retry_interval, pkj_claims_next_ms() + 10));
+			return;
+		case PKJ_CLAIM_REFUSED:
+			/* said once by shares.c; tried again after retry_interval */
+			disconnect();
+			pkj_status_set_state("refused: partitions owned by another server");
+			wait_latch(pkj_retry_interval);
+			return;
+	}
+	if (!rejoined)
+	{
+		/* what a worker that stopped may have left to join */
+		(void) pkj_ingest_rejoin(owned);
+		rejoined = true;
+		w.more_to_publish = true;
+	}
+
 	/*
 	 * Where publishing stands, before anything is stored: if the output
 	 * topic is ahead of PostgreSQL, results stored now would be numbered
@@ -945,7 +1113,7 @@ worker_step(void)
 	if (position == PKJ_POSITION_BEHIND)
 	{
 		pkj_kafka_serve_producer();
-		wait_latch(pkj_retry_interval);
+		wait_latch(Min(pkj_retry_interval, pkj_claims_next_ms() + 10));
 		return;
 	}
 
@@ -962,7 +1130,7 @@ worker_step(void)
 				update_paused_partition_status();
 				w.next_status = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
 			}
-			wait_latch(pkj_retry_interval);
+			wait_latch(Min(pkj_retry_interval, pkj_claims_next_ms() + 10));
 			pkj_kafka_serve_producer();
 			return;
 		}
@@ -971,25 +1139,13 @@ worker_step(void)
 		return;
 	}
 
-	if (now >= w.next_metadata)
-	{
-		if (!assign_partitions())
-		{
-			pkj_status_set_state("waiting for topics");
-			pkj_kafka_serve_producer();
-			wait_latch(pkj_retry_interval);
-			return;
-		}
-		/* a missing input topic is looked for again soon */
-		w.next_metadata = TimestampTzPlusMilliseconds(now,
-													  pkj_kafka.assigned_movies == 0 ||
-													  pkj_kafka.assigned_ratings == 0 ?
-													  pkj_retry_interval : METADATA_REFRESH_MS);
-	}
+	if (!assigned)
+		assign_partitions();
 
 	pkj_status_set_state(w.isolate_remaining > 0 ? "consuming one message at a time" : "consuming");
 	consume_batch(w.batch,
-				  w.more_to_publish && now >= w.next_publish ? 0 : pkj_retry_interval,
+				  w.more_to_publish && now >= w.next_publish ? 0 :
+				  Min(pkj_retry_interval, pkj_claims_next_ms() + 10),
 				  w.isolate_remaining > 0 ? 1 : pkj_batch_size);
 	if (pkj_batch_count(w.batch) > 0)
 	{
@@ -1018,6 +1174,8 @@ worker_step(void)
 		}
 		if (w.isolate_remaining > 0)
 			w.isolate_remaining--;
+		if (pkj_batch_queued_rejoin(w.batch))
+			results += pkj_ingest_rejoin(owned);
 		if (results > 0)
 			w.more_to_publish = true;
 	}
@@ -1158,9 +1316,10 @@ pkj_worker_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+	memcpy(&pkj_worker_index, MyBgworkerEntry->bgw_extra, sizeof(pkj_worker_index));
 	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(arg), InvalidOid, 0);
-	pgstat_report_appname("pgkafka_join worker");
-	pkj_status_worker_started();
+	pgstat_report_appname(psprintf("pgkafka_join worker %d", pkj_worker_index));
+	pkj_status_worker_started(pkj_worker_index);
 
 	/*
 	 * Nothing a non-superuser can create is found by name: the worker runs

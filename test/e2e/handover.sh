@@ -1,16 +1,19 @@
 #!/bin/bash
 #
 # handover.sh
-#		The snapshot-to-stream handover: a client reads rated_movies and
-#		output_position() in one REPEATABLE READ transaction, then tails the
-#		output topic from the start offsets, skipping records whose
-#		pgkafka_join.id header is at most snapshot_last_id.  Done many times
-#		against a live stream, the snapshot plus the tail must equal the
-#		full output every time, with no duplicate.
+#		The snapshot-to-stream handover: a client reads rated_movies,
+#		output_position() and snapshot_shares() in one REPEATABLE READ
+#		transaction, then tails the output topic from the start offsets,
+#		skipping records whose pgkafka_join.id header is at most the
+#		snapshot's last id of their pgkafka_join.share.  Done many times
+#		against a live stream stored by three workers (6-partition topics,
+#		ratings before and after their movies), the snapshot plus the tail
+#		must equal the full output every time, with no duplicate.
 
 . "$(dirname "$0")/setup.sh"
 RUNS=${RUNS:-25}
-pkj_setup handover 3 \
+pkj_setup handover 6 \
+	"pgkafka_join.workers = 3" \
 	"pgkafka_join.batch_size = 50" \
 	"pgkafka_join.batch_delay = '10ms'"
 
@@ -50,8 +53,9 @@ for run in $(seq 1 "$RUNS"); do
 	psql_q >"$TEST_DIR/snapshot.$run" <<'SQL'
 BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT 'row', id FROM pgkafka_join.rated_movies;
-SELECT 'start', kafka_partition, start_offset, snapshot_last_id FROM pgkafka_join.output_position();
-SELECT 'last', coalesce(max(id), 0) FROM pgkafka_join.rated_movies;
+SELECT 'start', kafka_partition, start_offset FROM pgkafka_join.output_position();
+SELECT 'share', share, last_id FROM pgkafka_join.snapshot_shares();
+SELECT 'check', share, max(id) FROM pgkafka_join.rated_movies GROUP BY share;
 COMMIT;
 SQL
 done
@@ -61,8 +65,9 @@ total=6000
 wait_for 120 "[ \"\$(psql_q 'SELECT count(*) FROM pgkafka_join.rated_movies')\" = $total ]" ||
 	fail "not every rating was joined"
 wait_for_output "$total" 120
+# partition, offset, id, share
 kafka_consume rated_movies -f '%p\t%o\t%h\n' |
-	sed -E 's/pgkafka_join.id=//' >"$TEST_DIR/topic"
+	sed -E 's/pgkafka_join.id=([0-9]+),pgkafka_join.share=(-?[0-9]+)/\1\t\2/' >"$TEST_DIR/topic"
 psql_q "SELECT id FROM pgkafka_join.rated_movies ORDER BY id" >"$TEST_DIR/all"
 
 bad=0
@@ -70,18 +75,22 @@ sizes=()
 midstream=0
 for run in $(seq 1 "$RUNS"); do
 	snap=$TEST_DIR/snapshot.$run
-	last=$(awk -F'|' '$1 == "last" { print $2 }' "$snap")
 	# the tail: from each partition's start offset (0 where none), the
-	# records with an id above the snapshot's
-	awk -F'\t' -v snap="$snap" -v last="$last" '
+	# records with an id above the snapshot's last one of their share
+	awk -F'\t' -v snap="$snap" '
 		BEGIN {
 			while ((getline line < snap) > 0) {
 				split(line, f, "|")
-				if (f[1] == "start") { start[f[2]] = f[3]; if (f[4] != last) bad = 1 }
+				if (f[1] == "start") start[f[2]] = f[3]
+				if (f[1] == "share") last[f[2]] = f[3]
+				if (f[1] == "check") check[f[2]] = f[3]
 			}
-			if (bad) { print "snapshot_last_id differs from max(id)" > "/dev/stderr"; exit 1 }
+			for (s in check) if (last[s] != check[s]) bad = 1
+			for (s in last) if (last[s] != check[s]) bad = 1
+			if (bad) { print "snapshot_shares() differs from max(id) per share" > "/dev/stderr"; exit 1 }
 		}
-		($2 >= (($1 in start) ? start[$1] : 0)) && $3 > last { print $3 }
+		NF != 4 { print "record without id and share headers: " $0 > "/dev/stderr"; exit 1 }
+		($2 >= (($1 in start) ? start[$1] : 0)) && $3 > (($4 in last) ? last[$4] : 0) { print $3 }
 	' "$TEST_DIR/topic" >"$TEST_DIR/tail.$run" || fail "run $run: $(cat "$snap")"
 	awk -F'|' '$1 == "row" { print $2 }' "$snap" >"$TEST_DIR/union.$run"
 	sizes+=("$(wc -l <"$TEST_DIR/union.$run")+$(wc -l <"$TEST_DIR/tail.$run")")
