@@ -379,6 +379,8 @@ pkj_kafka_connect(Oid extension_oid, char **problem)
 	rd_kafka_queue_io_event_enable(pkj_kafka.queue, pkj_kafka.wakeup[1], "1", 1);
 
 	pkj_kafka.cgmd = rd_kafka_consumer_group_metadata_new(group_id);
+	pkj_kafka.shares_group = psprintf("%s.%s", group_id, pkj_output_topic);
+	pkj_kafka.shares_cgmd = rd_kafka_consumer_group_metadata_new(pkj_kafka.shares_group);
 	pkj_kafka.transactions_ready = false;
 	pkj_kafka.extension_oid = extension_oid;
 
@@ -413,13 +415,16 @@ pkj_kafka_disconnect(void)
 	}
 	if (pkj_kafka.producer)
 		rd_kafka_destroy(pkj_kafka.producer);
-	if (pkj_kafka.claims)
+	for (int i = 0; i < PKJ_GROUP_HANDLES && pkj_kafka.groups[i].rk != NULL; i++)
 	{
-		rd_kafka_consumer_close(pkj_kafka.claims);
-		rd_kafka_destroy(pkj_kafka.claims);
+		rd_kafka_consumer_close(pkj_kafka.groups[i].rk);
+		rd_kafka_destroy(pkj_kafka.groups[i].rk);
+		pfree(pkj_kafka.groups[i].group);
 	}
 	if (pkj_kafka.cgmd)
 		rd_kafka_consumer_group_metadata_destroy(pkj_kafka.cgmd);
+	if (pkj_kafka.shares_cgmd)
+		rd_kafka_consumer_group_metadata_destroy(pkj_kafka.shares_cgmd);
 	if (pkj_kafka.assignment)
 		rd_kafka_topic_partition_list_destroy(pkj_kafka.assignment);
 	if (pkj_kafka.wakeup[0] > 0)
@@ -436,43 +441,56 @@ pkj_kafka_disconnect(void)
 		pfree(pkj_kafka.movies_topic);
 		pfree(pkj_kafka.ratings_topic);
 		pfree(pkj_kafka.output_topic);
+		pfree(pkj_kafka.shares_group);
 	}
 	memset(&pkj_kafka, 0, sizeof(pkj_kafka));
 }
 
 /*
- * pkj_kafka_claims_handle
- *		The handle the claims of the partitions are read and written with
- *		(see shares.c): a consumer of group "group" that joins no group and
- *		consumes nothing; made on first use, destroyed with the others.
- *		NULL, with *problem set, if librdkafka refuses the properties.
+ * pkj_kafka_group_handle
+ *		A handle to read and commit the offsets of Kafka group "group": a
+ *		consumer of that group that joins no group and consumes nothing, made
+ *		on first use, destroyed with the others.  The publish positions of
+ *		the shares (see publish.c) and the claims of the partitions (see
+ *		shares.c) are kept in groups of their own.  NULL, with *problem set,
+ *		if librdkafka refuses the properties.
  */
 rd_kafka_t *
-pkj_kafka_claims_handle(const char *group, char **problem)
+pkj_kafka_group_handle(const char *group, char **problem)
 {
 	const char *const defaults[] = {NULL};
 	const char *const reserved[] = {
 		"group.id", group,
 		"enable.auto.commit", "false",
 		"enable.auto.offset.store", "false",
+		/* offsets inside an open transaction are not given out as committed */
+		"isolation.level", "read_committed",
 		NULL
 	};
 	List	   *file_props;
 	char	   *file_content;
 	rd_kafka_conf_t *conf;
 	MemoryContext old;
+	int			i;
 
-	if (pkj_kafka.claims != NULL)
-		return pkj_kafka.claims;
+	for (i = 0; i < PKJ_GROUP_HANDLES && pkj_kafka.groups[i].rk != NULL; i++)
+	{
+		if (strcmp(pkj_kafka.groups[i].group, group) == 0)
+			return pkj_kafka.groups[i].rk;
+	}
+	if (i == PKJ_GROUP_HANDLES)
+		elog(ERROR, "too many Kafka group handles");
 	if (!pkj_read_properties_file(&file_props, &file_content, problem))
 		return NULL;
-	conf = make_conf("claims", defaults, reserved, file_props, problem);
+	conf = make_conf("groups", defaults, reserved, file_props, problem);
 	if (conf == NULL)
 		return NULL;
 	old = MemoryContextSwitchTo(TopMemoryContext);
-	pkj_kafka.claims = new_handle(RD_KAFKA_CONSUMER, conf, problem);
+	pkj_kafka.groups[i].rk = new_handle(RD_KAFKA_CONSUMER, conf, problem);
+	if (pkj_kafka.groups[i].rk != NULL)
+		pkj_kafka.groups[i].group = pstrdup(group);
 	MemoryContextSwitchTo(old);
-	return pkj_kafka.claims;
+	return pkj_kafka.groups[i].rk;
 }
 
 /* Have the settings the handles were made with changed? */
@@ -540,6 +558,6 @@ pkj_kafka_serve_producer(void)
 {
 	if (pkj_kafka.producer)
 		rd_kafka_poll(pkj_kafka.producer, 0);
-	if (pkj_kafka.claims)
-		rd_kafka_poll(pkj_kafka.claims, 0);
+	for (int i = 0; i < PKJ_GROUP_HANDLES && pkj_kafka.groups[i].rk != NULL; i++)
+		rd_kafka_poll(pkj_kafka.groups[i].rk, 0);
 }

@@ -10,14 +10,25 @@
 
 #include <librdkafka/rdkafka.h>
 
+/* Groups whose offsets a worker reads besides its own: positions, claims */
+#define PKJ_GROUP_HANDLES 2
+
 typedef struct PkjKafka
 {
 	rd_kafka_t *consumer;
 	rd_kafka_queue_t *queue;	/* the consumer's queue */
 	int			wakeup[2];		/* pipe written when the queue fills */
 	rd_kafka_t *producer;
-	rd_kafka_consumer_group_metadata_t *cgmd;
-	rd_kafka_t *claims;			/* claims of the partitions, see shares.c */
+	rd_kafka_consumer_group_metadata_t *cgmd;	/* control.kafka_group */
+	/* the group of the shares' publish positions, per output topic */
+	char	   *shares_group;
+	rd_kafka_consumer_group_metadata_t *shares_cgmd;
+	/* handles that read and commit the offsets of other groups */
+	struct
+	{
+		char	   *group;
+		rd_kafka_t *rk;
+	}			groups[PKJ_GROUP_HANDLES];
 	bool		transactions_ready; /* init_transactions done */
 	bool		must_reconnect; /* a transaction was left unfinished */
 	Oid			extension_oid;	/* the extension the handles work for */
@@ -50,7 +61,7 @@ extern bool pkj_kafka_settings_changed(void);
 extern void pkj_kafka_drain_wakeup(void);
 extern int	pkj_kafka_partition_count(const char *topic, int timeout_ms);
 extern void pkj_kafka_serve_producer(void);
-extern rd_kafka_t *pkj_kafka_claims_handle(const char *group, char **problem);
+extern rd_kafka_t *pkj_kafka_group_handle(const char *group, char **problem);
 
 /* ingest.c */
 struct PkjBatch;

@@ -127,6 +127,7 @@ extern bool pkj_partitions_split(void);
 extern char *pkj_partitions_text(List *partitions);
 extern PkjClaim pkj_claims_hold(List *owned);
 extern void pkj_claims_reset(void);
+extern void pkj_claims_set_topic(const char *topic);
 extern long pkj_claims_next_ms(void);
 
 /* ---- publish.c ---- */

@@ -15,9 +15,10 @@
  * Those positions are kept in Kafka, in the same Kafka transaction as the
  * records: committed with rd_kafka_send_offsets_to_transaction() as the
  * offset of the ratings topic's partition of the share, for the group
- * control.kafka_group.  (Share -1, the results made before version 1.1,
- * keeps the position of 1.0: the offset of the output topic's partition
- * 0.)  Either the records and the positions commit, or neither does; a
+ * "<control.kafka_group>.<output topic>" (a new output topic starts from
+ * nothing and receives every result).  Share -1, the results made before
+ * version 1.1, keeps the position of 1.0: the offset of the output topic's
+ * partition 0 for the group control.kafka_group.  Either the records and the positions commit, or neither does; a
  * read_committed consumer never sees the records of an aborted or fenced
  * transaction.  On start the producer calls init_transactions(), which
  * aborts whatever transaction a previous incarnation with the same
@@ -366,6 +367,55 @@ positions_text(void)
 }
 
 /*
+ * The positions committed in Kafka for this worker's shares, into *parts
+ * (the caller destroys it): those of shares >= 0 in the shares' group, that
+ * of share -1 in control.kafka_group, read by the consumer of that group.
+ */
+static rd_kafka_resp_err_t
+committed_positions(rd_kafka_topic_partition_list_t **parts)
+{
+	rd_kafka_topic_partition_list_t *legacy = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
+
+	*parts = rd_kafka_topic_partition_list_new(Max(nshares, 1));
+	for (int i = 0; i < nshares; i++)
+	{
+		const char *topic;
+		int32		partition;
+
+		position_key(shares[i].share, &topic, &partition);
+		rd_kafka_topic_partition_list_add(shares[i].share < 0 ? legacy : *parts, topic, partition);
+	}
+	if ((*parts)->cnt > 0)
+	{
+		char	   *problem;
+		rd_kafka_t *rk = pkj_kafka_group_handle(pkj_kafka.shares_group, &problem);
+
+		if (rk == NULL)
+		{
+			pkj_kafka_note_error(problem);
+			err = RD_KAFKA_RESP_ERR__INVALID_ARG;
+		}
+		else
+			err = rd_kafka_committed(rk, *parts, KAFKA_TIMEOUT_MS);
+	}
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR && legacy->cnt > 0)
+	{
+		err = rd_kafka_committed(pkj_kafka.consumer, legacy, KAFKA_TIMEOUT_MS);
+		{
+			rd_kafka_topic_partition_t *tp =
+				rd_kafka_topic_partition_list_add(*parts, legacy->elems[0].topic,
+												  legacy->elems[0].partition);
+
+			tp->offset = legacy->elems[0].offset;
+			tp->err = legacy->elems[0].err;
+		}
+	}
+	rd_kafka_topic_partition_list_destroy(legacy);
+	return err;
+}
+
+/*
  * pkj_publisher_position
  *		Make the producer ready for transactions and learn where publishing
  *		stands.  PKJ_POSITION_KNOWN: the shares' positions are exact.
@@ -405,17 +455,7 @@ pkj_publisher_position(void)
 	}
 
 	kafka_position = palloc(Max(nshares, 1) * sizeof(int64));
-	parts = rd_kafka_topic_partition_list_new(Max(nshares, 1));
-	for (int i = 0; i < nshares; i++)
-	{
-		const char *topic;
-		int32		partition;
-
-		position_key(shares[i].share, &topic, &partition);
-		rd_kafka_topic_partition_list_add(parts, topic, partition);
-	}
-	err = nshares == 0 ? RD_KAFKA_RESP_ERR_NO_ERROR :
-		rd_kafka_committed(pkj_kafka.consumer, parts, KAFKA_TIMEOUT_MS);
+	err = committed_positions(&parts);
 	for (int i = 0; i < nshares && err == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
 	{
 		const char *topic;
@@ -697,6 +737,42 @@ abort_transaction(void)
 }
 
 /*
+ * Add positions to the open Kafka transaction, for one group.  Takes
+ * "position".  False if the transaction was given up (aborted, or left for
+ * the next producer to end, when a reload is pending).
+ */
+static bool
+send_positions(rd_kafka_topic_partition_list_t *position,
+			   rd_kafka_consumer_group_metadata_t *cgmd)
+{
+	rd_kafka_error_t *error;
+
+	for (;;)
+	{
+		error = rd_kafka_send_offsets_to_transaction(pkj_kafka.producer, position,
+													 cgmd, KAFKA_TIMEOUT_MS);
+		if (error == NULL)
+			break;
+		check_fatal(error, "store the position");
+		kafka_error_report(LOG, error, "store the position");
+		if (rd_kafka_error_is_retriable(error))
+		{
+			rd_kafka_error_destroy(error);
+			if (retry_wait(1000))
+				continue;
+			rd_kafka_topic_partition_list_destroy(position);
+			return false;
+		}
+		rd_kafka_error_destroy(error);
+		rd_kafka_topic_partition_list_destroy(position);
+		abort_transaction();
+		return false;
+	}
+	rd_kafka_topic_partition_list_destroy(position);
+	return true;
+}
+
+/*
  * pkj_publish
  *		Publish the next batch of results in one Kafka transaction.  Returns
  *		the number published (0: nothing new), or -1 when the brokers could
@@ -747,39 +823,30 @@ pkj_publish(MemoryContext cxt)
 	}
 
 	/* the positions move with the records, atomically */
-	position = rd_kafka_topic_partition_list_new(nshares);
-	for (int i = 0; i < nshares; i++)
+	for (int group = 0; group < 2; group++)
 	{
-		const char *topic;
-		int32		partition;
+		/* shares >= 0 in their group, share -1 in control.kafka_group */
+		rd_kafka_consumer_group_metadata_t *cgmd = group == 0 ? pkj_kafka.shares_cgmd : pkj_kafka.cgmd;
 
-		if (shares[i].sent == shares[i].published)
-			continue;
-		position_key(shares[i].share, &topic, &partition);
-		rd_kafka_topic_partition_list_add(position, topic, partition)->offset = shares[i].sent;
-	}
-	for (;;)
-	{
-		error = rd_kafka_send_offsets_to_transaction(pkj_kafka.producer, position,
-													 pkj_kafka.cgmd, KAFKA_TIMEOUT_MS);
-		if (error == NULL)
-			break;
-		check_fatal(error, "store the position");
-		kafka_error_report(LOG, error, "store the position");
-		if (rd_kafka_error_is_retriable(error))
+		position = rd_kafka_topic_partition_list_new(nshares);
+		for (int i = 0; i < nshares; i++)
 		{
-			rd_kafka_error_destroy(error);
-			if (retry_wait(1000))
+			const char *topic;
+			int32		partition;
+
+			if (shares[i].sent == shares[i].published || (shares[i].share < 0) != (group == 1))
 				continue;
-			rd_kafka_topic_partition_list_destroy(position);
-			return give_up_for_reload();
+			position_key(shares[i].share, &topic, &partition);
+			rd_kafka_topic_partition_list_add(position, topic, partition)->offset = shares[i].sent;
 		}
-		rd_kafka_error_destroy(error);
-		rd_kafka_topic_partition_list_destroy(position);
-		abort_transaction();
-		return ConfigReloadPending ? give_up_for_reload() : -1;
+		if (position->cnt == 0)
+		{
+			rd_kafka_topic_partition_list_destroy(position);
+			continue;
+		}
+		if (!send_positions(position, cgmd))
+			return ConfigReloadPending ? give_up_for_reload() : -1;
 	}
-	rd_kafka_topic_partition_list_destroy(position);
 
 	for (;;)
 	{

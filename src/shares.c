@@ -18,15 +18,15 @@
  * ------
  * Two servers that own the same partition would both publish its results.
  * Each server claims its partitions in Kafka: the offset of partition p of
- * the ratings topic, in the group "pgkafka_join.owners.<output topic>", is
+ * the ratings topic (of the movies topic while there is no ratings topic), in the group "pgkafka_join.owners.<output topic>", is
  * the owner's clock in milliseconds, and its metadata the owner's identity
  * (the publisher's transactional id before any worker suffix).  The owner
  * writes it again every CLAIM_RENEW_MS.  A worker that finds a partition
  * claimed by another identity watches the claim for CLAIM_LAPSE_MS: if it
  * changes, the other owner is alive and the newcomer refuses (it came
  * second); if not, the claim has lapsed and is taken over.  A worker taking
- * over partitions it did not claim last reads its claims back one renewal
- * later, and refuses if another server wrote in between; every renewal
+ * over partitions it did not claim last reads its claims back
+ * CLAIM_CONFIRM_MS later, and refuses if another server wrote in between; every renewal
  * checks the same.  Of two servers started at the same moment, the last to
  * write keeps the partitions.  No clock is compared between servers.
  *
@@ -45,6 +45,8 @@
 
 /* How often an owner writes its claims again */
 #define CLAIM_RENEW_MS 2000
+/* How long after writing new claims they are read back */
+#define CLAIM_CONFIRM_MS 500
 /* How long a claim not written again is watched before it lapses */
 #define CLAIM_LAPSE_MS 10000
 /* Kafka calls of the claims give up after this long */
@@ -52,6 +54,9 @@
 
 /* This worker's number, 0 .. pgkafka_join.workers - 1 */
 int			pkj_worker_index = 0;
+
+/* The topic whose partitions the claims are written on (the ratings topic) */
+static char claim_topic[256];
 
 /* The state of the claims of the current Kafka handles */
 static struct
@@ -152,7 +157,7 @@ static rd_kafka_t *
 claims_handle(void)
 {
 	char	   *problem;
-	rd_kafka_t *rk = pkj_kafka_claims_handle(claims_group(), &problem);
+	rd_kafka_t *rk = pkj_kafka_group_handle(claims_group(), &problem);
 
 	if (rk == NULL)
 		pkj_kafka_note_error(problem);
@@ -177,7 +182,7 @@ read_claims(List *owned)
 		return NULL;
 	parts = rd_kafka_topic_partition_list_new(list_length(owned));
 	foreach(lc, owned)
-		rd_kafka_topic_partition_list_add(parts, pkj_kafka.ratings_topic, lfirst_int(lc));
+		rd_kafka_topic_partition_list_add(parts, claim_topic, lfirst_int(lc));
 	err = rd_kafka_committed(rk, parts, CLAIM_TIMEOUT_MS);
 	for (int i = 0; i < parts->cnt && err == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
 		err = parts->elems[i].err;
@@ -210,7 +215,7 @@ write_claims(List *owned)
 	foreach(lc, owned)
 	{
 		rd_kafka_topic_partition_t *tp =
-			rd_kafka_topic_partition_list_add(parts, pkj_kafka.ratings_topic, lfirst_int(lc));
+			rd_kafka_topic_partition_list_add(parts, claim_topic, lfirst_int(lc));
 
 		tp->offset = now_ms;
 		/* librdkafka frees it with the list */
@@ -255,6 +260,17 @@ own_claim(const rd_kafka_topic_partition_t *tp, const char *me)
 {
 	return tp->offset >= 0 && tp->metadata_size == strlen(me) &&
 		memcmp(tp->metadata, me, tp->metadata_size) == 0;
+}
+
+/*
+ * The topic the claims are written on: the ratings topic, or the movies
+ * topic while the ratings topic does not exist yet (offsets can only be
+ * committed for partitions that exist).
+ */
+void
+pkj_claims_set_topic(const char *topic)
+{
+	strlcpy(claim_topic, topic, sizeof(claim_topic));
 }
 
 /* Forget the claims' state, with the Kafka handles they were made on */
@@ -386,7 +402,7 @@ pkj_claims_hold(List *owned)
 
 	if (!claims.held && claims.confirm_at != 0)
 	{
-		/* read back one renewal after we wrote: nobody wrote in between */
+		/* read back after CLAIM_CONFIRM_MS: nobody wrote in between */
 		claims.held = true;
 		claims.confirm_at = 0;
 	}
@@ -400,7 +416,7 @@ pkj_claims_hold(List *owned)
 			claims.held = true; /* ours already: taken back at once */
 		else
 		{
-			claims.confirm_at = TimestampTzPlusMilliseconds(now, CLAIM_RENEW_MS);
+			claims.confirm_at = TimestampTzPlusMilliseconds(now, CLAIM_CONFIRM_MS);
 			return PKJ_CLAIM_PENDING;
 		}
 	}

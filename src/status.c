@@ -413,6 +413,42 @@ check_loaded(void)
 				 errmsg("pgkafka_join is not in shared_preload_libraries")));
 }
 
+/*
+ * Put the values of a row, named, into the columns the calling SQL
+ * declaration expects, by name: the declarations of an older version of the
+ * extension's objects (before ALTER EXTENSION UPDATE) have fewer columns.
+ */
+static void
+fill_by_name(TupleDesc desc, const char *const *names, int n,
+			 const Datum *values, const bool *nulls, Datum *out, bool *outnulls)
+{
+	for (int a = 0; a < desc->natts; a++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, a);
+
+		out[a] = (Datum) 0;
+		outnulls[a] = true;
+		for (int i = 0; i < n; i++)
+		{
+			if (strcmp(NameStr(att->attname), names[i]) == 0)
+			{
+				out[a] = values[i];
+				outnulls[a] = nulls[i];
+				break;
+			}
+		}
+	}
+}
+
+static const char *const worker_columns[] = {
+	"worker", "pid", "state", "state_since", "last_error", "last_error_at",
+	"messages_total", "results_total", "published_total", "messages_per_second",
+	"results_per_second", "published_per_second", "published_id", "partitions",
+	"unlisted_lag", "unlisted_stopped", "owned_partitions", "shares"
+};
+
+#define WORKER_COLUMNS lengthof(worker_columns)
+
 PG_FUNCTION_INFO_V1(pgkafka_join_worker_status);
 
 /*
@@ -425,14 +461,30 @@ pgkafka_join_worker_status(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	PkjWorkerSlot *copy = palloc(offsetof(PkjWorkerSlot, partitions));
 	int64		now = GetCurrentTimestamp() / USECS_PER_SEC;
+	TupleDesc	desc;
+	Datum	   *out;
+	bool	   *outnulls;
+	/* version 1.0 declared one row, of worker 0, until the update */
+	bool		single = !fcinfo->flinfo->fn_retset;
 
 	check_loaded();
-	InitMaterializedSRF(fcinfo, 0);
+	if (single)
+	{
+		if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "return type must be a row type");
+	}
+	else
+	{
+		InitMaterializedSRF(fcinfo, 0);
+		desc = rsinfo->setDesc;
+	}
+	out = palloc(sizeof(Datum) * desc->natts);
+	outnulls = palloc(sizeof(bool) * desc->natts);
 
 	for (int w = 0; w < pkj_workers; w++)
 	{
-		Datum		values[18];
-		bool		nulls[18] = {0};
+		Datum		values[WORKER_COLUMNS];
+		bool		nulls[WORKER_COLUMNS] = {0};
 		int64		messages = 0,
 					results = 0,
 					published = 0;
@@ -480,7 +532,11 @@ pgkafka_join_worker_status(PG_FUNCTION_ARGS)
 		nulls[16] = copy->worker_pid == 0 && copy->owned[0] == '\0';
 		values[17] = PointerGetDatum(construct_array(shares, copy->nshares, INT4OID,
 													 sizeof(int32), true, TYPALIGN_INT));
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		fill_by_name(desc, worker_columns, WORKER_COLUMNS, values, nulls, out, outnulls);
+		if (single)
+			PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc),
+															   out, outnulls)));
+		tuplestore_putvalues(rsinfo->setResult, desc, out, outnulls);
 	}
 	return (Datum) 0;
 }
@@ -494,11 +550,18 @@ PG_FUNCTION_INFO_V1(pgkafka_join_partition_status);
 Datum
 pgkafka_join_partition_status(PG_FUNCTION_ARGS)
 {
+	static const char *const columns[] = {
+		"worker", "topic", "kafka_partition", "high_watermark", "consumed_offset", "problem"
+	};
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	PkjPartitionStatus *parts;
+	Datum	   *out;
+	bool	   *outnulls;
 
 	check_loaded();
 	InitMaterializedSRF(fcinfo, 0);
+	out = palloc(sizeof(Datum) * rsinfo->setDesc->natts);
+	outnulls = palloc(sizeof(bool) * rsinfo->setDesc->natts);
 
 	parts = palloc(sizeof(PkjPartitionStatus) * pkj_max_partitions);
 	for (int w = 0; w < pkj_workers; w++)
@@ -524,7 +587,9 @@ pgkafka_join_partition_status(PG_FUNCTION_ARGS)
 			nulls[4] = parts[i].consumed < 0;
 			values[5] = CStringGetTextDatum(parts[i].problem);
 			nulls[5] = parts[i].problem[0] == '\0';
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			fill_by_name(rsinfo->setDesc, columns, lengthof(columns), values, nulls,
+						 out, outnulls);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnulls);
 		}
 	}
 	return (Datum) 0;

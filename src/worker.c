@@ -217,6 +217,7 @@ pkj_launcher_main(Datum arg)
 		Oid			dboid;
 		TimestampTz now;
 		long		wait_ms = pkj_retry_interval;
+		bool		started = false;
 		bool		no_slot = false;
 
 		if (ConfigReloadPending)
@@ -264,6 +265,8 @@ pkj_launcher_main(Datum arg)
 				no_slot = true;
 				start_after[i] = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
 			}
+			else
+				started = true;
 		}
 
 		/* said once, and again when a slot was found */
@@ -273,10 +276,11 @@ pkj_launcher_main(Datum arg)
 					 errmsg("could not start a pgkafka_join worker: no background worker slot is free"),
 					 errdetail("The launcher tries again every pgkafka_join.retry_interval."),
 					 errhint("Raise max_worker_processes (pgkafka_join needs pgkafka_join.workers + 1).")));
-		else if (!no_slot && logged_no_slot)
+		else if (started && !no_slot && logged_no_slot)
 			ereport(LOG,
 					(errmsg("pgkafka_join found background worker slots; every worker starts")));
-		logged_no_slot = no_slot;
+		if (no_slot || started)
+			logged_no_slot = no_slot;
 
 		/* a worker starting or stopping sets the latch */
 		wait_latch(wait_ms);
@@ -455,6 +459,7 @@ refresh_ownership(void)
 		owned != NIL)
 		return true;
 
+	/* one topic may come later: the other is consumed meanwhile */
 	if (nmovies == 0 || nratings == 0)
 	{
 		pkj_status_set_state("waiting for topics");
@@ -462,9 +467,10 @@ refresh_ownership(void)
 				 psprintf("pgkafka_join is waiting for topic \"%s\" to exist",
 						  nmovies == 0 ? pkj_kafka.movies_topic : pkj_kafka.ratings_topic),
 				 "Create the topic, or set pgkafka_join.movies_topic and pgkafka_join.ratings_topic.");
-		return false;
+		if (nmovies == 0 && nratings == 0)
+			return false;
 	}
-	if (nmovies != nratings)
+	else if (nmovies != nratings)
 	{
 		/* consume nothing: a rating and its movie could be anywhere */
 		rd_kafka_assign(pkj_kafka.consumer, NULL);
@@ -481,17 +487,17 @@ refresh_ownership(void)
 		logged_wait = WAIT_PARTITIONING;
 		return false;
 	}
-	if (logged_wait == WAIT_PARTITIONING || logged_wait == WAIT_TOPICS)
+	if (logged_wait == WAIT_PARTITIONING || (logged_wait == WAIT_TOPICS && nmovies > 0 && nratings > 0))
 		logged_wait = WAIT_NONE;
 
-	mine = pkj_owned_partitions(nmovies, &beyond);
+	mine = pkj_owned_partitions(Max(nmovies, nratings), &beyond);
 	if (beyond != NIL && !logged_beyond)
 		ereport(WARNING,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("pgkafka_join.partitions lists partitions %s, which topics \"%s\" and \"%s\" do not have",
 						pkj_partitions_text(beyond), pkj_kafka.movies_topic, pkj_kafka.ratings_topic),
 				 errdetail("The topics have %d partitions; those listed beyond are consumed once the topics have them.",
-						   nmovies)));
+						   Max(nmovies, nratings))));
 	logged_beyond = beyond != NIL;
 
 	/* what changes with the partitions owned */
@@ -505,6 +511,7 @@ refresh_ownership(void)
 	pkj_publisher_set_shares(shares);
 	pkj_status_set_owned(pkj_partitions_text(owned), shares);
 	pkj_claims_reset();
+	pkj_claims_set_topic(nratings > 0 ? pkj_kafka.ratings_topic : pkj_kafka.movies_topic);
 	assigned = false;
 	pkj_kafka.assigned_movies = nmovies;
 	pkj_kafka.assigned_ratings = nratings;
@@ -522,7 +529,8 @@ refresh_ownership(void)
 					pkj_worker_index, pkj_partitions_text(owned),
 					pkj_kafka.movies_topic, pkj_kafka.ratings_topic),
 			 errdetail("The topics have %d partitions; this server owns %s, shared among %d workers.",
-					   nmovies, pkj_partitions_split() ? pkj_partitions : "all", pkj_workers)));
+					   Max(nmovies, nratings), pkj_partitions_split() ? pkj_partitions : "all",
+					   pkj_workers)));
 	return true;
 }
 
@@ -543,10 +551,13 @@ assign_partitions(void)
 	parts = rd_kafka_topic_partition_list_new(2 * list_length(owned));
 	foreach(lc, owned)
 	{
-		rd_kafka_topic_partition_list_add(parts, pkj_kafka.movies_topic, lfirst_int(lc))->offset =
-			RD_KAFKA_OFFSET_BEGINNING;
-		rd_kafka_topic_partition_list_add(parts, pkj_kafka.ratings_topic, lfirst_int(lc))->offset =
-			RD_KAFKA_OFFSET_BEGINNING;
+		/* a topic that does not exist yet is assigned when it does */
+		if (pkj_kafka.assigned_movies > 0)
+			rd_kafka_topic_partition_list_add(parts, pkj_kafka.movies_topic, lfirst_int(lc))->offset =
+				RD_KAFKA_OFFSET_BEGINNING;
+		if (pkj_kafka.assigned_ratings > 0)
+			rd_kafka_topic_partition_list_add(parts, pkj_kafka.ratings_topic, lfirst_int(lc))->offset =
+				RD_KAFKA_OFFSET_BEGINNING;
 	}
 
 	/* the stored offsets */

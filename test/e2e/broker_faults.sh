@@ -163,16 +163,17 @@ with open(f"{d}/actual", "w") as actual, open(f"{d}/topic_ids", "w") as ids:
         partition, offset, headers, key, value = line.rstrip("\n").split("\t", 4)
         v = json.loads(value)
         assert str(v["id"]) == key and v["title"] == f"Movie {key}", line
-        assert headers.startswith("pgkafka_join.id="), line
-        rid = int(headers.split("=", 1)[1])
+        h = dict(kv.split("=", 1) for kv in headers.split(","))
+        assert set(h) == {"pgkafka_join.id", "pgkafka_join.share"}, line
+        rid = int(h["pgkafka_join.id"])
         ids.write(f"{rid}\n")
         actual.write(f'{v["id"]}\t{v["rating"]}\n')
-        p = int(partition)
+        p = (int(partition), int(h["pgkafka_join.share"]))
         nxt, last = landed.get(p, (0, 0))
         landed[p] = (max(nxt, int(offset) + 1), max(last, rid))
 with open(f"{d}/topic_position", "w") as f:
     for p in sorted(landed):
-        f.write(f"rated_movies|{p}|{landed[p][0]}|{landed[p][1]}\n")
+        f.write(f"rated_movies|{p[0]}|{p[1]}|{landed[p][0]}|{landed[p][1]}\n")
 PY
 	LC_ALL=C sort -o "$TEST_DIR/actual" "$TEST_DIR/actual"
 	sort -n -o "$TEST_DIR/topic_ids" "$TEST_DIR/topic_ids"
@@ -194,9 +195,9 @@ PY
 			(SELECT count(*) FROM pgkafka_join.rated_movies),
 			(SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM pgkafka_join.rated_movies),
 			(SELECT count(*) FROM pgkafka_join.rejected_messages))")"
-	check_eq "$what: output_position holds, per partition, the next offset and the last result id on the topic" \
+	check_eq "$what: output_position holds, per partition and share, the next offset after the share's last record and its last result id on the topic" \
 		"$(cat "$TEST_DIR/topic_position")" \
-		"$(psql_q "SELECT topic, kafka_partition, next_offset, last_id FROM pgkafka_join.output_position ORDER BY 1, 2")"
+		"$(psql_q "SELECT topic, kafka_partition, share, next_offset, last_id FROM pgkafka_join.output_position ORDER BY 1, 2, 3")"
 }
 
 

@@ -4,10 +4,11 @@
 #		The join rule through Kafka: ratings before their movies, a movie
 #		that never comes, ratings older than the window, movie updates and
 #		tombstones, malformed messages.  Checks the output topic and the
-#		tables exactly.
+#		tables exactly.  Three join workers share the six partitions of
+#		each topic.
 
 . "$(dirname "$0")/setup.sh"
-pkj_setup join_cases 2
+pkj_setup join_cases 6 "pgkafka_join.workers = 3"
 
 # rated_at values, whole seconds in UTC, relative to now
 day_ago=$(date -u -d '1 day ago' +%Y-%m-%dT%H:%M:%SZ)

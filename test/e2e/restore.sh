@@ -21,10 +21,14 @@
 # 3. After advance_result_ids(P) and resume(), the restored database
 #    consumes the ratings after the dump's offsets again and publishes them
 #    with new ids after P, each once; no result id is on the topic twice.
-# 4. PostgreSQL ahead of Kafka: the group's committed position set 5
-#    results back while the cluster is down; at start the worker logs that
-#    output_position is ahead and publishes after it: the 5 results are not
-#    published again, new ones are published once.
+# 4. PostgreSQL ahead of Kafka: the committed position of the share of the
+#    last result set 5 ids back while the cluster is down; at start the
+#    worker logs that output_position is ahead and publishes after it: no
+#    result is published again, new ones are published once.
+#
+# Kafka's position is per share (input partition): the offset of partition
+# p of the ratings topic in the group "<kafka_group>.rated_movies"; "the
+# position" below is the highest of them.
 
 . "$(dirname "$0")/setup.sh"
 pkj_setup restore 3
@@ -76,7 +80,7 @@ fingerprint() # DATABASE
 topic_records()
 {
 	kafka_consume rated_movies -f '%h\t%k\t%s\n' |
-		sed -E 's/^pgkafka_join\.id=([0-9]+)\t/\1\t/' | LC_ALL=C sort -n -k1,1
+		sed -E 's/^pgkafka_join\.id=([0-9]+),pgkafka_join\.share=-?[0-9]+\t/\1\t/' | LC_ALL=C sort -n -k1,1
 }
 
 # The (movie, rating) pairs of topic records "ID<TAB>KEY<TAB>VALUE" on stdin
@@ -103,6 +107,17 @@ wait_for 60 '[ "$(psql_q "SELECT count(*) FROM pgkafka_join.movies")" = 50 ]' ||
 } | kafka_produce ratings
 wait_for_output 300
 group=$(psql_q "SELECT kafka_group FROM pgkafka_join.control")
+# the highest publish position committed in Kafka, over the shares
+kafka_position()
+{
+	local p o max=0
+
+	for p in 0 1 2; do
+		o=$(kafka_group_offset "$group.rated_movies" ratings $p)
+		[ "$o" = none ] || [ "$o" -le "$max" ] || max=$o
+	done
+	echo "$max"
+}
 
 psql_q "SELECT pgkafka_join.pause()" >/dev/null
 wait_for 60 '[ "$(psql_q "SELECT state, paused, publish_lag FROM pgkafka_join.status")" = "paused|t|0" ]' ||
@@ -113,7 +128,7 @@ wait_for 30 "[ \"\$(psql_q 'SELECT max(last_id) FROM pgkafka_join.output_positio
 	fail "output_position did not reach result $D"
 check_eq "the source holds 300 results, all published, 3 rejected ratings" \
 	"300|$D|$D|3" \
-	"$(psql_q "SELECT count(*), max(id), $(kafka_group_offset "$group" rated_movies 0), (SELECT count(*) FROM pgkafka_join.rejected_messages) FROM pgkafka_join.rated_movies")"
+	"$(psql_q "SELECT count(*), max(id), $(kafka_position), (SELECT count(*) FROM pgkafka_join.rejected_messages) FROM pgkafka_join.rated_movies")"
 
 fingerprint postgres >"$TEST_DIR/source.fingerprint"
 as_postgres "$PG_BIN/pg_dump" -Fc -f "$DUMPS/source.dump" postgres 2>"$DUMPS/pg_dump.log" ||
@@ -157,7 +172,7 @@ ratings 301 500 | kafka_produce ratings
 wait_for_output 500
 wait_for 30 '[ "$(psql_q "SELECT publish_lag FROM pgkafka_join.status")" = 0 ]' ||
 	fail "A did not publish every result"
-P=$(kafka_group_offset "$group" rated_movies 0)
+P=$(kafka_position)
 check_eq "cluster A published 500 results; Kafka's position is its last id, 200 past the dump" \
 	"500|$P|$((D + 200))" \
 	"$(psql_q "SELECT count(*), max(id), $P FROM pgkafka_join.rated_movies")"
@@ -194,7 +209,7 @@ check_eq "its HINT names advance_result_ids($P)" "1" \
 check_eq "nothing was stored while stopped: the restored database equals the dump" \
 	"$(cat "$TEST_DIR/source.fingerprint")" "$(fingerprint restored)"
 check_eq "nothing was published while stopped" "500" "$(output_count)"
-check_eq "Kafka's position did not move" "$P" "$(kafka_group_offset "$group" rated_movies 0)"
+check_eq "Kafka's position did not move" "$P" "$(kafka_position)"
 
 #
 # 5. advance_result_ids(P): the ratings after the dump come out again, with
@@ -228,15 +243,17 @@ check_eq "the records up to id $P are the 500 results of A, once each" \
 	"$(awk -F'\t' -v p="$P" '$1 <= p' "$TEST_DIR/topic" | ratings_of)"
 
 #
-# 6. PostgreSQL ahead of Kafka: the group's position set 5 results back
+# 6. PostgreSQL ahead of Kafka: the position of the last result's share set
+# 5 ids back
 #
 P2=$(PGDATABASE=restored psql_q "SELECT max(id) FROM pgkafka_join.rated_movies")
-wait_for 30 "[ \"\$(PGDATABASE=restored psql_q 'SELECT max(last_id) FROM pgkafka_join.output_position')\" = $P2 ] && [ \"\$(kafka_group_offset '$group' rated_movies 0)\" = $P2 ]" ||
+S2=$(PGDATABASE=restored psql_q "SELECT share FROM pgkafka_join.rated_movies WHERE id = $P2")
+wait_for 30 "[ \"\$(PGDATABASE=restored psql_q 'SELECT max(last_id) FROM pgkafka_join.output_position')\" = $P2 ] && [ \"\$(kafka_group_offset '$group.rated_movies' ratings $S2)\" = $P2 ]" ||
 	fail "the position did not reach result $P2"
 pg_stop "$PG_B"
-kafka_set_group_offset "$group" rated_movies 0 $((P2 - 5))
-check_eq "the group's position is set 5 results back" "$((P2 - 5))" \
-	"$(kafka_group_offset "$group" rated_movies 0)"
+kafka_set_group_offset "$group.rated_movies" ratings "$S2" $((P2 - 5))
+check_eq "the position of share $S2 is set 5 ids back" "$((P2 - 5))" \
+	"$(kafka_group_offset "$group.rated_movies" ratings "$S2")"
 pg_start "$PG_B"
 ratings 501 505 | kafka_produce ratings
 wait_for_output 705
@@ -245,11 +262,11 @@ wait_for 30 '[ "$(PGDATABASE=restored psql_q "SELECT publish_lag FROM pgkafka_jo
 check_eq "the worker logs that output_position is ahead of Kafka, once" "1" \
 	"$(grep -cF 'LOG:  pgkafka_join.output_position is ahead of the position committed in Kafka; publishing after the former' "$PG_B/server.log" || true)"
 check_eq "with both positions in its DETAIL" "1" \
-	"$(grep -cF "DETAIL:  Recorded in PostgreSQL: $P2; committed in Kafka: $((P2 - 5))." "$PG_B/server.log" || true)"
+	"$(grep -cF "DETAIL:  Share $S2: recorded in PostgreSQL: $P2; committed in Kafka: $((P2 - 5))." "$PG_B/server.log" || true)"
 check_eq "no result id is on the output topic twice: the 5 results are not published again" \
 	"705 705" "$(ids_on_topic)"
 check_eq "the new ratings are published once, after id $P2" \
 	"$(ratings 501 505 expected | LC_ALL=C sort)" \
 	"$(awk -F'\t' -v p="$P2" '$1 > p' "$TEST_DIR/topic" | ratings_of)"
 check_eq "Kafka's position is the last result again" "$((P2 + 5))" \
-	"$(kafka_group_offset "$group" rated_movies 0)"
+	"$(kafka_position)"

@@ -137,7 +137,7 @@ check_eq "input_status lists every stored offset, and the first 2 partitions' wa
 check_eq "partition_status lists exactly 2 partitions" "2" \
 	"$(psql_q "SELECT count(*) FROM pgkafka_join.partition_status()")"
 check_eq "the limit is logged once, with the totals" "1|1" \
-	"$(log_count "$PG2/server.log" "WARNING:  pgkafka_join consumes 6 partitions; pgkafka_join.input_status lists the first 2")|$(log_count "$PG2/server.log" 'pgkafka_join consumes 3 partitions of "movies" and 3 of "ratings"')"
+	"$(log_count "$PG2/server.log" "WARNING:  pgkafka_join consumes 6 partitions; pgkafka_join.input_status lists the first 2")|$(log_count "$PG2/server.log" 'pgkafka_join worker 0 owns partitions 0-2 of "movies" and "ratings"')"
 
 # A new worker, nothing new to consume: the unlisted partitions show no lag
 pid2=$(psql_q "SELECT pid FROM pgkafka_join.status")
@@ -174,13 +174,13 @@ pg_start "$PG3" \
 	"pgkafka_join.retry_interval = '1s'" \
 	"max_worker_processes = 1" \
 	"max_logical_replication_workers = 0"
-wait_for 30 "grep -qF 'could not start the pgkafka_join worker: no background worker slot is free' '$PG3/server.log'" ||
+wait_for 30 "grep -qF 'could not start a pgkafka_join worker: no background worker slot is free' '$PG3/server.log'" ||
 	fail "the launcher did not say it found no slot"
 sleep 5		# four retry intervals and more
 check_eq "the launcher runs, the worker does not" "1|0" \
 	"$(psql_q "SELECT count(*) FILTER (WHERE backend_type = 'pgkafka_join launcher'), count(*) FILTER (WHERE backend_type = 'pgkafka_join worker') FROM pg_stat_activity")"
 check_eq "no free slot is said once, not at every retry" "1" \
-	"$(log_count "$PG3/server.log" "could not start the pgkafka_join worker: no background worker slot is free")"
+	"$(log_count "$PG3/server.log" "could not start a pgkafka_join worker: no background worker slot is free")"
 pg_stop "$PG3"
 pg_use "$PG_DIR"
 

@@ -8,7 +8,8 @@
 #		SIGKILL (postmaster and all its children at once, as in a machine
 #		crash) at random moments and started again, over and over.  At the
 #		end the tables and the output topic are compared with an oracle
-#		computed from what was produced alone.
+#		computed from what was produced alone.  Three join workers share
+#		the six partitions of each topic.
 #
 #	test/e2e/torture.sh			CI mode: >= 20 kills, >= 20000 ratings
 #	test/e2e/torture.sh --long	>= 120 kills, >= 150000 ratings
@@ -87,7 +88,8 @@
 #	(expected, absent), duplicated (a rating published twice, or a result
 #	nobody expects), wrong (right rating, wrong content).  The result id
 #	header (pgkafka_join.id) appears once per id, the ids on the topic are
-#	those of rated_movies, and they increase along every partition.
+#	those of rated_movies, and within each share (pgkafka_join.share) they
+#	increase along every partition.
 #	pgkafka_join.output_position may lag the topic, never run ahead of it:
 #	checked at the end against the topic, and after every restart (its
 #	last_id may not exceed the highest result id).
@@ -127,13 +129,14 @@ started=$SECONDS
 # durable all the same, or a kill loses commits whose results were published
 batch_conf()
 {
-	printf '%s\n' "pgkafka_join.batch_size = $((100 + RANDOM % 401))" \
+	printf '%s\n' "pgkafka_join.workers = 3" \
+		"pgkafka_join.batch_size = $((100 + RANDOM % 401))" \
 		"pgkafka_join.batch_delay = '$((10 + RANDOM % 41))ms'" \
 		"synchronous_commit = off"
 }
 
 mapfile -t conf < <(batch_conf)
-pkj_setup torture 3 "${conf[@]}"
+pkj_setup torture 6 "${conf[@]}"
 echo "# seed $SEED; at least $MIN_KILLS kills and $MIN_RATINGS ratings; ${conf[*]}"
 
 LEDGER=$TEST_DIR/ledger.jsonl

@@ -651,14 +651,17 @@ def check(args):
     topic_records = []
     bad_lines = []
     per_partition = collections.defaultdict(list)   # partition -> [(offset, result id)]
+    per_share = collections.defaultdict(list)       # (partition, share) -> [(offset, result id)]
     with open(args.output, encoding="utf-8") as f:
         for line in f:
             try:
                 part, off, headers, key, value = line.rstrip("\n").split("\t", 4)
                 h = dict(kv.split("=", 1) for kv in headers.split(",") if "=" in kv)
                 rid = int(h["pgkafka_join.id"])
+                share = int(h["pgkafka_join.share"])
                 topic_records.append((rid, key, json.loads(value)))
                 per_partition[int(part)].append((int(off), rid))
+                per_share[(int(part), share)].append((int(off), rid))
             except (ValueError, KeyError) as e:
                 bad_lines.append(f"unreadable output record ({e}): {line!r}")
     n_t, lost_t, dup_t, wrong_t, iddup_t, ids_t, diffs = compare(topic_records, "topic")
@@ -675,28 +678,30 @@ def check(args):
                       "JOIN pgkafka_join.ratings r USING (kafka_partition, kafka_offset)")[0]
     print(f"# of the {total} results, {waited} were published when their movie arrived "
           f"(the rating had waited), the others with their rating")
-    # result ids increase with the offset in every partition (ids become
-    # visible, and are published, in order)
+    # within a share, result ids increase with the offset in every partition
+    # (a share's ids become visible, and are published, in order)
     diffs = []
-    for part, recs in sorted(per_partition.items()):
+    for (part, share), recs in sorted(per_share.items()):
         recs.sort()
         for (o1, i1), (o2, i2) in zip(recs, recs[1:]):
             if i2 <= i1:
-                diffs.append(f"partition {part}: id {i1} at offset {o1}, then id {i2} at offset {o2}")
-    report(not diffs, "result ids increase along every partition of the output topic", diffs)
+                diffs.append(f"partition {part}, share {share}: id {i1} at offset {o1}, "
+                             f"then id {i2} at offset {o2}")
+    report(not diffs, f"result ids increase along every partition of the output topic, "
+           f"within each share ({len(per_share)} partition-share pairs)", diffs)
 
     # output_position may lag the topic, never run ahead of it
     diffs = []
-    for part, next_offset, last_id in q(
-            "SELECT kafka_partition, next_offset, last_id FROM pgkafka_join.output_position "
+    for part, share, next_offset, last_id in q(
+            "SELECT kafka_partition, share, next_offset, last_id FROM pgkafka_join.output_position "
             "WHERE topic = 'rated_movies'"):
         recs = per_partition.get(int(part), [])
         top_off = max((x[0] for x in recs), default=-1)
-        top_id = max((x[1] for x in recs), default=0)
+        top_id = max((x[1] for x in per_share.get((int(part), int(share)), [])), default=0)
         if int(next_offset) > top_off + 1 or int(last_id) > top_id:
-            diffs.append(f"partition {part}: output_position says next_offset {next_offset}, "
-                         f"last_id {last_id}; the topic's last record there: offset {top_off}, "
-                         f"id {top_id}")
+            diffs.append(f"partition {part}, share {share}: output_position says next_offset "
+                         f"{next_offset}, last_id {last_id}; the topic's last record there: "
+                         f"offset {top_off}, the share's highest id {top_id}")
     report(not diffs, "pgkafka_join.output_position is not ahead of the output topic", diffs)
 
     print(f"# messages: {o.counts['movies']} movies ({o.counts['movies malformed']} malformed), "

@@ -6,13 +6,16 @@
 #
 # The released 1.0 (the last commit before 1.1, from git history) is built
 # and installed, a cluster runs it against the broker and publishes results,
-# some ratings waiting for a movie not yet sent.  Then, as a DBA upgrades:
+# some ratings waiting for a movie not yet sent, and 10 results stored but
+# not published yet (made while the worker was idle, no brokers set).  Then,
+# as a DBA upgrades:
 # the server is stopped, the new build installed, the server started.  The
 # new worker waits, saying so, until ALTER EXTENSION pgkafka_join UPDATE;
 # input produced meanwhile is stored after the update.  At the end every
 # result is on the output topic exactly once (the 1.0 publish position is
-# kept), the 1.0 data is all there, and the upgraded objects are the same as
-# those of a fresh CREATE EXTENSION of 1.1.
+# kept: the 10 pending results of 1.0, share -1, are published after it), the
+# 1.0 data is all there, and the upgraded objects are the same as those of a
+# fresh CREATE EXTENSION of 1.1.
 #
 # Nothing outside the test's directory is touched: the test runs a private
 # copy of the PostgreSQL installation (PostgreSQL finds its files relative
@@ -84,7 +87,27 @@ check_eq "1.0 published 1000 results, 50 ratings wait for their movie" "1050|100
 	"$(psql_q "SELECT (SELECT count(*) FROM pgkafka_join.ratings), (SELECT count(*) FROM pgkafka_join.rated_movies), (SELECT max(id) FROM pgkafka_join.rated_movies)")"
 group_10=$(psql_q "SELECT format('pgkafka_join-%s-%s-%s', (SELECT system_identifier FROM pg_control_system()), (SELECT oid FROM pg_database WHERE datname = current_database()), (SELECT oid FROM pg_extension WHERE extname = 'pgkafka_join'))")
 check_eq "1.0 committed its position in Kafka" "1000" "$(kafka_group_offset "$group_10" rated_movies 0)"
-before=$(psql_q "SELECT md5(string_agg(t, ',' ORDER BY t)) FROM (SELECT format('%s', r) AS t FROM pgkafka_join.rated_movies r UNION ALL SELECT format('%s', r) FROM pgkafka_join.movies r UNION ALL SELECT format('%s', r) FROM pgkafka_join.ratings r) s")
+# 10 results 1.0 stores but does not publish before the upgrade: the worker
+# is idle (no brokers) while they are made
+psql_q "ALTER SYSTEM SET pgkafka_join.brokers = ''" >/dev/null
+psql_q "SELECT pg_reload_conf()" >/dev/null
+wait_for 30 '[ "$(psql_q "SELECT state FROM pgkafka_join.status")" = "idle: no brokers set" ]' ||
+	fail "the 1.0 worker did not go idle: $(psql_q "SELECT state FROM pgkafka_join.status")"
+check_eq "1.0 stores 10 results it does not publish" "10" \
+	"$(psql_q "SELECT pgkafka_join.store_ratings(array_agg(i % 100 + 1), array_agg(3000 + i)::float8[],
+	              array_agg(now()), array_agg(0), array_agg(100000 + i)) FROM generate_series(1, 10) i")"
+psql_q "ALTER SYSTEM RESET pgkafka_join.brokers" >/dev/null	# for the restart
+# the 1.0 rows, in 1.0's columns
+data_10()
+{
+	psql_q "SELECT md5(string_agg(t, ',' ORDER BY t)) FROM (
+	          SELECT format('%s', (r.id, r.movie_id, r.title, r.release_year, r.rating, r.rated_at,
+	                               r.joined_at, r.kafka_partition, r.kafka_offset)) AS t
+	            FROM pgkafka_join.rated_movies r
+	          UNION ALL SELECT format('%s', r) FROM pgkafka_join.movies r
+	          UNION ALL SELECT format('%s', r) FROM pgkafka_join.ratings r) s"
+}
+before=$(data_10)
 
 # --- the upgrade: stop, install the new build, start
 pg_stop "$PG_DIR"
@@ -97,20 +120,25 @@ check_eq "the log says what to run, once" "1" \
 ratings 2000 500 100 | kafka_produce ratings
 printf '500\t{"id": 500, "title": "Movie 500"}\n' | kafka_produce movies
 sleep 3
-check_eq "nothing is stored before the update" "1050" "$(psql_q "SELECT count(*) FROM pgkafka_join.ratings")"
+check_eq "nothing is stored before the update" "1060" "$(psql_q "SELECT count(*) FROM pgkafka_join.ratings")"
 
 psql_q "ALTER EXTENSION pgkafka_join UPDATE"
 check_eq "the extension is 1.1" "1.1" "$(psql_q "SELECT extversion FROM pg_extension WHERE extname = 'pgkafka_join'")"
-check_eq "the 1.0 data is intact" "$before" \
-	"$(psql_q "SELECT md5(string_agg(t, ',' ORDER BY t)) FROM (SELECT format('%s', r) AS t FROM pgkafka_join.rated_movies r UNION ALL SELECT format('%s', r) FROM pgkafka_join.movies r UNION ALL SELECT format('%s', r) FROM pgkafka_join.ratings r) s")"
+check_eq "the 1.0 data is intact" "$before" "$(data_10)"
+check_eq "the 1.0 results are share -1" "1010|1010" \
+	"$(psql_q "SELECT count(*), count(*) FILTER (WHERE share = -1) FROM pgkafka_join.rated_movies")"
 check_eq "the position's Kafka group is the one 1.0 used" "$group_10" \
 	"$(psql_q "SELECT kafka_group FROM pgkafka_join.control")"
 
-wait_for_output 1550 120
-check_eq "after the update: 1550 results, each id once, in one sequence" "1550|1550|1550|1" \
+wait_for_output 1560 120
+check_eq "the 10 results 1.0 had not published are published, as share -1, after its position" \
+	"$(seq 1001 1010 | paste -sd,)" \
+	"$(kafka_consume rated_movies -f '%h\n' | grep 'pgkafka_join.share=-1$' |
+		sed -E 's/.*pgkafka_join.id=([0-9]+).*/\1/' | sort -n | paste -sd,)"
+check_eq "after the update: 1560 results, each id once, in one sequence" "1560|1560|1560|1" \
 	"$(kafka_consume rated_movies -f '%h\n' | sed -E 's/.*pgkafka_join.id=([0-9]+).*/\1/' |
 		awk '{n++; if (!s[$1]++) d++; if ($1 > m) m = $1; if (min == "" || $1 < min) min = $1} END {print n "|" d "|" m "|" min}')"
-check_eq "the waiting ratings were joined with their movie, the new ones too" "1550|1550|0" \
+check_eq "the waiting ratings were joined with their movie, the new ones too" "1560|1560|0" \
 	"$(psql_q "SELECT count(*), count(DISTINCT rating), count(*) FILTER (WHERE movie_id = 500 AND rating < 1000) FROM pgkafka_join.rated_movies")"
 check_eq "the output topic holds exactly the results of rated_movies" \
 	"$(psql_q "SELECT string_agg(id || ':' || movie_id || ':' || rating, ',' ORDER BY id) FROM pgkafka_join.rated_movies")" \
