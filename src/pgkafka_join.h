@@ -141,6 +141,9 @@ typedef enum PkjPosition
 extern void pkj_publisher_set_shares(List *shares);
 extern PkjPosition pkj_publisher_position(void);
 extern int64 pkj_publish(MemoryContext cxt);
+extern int64 pkj_publish_start(MemoryContext cxt);
+extern int64 pkj_publish_finish(void);
+extern bool pkj_publish_pending(void);
 extern void pkj_publisher_reset(void);
 
 /* ---- status.c ---- */

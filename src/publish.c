@@ -29,6 +29,14 @@
  * (a position only moves past records that committed) and none is repeated
  * (records only commit with the position past them).
  *
+ * A transaction is started once a batch is stored (pkj_publish_start) and
+ * committed after the next one was consumed and stored
+ * (pkj_publish_finish): the producer sends its records in the background
+ * meanwhile, and only the commit waits for the brokers.  Nothing about
+ * exactness changes: a transaction left open when the worker stops or
+ * reconnects is aborted by the next producer, and its results are sent
+ * again from the committed positions.
+ *
  * After each commit, output_position in PostgreSQL records, per output
  * partition and share, the offsets the records landed at, from the delivery
  * reports.  It is written after the Kafka commit, so it can only lag the
@@ -111,6 +119,13 @@ static int	nlanded = 0;
 static int	landed_size = 0;
 static bool delivery_failed = false;
 
+static void abort_transaction(void);
+
+/* the Kafka transaction started by pkj_publish_start(), if any */
+static bool txn_open = false;
+static int	txn_count = 0;
+static int64 txn_last_id = -1;
+
 static SPIPlanPtr fetch_plan = NULL;
 static SPIPlanPtr position_plan = NULL;
 static SPIPlanPtr handed_out_plan = NULL;
@@ -176,6 +191,8 @@ pkj_publisher_reset(void)
 {
 	position_known = false;
 	output_topic_checked = false;
+	/* a transaction left open is ended by the next producer */
+	txn_open = false;
 }
 
 static int
@@ -196,6 +213,13 @@ void
 pkj_publisher_set_shares(List *list)
 {
 	ListCell   *lc;
+
+	/* a transaction under way belongs to the shares it was started for */
+	if (txn_open)
+	{
+		txn_open = false;
+		abort_transaction();
+	}
 
 	if (shares)
 		pfree(shares);
@@ -773,20 +797,23 @@ send_positions(rd_kafka_topic_partition_list_t *position,
 }
 
 /*
- * pkj_publish
- *		Publish the next batch of results in one Kafka transaction.  Returns
- *		the number published (0: nothing new), or -1 when the brokers could
- *		not take them now; the same results are tried again later.
+ * pkj_publish_start
+ *		Start publishing the next batch of results: begin a Kafka transaction
+ *		and produce them into it.  librdkafka sends them in the background
+ *		while the worker stores its next batch; pkj_publish_finish() commits
+ *		them, with the shares' positions.  Returns the number of results in
+ *		the transaction (0: nothing new, no transaction), or -1 when the
+ *		brokers could not take them now; the same results are tried again
+ *		later.
  */
 int64
-pkj_publish(MemoryContext cxt)
+pkj_publish_start(MemoryContext cxt)
 {
 	PendingResult *results;
 	int			n;
-	int64		last_id = -1;
 	rd_kafka_error_t *error;
-	rd_kafka_topic_partition_list_t *position;
 
+	Assert(!txn_open);
 	if (pkj_publisher_position() != PKJ_POSITION_KNOWN || !output_topic_ready())
 		return -1;
 
@@ -806,6 +833,7 @@ pkj_publish(MemoryContext cxt)
 
 	nlanded = 0;
 	delivery_failed = false;
+	txn_last_id = -1;
 	for (int i = 0; i < nshares; i++)
 		shares[i].sent = shares[i].published;
 
@@ -819,8 +847,38 @@ pkj_publish(MemoryContext cxt)
 			return ConfigReloadPending ? give_up_for_reload() : -1;
 		}
 		sh->sent = Max(sh->sent, results[i].id);
-		last_id = Max(last_id, results[i].id);
+		txn_last_id = Max(txn_last_id, results[i].id);
 	}
+	pgstat_report_activity(STATE_IDLE, NULL);
+	txn_open = true;
+	txn_count = n;
+	return n;
+}
+
+/* Is a transaction of pkj_publish_start() waiting for pkj_publish_finish()? */
+bool
+pkj_publish_pending(void)
+{
+	return txn_open;
+}
+
+/*
+ * pkj_publish_finish
+ *		Commit the transaction pkj_publish_start() began, with the new
+ *		positions of the shares.  Returns the number of results published
+ *		(0: no transaction was open), or -1 if the transaction was given up:
+ *		its results are sent again later.
+ */
+int64
+pkj_publish_finish(void)
+{
+	rd_kafka_error_t *error;
+	rd_kafka_topic_partition_list_t *position;
+
+	if (!txn_open)
+		return 0;
+	txn_open = false;
+	pgstat_report_activity(STATE_RUNNING, "publishing results");
 
 	/* the positions move with the records, atomically */
 	for (int group = 0; group < 2; group++)
@@ -872,9 +930,28 @@ pkj_publish(MemoryContext cxt)
 	rd_kafka_poll(pkj_kafka.producer, 0);
 	for (int i = 0; i < nshares; i++)
 		shares[i].published = shares[i].sent;
-	pkj_status_count_published(n, last_id);
+	pkj_status_count_published(txn_count, txn_last_id);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	if (!delivery_failed)
 		record_landed();
-	return n;
+	return txn_count;
+}
+
+/*
+ * pkj_publish
+ *		Publish the next batch of results in one Kafka transaction, start to
+ *		commit.  Returns what pkj_publish_finish() does, or 0 when there was
+ *		nothing new, -1 when it could not start.
+ */
+int64
+pkj_publish(MemoryContext cxt)
+{
+	int64		n = pkj_publish_finish();
+
+	if (n < 0)
+		return n;
+	n = pkj_publish_start(cxt);
+	if (n <= 0)
+		return n;
+	return pkj_publish_finish();
 }

@@ -18,7 +18,9 @@
  *	  1. wait for the extension, for pgkafka_join.brokers, for the topics;
  *	  2. consume up to batch_size messages, or what came within batch_delay;
  *	  3. store them, with their offsets, in one transaction (ingest.c);
- *	  4. publish new results in one Kafka transaction (publish.c).
+ *	  4. commit the Kafka transaction started at the previous turn, and
+ *	     start one with the new results (publish.c): librdkafka sends its
+ *	     records while the next batch is consumed and stored.
  *
  * All state a restart needs is in PostgreSQL (input offsets, results) or in
  * Kafka (the publish position), written atomically with what it describes;
@@ -1154,8 +1156,9 @@ worker_step(void)
 		assign_partitions();
 
 	pkj_status_set_state(w.isolate_remaining > 0 ? "consuming one message at a time" : "consuming");
+	/* an open Kafka transaction is committed as soon as nothing waits */
 	consume_batch(w.batch,
-				  w.more_to_publish && now >= w.next_publish ? 0 :
+				  (w.more_to_publish && now >= w.next_publish) || pkj_publish_pending() ? 0 :
 				  Min(pkj_retry_interval, pkj_claims_next_ms() + 10),
 				  w.isolate_remaining > 0 ? 1 : pkj_batch_size);
 	if (pkj_batch_count(w.batch) > 0)
@@ -1209,20 +1212,25 @@ worker_step(void)
 	}
 
 	/*
-	 * A failing publisher is tried again after retry_interval; meanwhile
+	 * Publishing overlaps storing: the Kafka transaction started after the
+	 * previous batch has been sending its records while this one was
+	 * consumed and stored.  Commit it, then start one with what is new.  A
+	 * failing publisher is tried again after retry_interval; meanwhile
 	 * ingest goes on at full speed.
 	 */
 	now = GetCurrentTimestamp();
+	if (pkj_publish_pending() && pkj_publish_finish() < 0)
+		w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
 	if (w.more_to_publish && now >= w.next_publish)
 	{
-		int64		published = -1;
+		int64		started = -1;
 
 		if (pkj_publisher_position() == PKJ_POSITION_KNOWN)
-			published = pkj_publish(w.loop_cxt);
-		if (published < 0)
+			started = pkj_publish_start(w.loop_cxt);
+		if (started < 0)
 			w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
 		else
-			w.more_to_publish = (published == pkj_batch_size);
+			w.more_to_publish = (started == pkj_batch_size);
 	}
 	pkj_kafka_serve_producer();
 

@@ -50,7 +50,7 @@ worker_pid() {
 consumed() {
 	psql_q "SELECT coalesce(sum(next_offset), 0) FROM pgkafka_join.input_offsets WHERE topic = '$1'"
 }
-wait_for 30 '[ -n "$(worker_pid)" ] && grep -q "pgkafka_join consumes" "$PG_DIR/server.log"' ||
+wait_for 30 '[ -n "$(worker_pid)" ] && grep -q "pgkafka_join worker 0 owns partitions" "$PG_DIR/server.log"' ||
 	fail "the worker did not start consuming"
 pid_before=$(worker_pid)
 echo "# worker pid $pid_before"
