@@ -341,7 +341,7 @@ pkj_claims_hold(List *owned)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	rd_kafka_topic_partition_list_t *found;
-	char	   *me = identity();
+	char	   *me;
 	bool		all_ours = true;
 	bool		any_foreign = false;
 
@@ -351,6 +351,7 @@ pkj_claims_hold(List *owned)
 		return PKJ_CLAIM_HELD;
 	if (!claims.held && claims.confirm_at != 0 && now < claims.confirm_at)
 		return PKJ_CLAIM_PENDING;
+	me = identity();
 
 	found = read_claims(owned);
 	if (found == NULL)

@@ -308,11 +308,14 @@ static bool rejoined = false;	/* rejoins left over were run since connecting */
 static Oid
 extension_oid(void)
 {
+	MemoryContext caller = CurrentMemoryContext;
 	Oid			oid;
 
 	StartTransactionCommand();
 	oid = get_extension_oid("pgkafka_join", true);
 	CommitTransactionCommand();
+	/* back to the caller's memory, not TopMemoryContext */
+	MemoryContextSwitchTo(caller);
 	return oid;
 }
 
