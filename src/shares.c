@@ -427,6 +427,13 @@ pkj_claims_hold(List *owned)
 	return PKJ_CLAIM_HELD;
 }
 
+/* Was this server refused its partitions, and not yet given them since? */
+bool
+pkj_claims_refused(void)
+{
+	return claims.refused_logged;
+}
+
 /* How long until pkj_claims_hold() has something to do, in ms */
 long
 pkj_claims_next_ms(void)

@@ -1094,7 +1094,10 @@ worker_step(void)
 		case PKJ_CLAIM_HELD:
 			break;
 		case PKJ_CLAIM_PENDING:
-			pkj_status_set_state("waiting: claiming partitions");
+			/* a server refused looks again, refused until it owns them */
+			pkj_status_set_state(pkj_claims_refused() ?
+								 "refused: partitions owned by another server" :
+								 "waiting: claiming partitions");
 			pkj_kafka_serve_producer();
 			wait_latch(Min(pkj_retry_interval, pkj_claims_next_ms() + 10));
 			return;
