@@ -146,6 +146,14 @@ AS $$
         pg_catalog.hashtext('pgkafka_join.ingest')::bigint OPERATOR(pg_catalog.<<) 32)
 $$;
 
+/* The same lock in shared mode, taken by every batch (begin_batch) and rejoin */
+CREATE FUNCTION lock_ingest_shared() RETURNS void
+LANGUAGE sql
+AS $$
+    SELECT pg_catalog.pg_advisory_xact_lock_shared(
+        pg_catalog.hashtext('pgkafka_join.ingest')::bigint OPERATOR(pg_catalog.<<) 32)
+$$;
+
 CREATE OR REPLACE FUNCTION join_window() RETURNS interval
 LANGUAGE sql STABLE
 AS $$ SELECT pg_catalog.current_setting('pgkafka_join.join_window')::interval $$;
@@ -341,7 +349,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(hashtext('pgkafka_join.ingest')::bigint << 32);
+    PERFORM pgkafka_join.lock_ingest_shared();
     RETURN (SELECT CASE WHEN NOT paused THEN offsets_generation END FROM pgkafka_join.control);
 END
 $$;
@@ -482,8 +490,9 @@ $$;
  * run_rejoins
  *		Join what every queued entry waits for, as results of the caller's
  *		shares ("owned", the partitions it owns: an entry's share if it is
- *		one of them, else the first), and remove the entries.  Returns the
- *		number of rated movies produced.
+ *		one of them, else the first), and remove the entries.  Takes the
+ *		ingest lock in shared mode, as a batch does.  Returns the number of
+ *		rated movies produced.
  */
 CREATE FUNCTION run_rejoins(owned integer[]) RETURNS bigint
 LANGUAGE plpgsql
@@ -493,6 +502,7 @@ DECLARE
     entry record;
     produced bigint := 0;
 BEGIN
+    PERFORM pgkafka_join.lock_ingest_shared();
     FOR entry IN DELETE FROM pgkafka_join.rejoins RETURNING * LOOP
         produced := produced + pgkafka_join.join_waiting(
             entry.movie_ids,
@@ -664,7 +674,7 @@ REVOKE ALL ON FUNCTION worker_status(), partition_status(), control_merge(),
     delete_rejected(interval), join_waiting(bigint[], integer[]),
     store_movies(bigint[], text[], integer[], integer[]), output_position(),
     snapshot_shares(), published_ids(), queue_rejoin(integer, bigint[], integer[]),
-    run_rejoins(integer[]) FROM PUBLIC;
+    run_rejoins(integer[]), lock_ingest_shared() FROM PUBLIC;
 REVOKE ALL ON rejoins FROM PUBLIC;
 GRANT SELECT ON status, input_status, output_status, rejoins TO pgkafka_join_reader;
 GRANT EXECUTE ON FUNCTION worker_status(), partition_status(), output_position(),

@@ -1047,10 +1047,6 @@ pkj_ingest_rejoin(List *owned)
 	pkj_begin_spi("joining ratings another worker's movies may have come for");
 	wait_for_other_workers();
 	prepare_plans();
-	/* the same lock as a batch: pause() and advance_result_ids() wait for it */
-	if (SPI_execute("SELECT pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtext('pgkafka_join.ingest')::bigint << 32)",
-					false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not take the ingest lock");
 	if (!pkj_lock_extension())
 	{
 		pkj_abort_spi();

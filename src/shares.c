@@ -291,7 +291,7 @@ pkj_claims_reset(void)
  * some of our partitions.
  */
 static PkjClaim
-refuse(rd_kafka_topic_partition_list_t *found, List *owned)
+refuse(rd_kafka_topic_partition_list_t *found)
 {
 	char	   *me = identity();
 	List	   *taken = NIL;
@@ -367,7 +367,7 @@ pkj_claims_hold(List *owned)
 	{
 		/* taken over while we held it, or written in between: we lost */
 		if (claims.held || claims.confirm_at != 0)
-			return refuse(found, owned);
+			return refuse(found);
 
 		/* alive if it changes while watched; lapsed if not */
 		if (claims.watched == NULL)
@@ -384,7 +384,7 @@ pkj_claims_hold(List *owned)
 
 			if (foreign_claim(&found->elems[i], me) &&
 				(was == NULL || was->offset != found->elems[i].offset))
-				return refuse(found, owned);
+				return refuse(found);
 		}
 		if (now < claims.watch_until)
 		{
