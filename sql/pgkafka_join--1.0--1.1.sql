@@ -209,6 +209,8 @@ RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_hashjoin = off
+SET enable_mergejoin = off
 SET jit = off
 AS $$
 DECLARE
@@ -251,6 +253,8 @@ RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_hashjoin = off
+SET enable_mergejoin = off
 SET jit = off
 AS $$
 DECLARE
@@ -294,6 +298,8 @@ RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_hashjoin = off
+SET enable_mergejoin = off
 SET jit = off
 AS $$
 DECLARE
@@ -304,8 +310,10 @@ BEGIN
     WITH batch AS (
         SELECT b.*, m.title, m.release_year,
                (m.id IS NOT NULL AND b.rated_at >= now() - pgkafka_join.join_window()) AS joined
-          FROM unnest(movie_ids, ratings, rated_ats, kafka_partitions, kafka_offsets)
-               AS b(movie_id, rating, rated_at, kafka_partition, kafka_offset)
+          FROM (SELECT *
+                  FROM unnest(movie_ids, ratings, rated_ats, kafka_partitions, kafka_offsets)
+                       WITH ORDINALITY AS u(movie_id, rating, rated_at, kafka_partition, kafka_offset, ord)
+                 ORDER BY movie_id, ord) AS b
           LEFT JOIN pgkafka_join.movies m ON m.id = b.movie_id
     ),
     stored AS (

@@ -36,7 +36,7 @@ char	   *pkj_kafka_properties = NULL;
 char	   *pkj_kafka_properties_file = NULL;
 char	   *pkj_transactional_id = NULL;
 int			pkj_batch_size = 10000;
-int			pkj_batch_delay = 100;
+int			pkj_batch_delay = 0;
 int			pkj_retry_interval = 5000;
 int			pkj_max_message_bytes = 1048576;
 int			pkj_premake_months = 2;
@@ -455,10 +455,10 @@ pkj_define_gucs(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("pgkafka_join.batch_delay",
-							"Longest wait for a batch to fill before it is stored.",
-							NULL,
+							"Longest wait for more messages once a batch has its first one.",
+							"0: a batch is what arrived while the previous one was stored.",
 							&pkj_batch_delay,
-							100, 1, 60000,
+							0, 0, 60000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 

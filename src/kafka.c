@@ -311,10 +311,16 @@ pkj_kafka_connect(Oid extension_oid, char **problem)
 		/*
 		 * librdkafka 2.0 stops fetching while its queue holds
 		 * queued.min.messages and looks again only up to a second later;
-		 * the default of 100000 starves a worker that stores faster.
+		 * the default of 100000 starves a worker that stores faster.  A
+		 * fetch the broker holds for want of data is not always answered
+		 * when data comes: with the default fetch.wait.max.ms (500 ms) a
+		 * lone rating on a quiet stream could wait up to a second before
+		 * the worker saw it.  10 ms bounds that wait, for an empty fetch
+		 * per 10 ms on an idle stream.
 		 */
 		const char *const defaults[] = {
 			"queued.min.messages", "1000000",
+			"fetch.wait.max.ms", "10",
 			NULL
 		};
 		const char *const reserved[] = {
@@ -333,8 +339,17 @@ pkj_kafka_connect(Oid extension_oid, char **problem)
 	}
 	/* producer */
 	{
+		/*
+		 * A transaction begun right after the previous one committed adds
+		 * its partitions while the brokers still write the previous one's
+		 * markers: they answer CONCURRENT_TRANSACTIONS, and librdkafka
+		 * tries again after retry.backoff.ms.  The default, 100 ms, then
+		 * made every commit take 100 ms at a steady rate; 10 ms keeps the
+		 * latency of a result in tens of milliseconds.
+		 */
 		const char *const defaults[] = {
 			"linger.ms", "5",
+			"retry.backoff.ms", "10",
 			NULL
 		};
 		const char *const reserved[] = {
@@ -526,19 +541,19 @@ pkj_kafka_drain_wakeup(void)
 
 /*
  * pkj_kafka_partition_count
- *		Number of partitions of a topic, 0 if it does not exist (yet), -1 if
- *		the brokers could not be asked.
+ *		Number of partitions of a topic, as the brokers tell handle rk, 0 if
+ *		it does not exist (yet), -1 if the brokers could not be asked.
  */
 int
-pkj_kafka_partition_count(const char *topic, int timeout_ms)
+pkj_kafka_partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms)
 {
 	rd_kafka_topic_t *rkt;
 	const struct rd_kafka_metadata *md;
 	rd_kafka_resp_err_t err;
 	int			count = 0;
 
-	rkt = rd_kafka_topic_new(pkj_kafka.consumer, topic, NULL);
-	err = rd_kafka_metadata(pkj_kafka.consumer, 0, rkt, &md, timeout_ms);
+	rkt = rd_kafka_topic_new(rk, topic, NULL);
+	err = rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms);
 	rd_kafka_topic_destroy(rkt);
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{

@@ -59,7 +59,7 @@ extern bool pkj_read_properties_file(List **props, char **content, char **errmsg
 extern void pkj_kafka_disconnect(void);
 extern bool pkj_kafka_settings_changed(void);
 extern void pkj_kafka_drain_wakeup(void);
-extern int	pkj_kafka_partition_count(const char *topic, int timeout_ms);
+extern int	pkj_kafka_partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms);
 extern void pkj_kafka_serve_producer(void);
 extern rd_kafka_t *pkj_kafka_group_handle(const char *group, char **problem);
 

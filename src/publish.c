@@ -566,7 +566,10 @@ pkj_publisher_position(void)
 /*
  * Is the output topic there?  Checked before the first transaction, so that
  * a missing topic is waited for, logged once, instead of failing every
- * transaction.
+ * transaction.  Asked through the producer: the answer also gives it the
+ * topic's partitions and their leaders, without which the first records it
+ * is given would wait for its next metadata refresh (the first transaction
+ * after a restart took a second to commit).
  */
 static bool
 output_topic_ready(void)
@@ -575,7 +578,7 @@ output_topic_ready(void)
 
 	if (output_topic_checked)
 		return true;
-	n = pkj_kafka_partition_count(pkj_kafka.output_topic, KAFKA_TIMEOUT_MS);
+	n = pkj_kafka_partition_count(pkj_kafka.producer, pkj_kafka.output_topic, KAFKA_TIMEOUT_MS);
 	if (n <= 0)
 	{
 		/* once per wait, not at every retry */

@@ -16,7 +16,8 @@
  * the librdkafka handles (kafka.c) and runs one loop:
  *
  *	  1. wait for the extension, for pgkafka_join.brokers, for the topics;
- *	  2. consume up to batch_size messages, or what came within batch_delay;
+ *	  2. consume what has arrived, up to batch_size messages (batch_delay
+ *	     can make it wait longer for more);
  *	  3. store them, with their offsets, in one transaction (ingest.c);
  *	  4. commit the Kafka transaction started at the previous turn, and
  *	     start one with the new results (publish.c): librdkafka sends its
@@ -437,9 +438,9 @@ run_sql(const char *sql, const char *activity)
 static bool
 refresh_ownership(void)
 {
-	int			nmovies = pkj_kafka_partition_count(pkj_kafka.movies_topic, 5000);
+	int			nmovies = pkj_kafka_partition_count(pkj_kafka.consumer, pkj_kafka.movies_topic, 5000);
 	int			nratings = nmovies < 0 ? -1 :
-		pkj_kafka_partition_count(pkj_kafka.ratings_topic, 5000);
+		pkj_kafka_partition_count(pkj_kafka.consumer, pkj_kafka.ratings_topic, 5000);
 	List	   *beyond;
 	List	   *mine;
 	List	   *shares;
@@ -640,10 +641,14 @@ report_out_of_range(const char *topic, int32 partition, int64 offset)
 }
 
 /*
- * Fill the batch: take what the consumer queue holds, and wait on the latch
- * and the queue's wake-up pipe until batch_size messages are in or
- * batch_delay has passed since the first one.  An empty batch returns after
- * at most timeout_ms, so the loop can do its periodic work.
+ * Fill the batch: take what the consumer queue holds, up to batch_size
+ * messages.  Once it has a message, it waits for more only while
+ * batch_delay (0 by default) has not passed since the first one: a batch is
+ * what arrived while the previous one was being stored, so a lone message
+ * is stored at once and a backlog goes in full batches, without a fixed
+ * delay.  An empty batch waits on the latch and the queue's wake-up pipe,
+ * and returns after at most timeout_ms, so the loop can do its periodic
+ * work.
  */
 static void
 consume_batch(PkjBatch *batch, long timeout_ms, int limit)

@@ -12,7 +12,10 @@
 #	store_movies   N new movie ids (plain inserts through the upsert);
 #	store_ratings  N ratings of random stored movies, jit as configured,
 #				   then the same with jit = off;
-#	the publisher's fetch of N results (output_value).
+#	the publisher's fetch of N results of one share (output_value).
+# Then the shape of store_ratings' join: one index lookup per rating (an
+# index scan of a catalog partition's primary key), never a scan of the
+# whole catalog.
 # Also times each call without auto_explain (its instrumentation costs).
 # Prints the durations and the JIT lines; the full plans go to
 # $TEST_DIR/explain.log.  The worker must be idle (it is, once the benchmark
@@ -82,7 +85,9 @@ SET application_name = 'explain: publisher fetch';
 SELECT count(*), sum(length(v))
   FROM (SELECT r.id, r.movie_id::text, pgkafka_join.output_value(r) AS v
           FROM pgkafka_join.rated_movies r
-         WHERE r.id > 0 ORDER BY r.id LIMIT $N) AS s;
+         WHERE r.share = (SELECT share FROM pgkafka_join.snapshot_shares() ORDER BY last_id DESC LIMIT 1)
+           AND r.id > 0
+         ORDER BY r.id LIMIT $N) AS s;
 EOF
 
 tail -n +"$start" "$LOG" >"$OUT"
@@ -94,4 +99,10 @@ grep -E 'LOG:  duration: ' -A1 "$OUT" | grep -v '^--' | paste - - |
 	sed -E 's/.*duration: ([0-9.]+) ms.*Query Text: *(.{0,70}).*/  \1\t\2/' |
 	grep -E 'store_movies\(ids|store_ratings\(ids|WITH latest|WITH batch|SELECT count'
 echo "# JIT:"
-grep -E '^\s+(Functions|Options|Timing):' "$OUT" | sed 's/^\s*/  /'
+grep -E '^\s+(Functions|Options|Timing):' "$OUT" | sed 's/^\s*/  /' || echo '  (none)'
+# The join of store_ratings (its first plan in the log: jit as configured)
+plan=$(awk '/Query Text: WITH batch AS/ { n++ } n == 1' "$OUT" | sed -n '/CTE batch/,/CTE stored/p')
+lookups=$(grep -cE 'Index (Only )?Scan using movies_p[0-9]+_pkey' <<<"$plan" || true)
+scans=$(grep -cE '(Seq|Bitmap Heap) Scan on movies_p' <<<"$plan" || true)
+loops=$(grep -E 'Nested Loop Left Join' <<<"$plan" | head -1 | sed -E 's/.*rows=([0-9]+) loops.*/\1/')
+echo "# join plan: $(grep -oE '(Nested Loop|Hash|Merge) (Left )?Join' <<<"$plan" | head -1) of $loops ratings with the catalog's $lookups partitions by index scans of their primary keys, $scans scans of a whole partition"

@@ -1,0 +1,299 @@
+# common.sh
+#		Shell functions shared by the benchmarks test/bench.sh and
+#		test/bench/latency.sh: the durable server settings, the movies file
+#		and producing it with kcat, the versions and settings measured, and
+#		the CPU sampling of the worker(s), the rest of the cluster, the
+#		broker and the machine.
+#
+# Sourced after test/lib.sh (psql_q, fail, TEST_TOP, PG_BIN).  The callers
+# set PG_DIR (the cluster), KAFKA_DIR and KAFKA_BOOTSTRAP (kafka_start),
+# PARTITIONS (topic_end), NWORKERS (wait_workers, which sets WORKER_PIDS for
+# cpu_sample).
+
+CLK_TCK=$(getconf CLK_TCK)
+
+# Durability stays on (fsync, synchronous_commit, full_page_writes): the
+# figures are those of a real server.  The worker stays idle until
+# pgkafka_join.brokers is set (reload_with).
+PG_SETTINGS=(
+	"shared_buffers = '2GB'"
+	"wal_buffers = '64MB'"
+	"max_wal_size = '8GB'"
+	"min_wal_size = '1GB'"
+	"checkpoint_timeout = '30min'"
+	"checkpoint_completion_target = 0.9"
+	"wal_compression = off"
+	"work_mem = '64MB'"
+	"maintenance_work_mem = '1GB'"
+	"effective_cache_size = '16GB'"
+	"fsync = on"
+	"synchronous_commit = on"
+	"full_page_writes = on"
+	"pgkafka_join.database = 'postgres'"
+	"pgkafka_join.brokers = ''"
+	"pgkafka_join.retry_interval = '1s'"
+)
+
+say()
+{
+	echo "# $*"
+}
+
+now()
+{
+	date +%s.%N
+}
+
+# calc EXPR: floating-point arithmetic, printed with the given awk format
+calc()
+{
+	awk "BEGIN { printf \"${2:-%.1f}\", $1 }"
+}
+
+# Broker: the JVM's pid.  PostgreSQL: the postmaster's, its children's,
+# the workers'.
+broker_pid()
+{
+	cat "$KAFKA_DIR/broker.pid"
+}
+
+postmaster_pid()
+{
+	head -1 "$PG_DIR/data/postmaster.pid"
+}
+
+# The pids of the join workers, in the order of their numbers
+# (application_name "pgkafka_join worker N"), separated by spaces.
+worker_pids()
+{
+	psql_q "SELECT string_agg(pid::text, ' ' ORDER BY substring(application_name FROM '[0-9]+\$')::integer)
+			  FROM pg_stat_activity
+			 WHERE backend_type = 'pgkafka_join worker'
+			   AND application_name ~ '^pgkafka_join worker [0-9]+\$'"
+}
+
+# wait_workers: set WORKER_PIDS once all $NWORKERS workers run.
+wait_workers()
+{
+	local deadline=$((SECONDS + 60)) pids
+
+	while :; do
+		pids=$(worker_pids)
+		read -r -a WORKER_PIDS <<<"$pids"
+		[ ${#WORKER_PIDS[@]} -ne "$NWORKERS" ] || break
+		[ $SECONDS -lt $deadline ] ||
+			fail "${#WORKER_PIDS[@]} pgkafka_join workers running, not $NWORKERS"
+		sleep 0.1
+	done
+}
+
+# check_workers PHASE: the workers sampled are still the ones running (a
+# worker that exited and was restarted would make the CPU shares wrong).
+check_workers()
+{
+	[ "$(worker_pids)" = "${WORKER_PIDS[*]}" ] ||
+		say "WARNING: the workers changed during $1 (pids ${WORKER_PIDS[*]}, now $(worker_pids)): its CPU shares are wrong"
+}
+
+# CPU time (user + system, in clock ticks) of the processes given, the ones
+# that have exited counting 0.  With -c, the CPU time of their children that
+# have exited and been waited for is added (the postmaster reaps its
+# backends: so a finished COPY backend or psql session still counts).
+cpu_ticks()
+{
+	local pid sum=0 stat children=false
+
+	if [ "${1:-}" = -c ]; then
+		children=true
+		shift
+	fi
+	for pid in "$@"; do
+		stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+		# fields after the command name, which is in parentheses
+		stat=${stat##*) }
+		set -- $stat
+		sum=$((sum + ${12} + ${13}))
+		if $children; then
+			sum=$((sum + ${14} + ${15}))
+		fi
+	done
+	echo "$sum"
+}
+
+# Time the threads of the processes given have spent runnable but waiting
+# for a core (the run queue delay of /proc/PID/task/TID/schedstat), in ms.
+runq_ms()
+{
+	local pid f sum=0 line
+
+	for pid in "$@"; do
+		for f in /proc/"$pid"/task/*/schedstat; do
+			line=$(cat "$f" 2>/dev/null) || continue
+			set -- $line
+			sum=$((sum + $2))
+		done
+	done
+	echo $((sum / 1000000))
+}
+
+# Busy and idle (with iowait) ticks of the whole machine, all cores.
+machine_ticks()
+{
+	awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat
+}
+
+# cpu_sample: print "WORKERS PG_OTHER BROKER BUSY IDLE WQ BQ W0 W1 ..." in
+# ticks, WORKERS being the sum of the join workers W0, W1, ... (WORKER_PIDS,
+# in the order of their numbers; none yet: 0), PG_OTHER every other process
+# of the cluster, exited backends included; WQ and BQ the run queue delay
+# of the workers' and the broker's threads, in ms.  Each process is read
+# once, so that what a worker used between two reads is not counted as
+# another process's.
+cpu_sample()
+{
+	local pm others pid sum=0 t
+	local -a children each=()
+	local -A ticks=()
+
+	pm=$(postmaster_pid)
+	mapfile -t children < <(pgrep -P "$pm" || true)
+	others=$(cpu_ticks -c "$pm")
+	for pid in "${children[@]}"; do
+		ticks[$pid]=$(cpu_ticks "$pid")
+	done
+	for pid in "${WORKER_PIDS[@]}"; do
+		t=${ticks[$pid]:-$(cpu_ticks "$pid")}
+		each+=("$t")
+		sum=$((sum + t))
+		unset "ticks[$pid]"
+	done
+	for pid in "${!ticks[@]}"; do
+		others=$((others + ticks[$pid]))
+	done
+	echo "$sum $others $(cpu_ticks "$(broker_pid)") $(machine_ticks)" \
+		"$(runq_ms "${WORKER_PIDS[@]}") $(runq_ms "$(broker_pid)") ${each[*]}"
+}
+
+# cpu_report START_SAMPLE END_SAMPLE SECONDS: CPU used, in shares of one
+# core; "rest of the machine" is everything else that kept the cores busy
+# (kernel threads, this script and its psql and kcat, other users).  Then
+# the time the workers' and the broker's threads were ready to run but
+# waited for a core, in % of the phase (summed over threads): the CPU
+# contention.  Also sets CPU_SHARES to the same figures, shorter, for the
+# summary line.
+cpu_report()
+{
+	local -a a=($1) b=($2)
+	local secs=$3 rest workers i n each= wq bq
+
+	share()
+	{
+		calc "100 * ($1) / $CLK_TCK / $secs" %.0f
+	}
+	rest="(${b[3]} - ${a[3]}) - (${b[0]} - ${a[0]}) - (${b[1]} - ${a[1]}) - (${b[2]} - ${a[2]})"
+	n=$(( ${#b[@]} - 7 ))
+	if [ $n -le 1 ]; then
+		workers="worker $(share "${b[0]} - ${a[0]}")"
+	else
+		for ((i = 7; i < ${#b[@]}; i++)); do
+			each+="${each:+ + }$(share "${b[i]} - ${a[i]:-0}")"
+		done
+		workers="$n workers $(share "${b[0]} - ${a[0]}") ($each)"
+	fi
+	# a worker sampled only at the end (none at the start) counts from 0
+	wq=$(calc "100 * (${b[5]} - ${a[5]}) / 1000 / $secs" %.0f)
+	[ ${#a[@]} -gt 7 ] || wq=-
+	bq=$(calc "100 * (${b[6]} - ${a[6]}) / 1000 / $secs" %.0f)
+	say "CPU, % of one core ($(nproc) cores = $(($(nproc) * 100))%): $workers," \
+		"other PostgreSQL processes $(share "${b[1]} - ${a[1]}"), Kafka broker $(share "${b[2]} - ${a[2]}")," \
+		"rest of the machine $(share "$rest"), idle $(share "${b[4]} - ${a[4]}");" \
+		"waiting for a core: workers $wq, broker $bq"
+	CPU_SHARES="$workers, other PG $(share "${b[1]} - ${a[1]}"), broker $(share "${b[2]} - ${a[2]}"), rest $(share "$rest"), idle $(share "${b[4]} - ${a[4]}"), waiting for a core: workers $wq, broker $bq"
+}
+
+# reload_with NAME VALUE: ALTER SYSTEM SET + reload.
+reload_with()
+{
+	psql_q "ALTER SYSTEM SET $1 = '$2'" >/dev/null
+	psql_q "SELECT pg_reload_conf()" >/dev/null
+}
+
+# movies_file N FILE: movies 1..N as KEY<TAB>VALUE lines, for produce_file
+movies_file()
+{
+	awk -v n="$1" 'BEGIN {
+		for (i = 1; i <= n; i++)
+			printf "%d\t{\"id\": %d, \"title\": \"Movie %d\", \"release_year\": %d}\n", i, i, i, 1900 + i % 120
+	}' >"$2"
+}
+
+# Produce a KEY<TAB>VALUE file to a topic quickly (not part of any figure).
+# The key is the movie id, so a movie and its ratings share a partition
+# number.
+produce_file()
+{
+	local topic=$1 file=$2
+
+	kcat -P -b "$KAFKA_BOOTSTRAP" -t "$topic" -K '\t' -l "$file" -q \
+		-X log_level=3 \
+		-X enable.idempotence=true -X partitioner=murmur2_random \
+		-X linger.ms=50 -X batch.num.messages=10000 -X batch.size=4000000 \
+		-X queue.buffering.max.messages=1000000 -X queue.buffering.max.kbytes=1048576 ||
+		fail "kcat could not produce $file to $topic"
+}
+
+# Sum of the high watermarks of a topic's partitions.
+topic_end()
+{
+	local topic=$1 p sum=0 end
+
+	for ((p = 0; p < PARTITIONS; p++)); do
+		end=$(kcat -Q -b "$KAFKA_BOOTSTRAP" -t "$topic:$p:-1" 2>/dev/null | awk '{ print $NF }')
+		sum=$((sum + end))
+	done
+	echo "$sum"
+}
+
+# verdict EXPR: "met" if the awk expression holds, else "NOT met"
+verdict()
+{
+	if awk "BEGIN { exit !($1) }"; then echo "met"; else echo "NOT met"; fi
+}
+
+# server_facts: what is measured, once the cluster runs with the extension
+# created: set PG_VERSION, BATCH_SIZE, BATCH_DELAY, JIT, LIBRDKAFKA_VERSION,
+# KAFKA_VERSION, SO (the extension's library) and LIBRDKAFKA (the library it
+# links), and print the server's settings and the machine.
+server_facts()
+{
+	PG_VERSION=$(psql_q "SHOW server_version")
+	BATCH_SIZE=$(psql_q "SHOW pgkafka_join.batch_size")
+	BATCH_DELAY=$(psql_q "SHOW pgkafka_join.batch_delay")
+	JIT=$(psql_q "SHOW jit")
+	LIBRDKAFKA_VERSION=$(dpkg-query -W -f '${Version}' librdkafka1 2>/dev/null || echo "?")
+	KAFKA_VERSION=$(basename "$(compgen -G "$TEST_TOP/.cache/kafka-libs/kafka_2.13-*.jar" | head -1)" .jar)
+	KAFKA_VERSION=${KAFKA_VERSION#kafka_2.13-}
+	SO=$("$PG_BIN/pg_config" --pkglibdir 2>/dev/null || echo "$PG_BIN/../lib")/pgkafka_join.so
+	[ -f "$SO" ] || SO=/usr/lib/postgresql/15/lib/pgkafka_join.so
+	LIBRDKAFKA=$(ldd "$SO" 2>/dev/null | awk '/librdkafka/ { print $3 }')
+
+	say "PostgreSQL $PG_VERSION; settings:"
+	psql_q "SELECT name || ' = ' || setting || coalesce(' ' || unit, '')
+			  FROM pg_settings
+			 WHERE name IN ('shared_buffers', 'wal_buffers', 'max_wal_size', 'min_wal_size',
+							'checkpoint_timeout', 'checkpoint_completion_target', 'wal_compression',
+							'work_mem', 'maintenance_work_mem', 'fsync', 'synchronous_commit',
+							'full_page_writes', 'wal_level', 'jit', 'autovacuum',
+							'pgkafka_join.batch_size', 'pgkafka_join.batch_delay',
+							'pgkafka_join.workers')
+				OR (name LIKE 'pgkafka_join.%' AND source NOT IN ('default', 'override'))
+			 ORDER BY name" | sed 's/^/#   /'
+	say "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GB"
+}
+
+# so_id: the extension library measured, "MD5 prefix, installed DATE" (others
+# may rebuild and reinstall it meanwhile).
+so_id()
+{
+	echo "$(md5sum "$SO" | cut -c1-12), installed $(date -r "$SO" '+%F %T')"
+}
