@@ -749,17 +749,6 @@ ingest_paused(void)
 	return paused;
 }
 
-/* Have the offsets been reset since the partitions were assigned? */
-static bool
-offsets_reset(void)
-{
-	bool		paused;
-	int64		generation;
-
-	read_control(&paused, &generation);
-	return generation != offsets_generation;
-}
-
 /*
  * Drop the Kafka handles, and what was learnt with them: the partitions
  * owned, their claims, the publisher's positions.
@@ -1206,14 +1195,18 @@ worker_step(void)
 	}
 	else
 	{
+		bool		paused;
+		int64		generation;
+
 		/* idle: pause() or reset_offsets() may have woken us */
-		if (ingest_paused())
+		read_control(&paused, &generation);
+		if (paused)
 		{
 			w.paused = true;
 			enter_pause();
 			return;
 		}
-		if (offsets_reset())
+		if (generation != offsets_generation)
 		{
 			restart_kafka("pgkafka_join input offsets were reset; consuming from the stored offsets");
 			return;

@@ -14,9 +14,11 @@ CLK_TCK=$(getconf CLK_TCK)
 
 # Durability stays on (fsync, synchronous_commit, full_page_writes): the
 # figures are those of a real server.  The worker stays idle until
-# pgkafka_join.brokers is set (reload_with).
+# pgkafka_join.brokers is set (reload_with).  shared_buffers is the usual
+# quarter of the machine's memory (24 GB): a 50-million-movie catalog
+# (4.7 GB with its indexes) then fits, as it should on a real server.
 PG_SETTINGS=(
-	"shared_buffers = '2GB'"
+	"shared_buffers = '6GB'"
 	"wal_buffers = '64MB'"
 	"max_wal_size = '8GB'"
 	"min_wal_size = '1GB'"
@@ -33,6 +35,32 @@ PG_SETTINGS=(
 	"pgkafka_join.brokers = ''"
 	"pgkafka_join.retry_interval = '1s'"
 )
+
+# start_cluster WORKERS [SETTING...]: start the cluster of $PG_DIR with
+# PG_SETTINGS, pgkafka_join.workers = WORKERS (empty: as configured), the
+# given settings and those of PGKJ_BENCH_CONF (one per line, last); create
+# the extension; set NWORKERS.
+start_cluster()
+{
+	local workers=$1
+	local -a settings=("${PG_SETTINGS[@]}") extra_conf
+	shift
+
+	if [ -n "$workers" ]; then
+		settings+=("pgkafka_join.workers = $workers")
+		# the launcher and the workers, and room for parallel workers
+		[ "$workers" -lt 7 ] || settings+=("max_worker_processes = $((workers + 2))")
+	fi
+	settings+=("$@")
+	if [ -n "${PGKJ_BENCH_CONF:-}" ]; then
+		mapfile -t extra_conf <<<"$PGKJ_BENCH_CONF"
+		settings+=("${extra_conf[@]}")
+	fi
+	pg_start "$PG_DIR" "${settings[@]}"
+	psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
+	NWORKERS=$(psql_q "SHOW pgkafka_join.workers")
+	WORKER_PIDS=()
+}
 
 say()
 {

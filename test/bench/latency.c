@@ -488,13 +488,19 @@ consumer_main(void *arg)
  * Clients
  */
 
-static void
-set_conf(rd_kafka_conf_t *conf, const char *name, const char *value)
+/* A new configuration: the brokers, then NULL-terminated name, value pairs */
+static rd_kafka_conf_t *
+make_conf(const char *const *props)
 {
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	char		errstr[512];
 
-	if (rd_kafka_conf_set(conf, name, value, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
-		die("%s=%s: %s", name, value, errstr);
+	if (rd_kafka_conf_set(conf, "bootstrap.servers", brokers, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
+		die("bootstrap.servers=%s: %s", brokers, errstr);
+	for (; props[0] != NULL; props += 2)
+		if (rd_kafka_conf_set(conf, props[0], props[1], errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
+			die("%s=%s: %s", props[0], props[1], errstr);
+	return conf;
 }
 
 static void
@@ -526,17 +532,19 @@ error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 static rd_kafka_t *
 make_producer(void)
 {
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	static const char *const props[] = {
+		"client.id", "pgkj-latency-producer",
+		"partitioner", "murmur2_random",
+		"linger.ms", "0",
+		"enable.idempotence", "true",
+		"acks", "all",
+		"socket.nagle.disable", "true",
+		NULL
+	};
+	rd_kafka_conf_t *conf = make_conf(props);
 	char		errstr[512];
 	rd_kafka_t *rk;
 
-	set_conf(conf, "bootstrap.servers", brokers);
-	set_conf(conf, "client.id", "pgkj-latency-producer");
-	set_conf(conf, "partitioner", "murmur2_random");
-	set_conf(conf, "linger.ms", "0");
-	set_conf(conf, "enable.idempotence", "true");
-	set_conf(conf, "acks", "all");
-	set_conf(conf, "socket.nagle.disable", "true");
 	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
 	rd_kafka_conf_set_error_cb(conf, error_cb);
 	rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
@@ -556,9 +564,21 @@ make_producer(void)
 static rd_kafka_t *
 make_consumer(const char *topic)
 {
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	char		errstr[512];
 	char		group[64];
+	const char *const props[] = {
+		"client.id", "pgkj-latency-consumer",
+		"group.id", group,
+		"enable.auto.commit", "false",
+		"enable.auto.offset.store", "false",
+		"isolation.level", "read_committed",
+		"fetch.wait.max.ms", "5",
+		"fetch.min.bytes", "1",
+		"fetch.error.backoff.ms", "10",
+		"socket.nagle.disable", "true",
+		NULL
+	};
+	rd_kafka_conf_t *conf;
+	char		errstr[512];
 	rd_kafka_t *rk;
 	rd_kafka_topic_t *rkt;
 	const rd_kafka_metadata_t *md;
@@ -567,16 +587,7 @@ make_consumer(const char *topic)
 	int			i;
 
 	snprintf(group, sizeof(group), "pgkj-latency-%d", (int) getpid());
-	set_conf(conf, "bootstrap.servers", brokers);
-	set_conf(conf, "client.id", "pgkj-latency-consumer");
-	set_conf(conf, "group.id", group);
-	set_conf(conf, "enable.auto.commit", "false");
-	set_conf(conf, "enable.auto.offset.store", "false");
-	set_conf(conf, "isolation.level", "read_committed");
-	set_conf(conf, "fetch.wait.max.ms", "5");
-	set_conf(conf, "fetch.min.bytes", "1");
-	set_conf(conf, "fetch.error.backoff.ms", "10");
-	set_conf(conf, "socket.nagle.disable", "true");
+	conf = make_conf(props);
 	rd_kafka_conf_set_error_cb(conf, error_cb);
 	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 	if (rk == NULL)
@@ -674,11 +685,12 @@ wait_arrival_locked(void)
 }
 
 /*
- * Wait until at least N records have arrived, or TIMEOUT_MS.  Returns
- * whether they arrived.
+ * Wait until ready(arg), called with the lock held, says so, or TIMEOUT_MS;
+ * the producer's delivery reports are served meanwhile.  Returns whether it
+ * did.
  */
 static bool
-wait_results(rd_kafka_t *producer, size_t n, int64_t timeout_ms)
+wait_until(rd_kafka_t *producer, bool (*ready) (void *), void *arg, int64_t timeout_ms)
 {
 	int64_t		deadline = mono_ns() + timeout_ms * 1000000;
 	bool		done;
@@ -686,9 +698,9 @@ wait_results(rd_kafka_t *producer, size_t n, int64_t timeout_ms)
 	for (;;)
 	{
 		pthread_mutex_lock(&lock);
-		if (nrecv < n)
+		done = ready(arg);
+		if (!done)
 			wait_arrival_locked();
-		done = nrecv >= n;
 		pthread_mutex_unlock(&lock);
 		rd_kafka_poll(producer, 0);
 		if (done)
@@ -696,6 +708,46 @@ wait_results(rd_kafka_t *producer, size_t n, int64_t timeout_ms)
 		if (mono_ns() >= deadline || fatal_error)
 			return false;
 	}
+}
+
+static bool
+arrived_n(void *arg)
+{
+	return nrecv >= *(size_t *) arg;
+}
+
+/*
+ * Wait until at least N records have arrived, or TIMEOUT_MS.  Returns
+ * whether they arrived.
+ */
+static bool
+wait_results(rd_kafka_t *producer, size_t n, int64_t timeout_ms)
+{
+	return wait_until(producer, arrived_n, &n, timeout_ms);
+}
+
+/* What wait_result_of() looks for, and where it stands */
+typedef struct
+{
+	const Key  *key;
+	size_t		from;
+	Result	   *out;
+} Lookup;
+
+static bool
+arrived_key(void *arg)
+{
+	Lookup	   *l = arg;
+
+	for (; l->from < nrecv; l->from++)
+	{
+		if (key_cmp(&recv_buf[l->from].key, l->key) == 0)
+		{
+			*l->out = recv_buf[l->from];
+			return true;
+		}
+	}
+	return false;
 }
 
 /*
@@ -708,31 +760,10 @@ static bool
 wait_result_of(rd_kafka_t *producer, const Key *k, size_t from,
 			   int64_t timeout_ms, Result *out)
 {
-	int64_t		deadline = mono_ns() + timeout_ms * 1000000;
-	bool		found = false;
+	Lookup		l = {k, from, out};
 
-	for (;;)
-	{
-		pthread_mutex_lock(&lock);
-		for (; !found && from < nrecv; from++)
-		{
-			if (key_cmp(&recv_buf[from].key, k) == 0)
-			{
-				*out = recv_buf[from];
-				found = true;
-			}
-		}
-		if (!found)
-			wait_arrival_locked();
-		pthread_mutex_unlock(&lock);
-		rd_kafka_poll(producer, 0);
-		if (found)
-			return true;
-		if (mono_ns() >= deadline || fatal_error)
-			return false;
-	}
+	return wait_until(producer, arrived_key, &l, timeout_ms);
 }
-
 
 /*
  * Reporting

@@ -194,17 +194,7 @@ produce_file movies "$MOVIES_KAFKA"
 [ "$(topic_end movies)" = "$MOVIES" ] || fail "topic movies holds $(topic_end movies) messages, not $MOVIES"
 
 PG_DIR=$TEST_DIR/pg
-settings=("${PG_SETTINGS[@]}" "pgkafka_join.workers = $WORKERS")
-# the launcher and the workers, and room for parallel workers
-[ "$WORKERS" -lt 7 ] || settings+=("max_worker_processes = $((WORKERS + 2))")
-if [ -n "${PGKJ_BENCH_CONF:-}" ]; then
-	mapfile -t extra_conf <<<"$PGKJ_BENCH_CONF"
-	settings+=("${extra_conf[@]}")
-fi
-pg_start "$PG_DIR" "${settings[@]}"
-psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
-NWORKERS=$(psql_q "SHOW pgkafka_join.workers")
-WORKER_PIDS=()
+start_cluster "$WORKERS"
 server_facts
 SO_ID=$(so_id)
 say "extension: $SO ($SO_ID)"
