@@ -311,12 +311,12 @@ pkj_kafka_connect(Oid extension_oid, char **problem)
 		/*
 		 * librdkafka 2.0 stops fetching while its queue holds
 		 * queued.min.messages and looks again only up to a second later;
-		 * the default of 100000 starves a worker that stores faster.  A
-		 * fetch the broker holds for want of data is not always answered
-		 * when data comes: with the default fetch.wait.max.ms (500 ms) a
-		 * lone rating on a quiet stream could wait up to a second before
-		 * the worker saw it.  10 ms bounds that wait, for an empty fetch
-		 * per 10 ms on an idle stream.
+		 * the default of 100000 starves a worker that stores faster.  With
+		 * the default fetch.wait.max.ms (500 ms), a lone rating on a quiet
+		 * stream was seen to wait up to a second before the worker got it
+		 * (a fetch held by the broker for want of data, not answered when
+		 * the data came).  10 ms bounds that wait, for an empty fetch per
+		 * 10 ms on an idle stream.
 		 */
 		const char *const defaults[] = {
 			"queued.min.messages", "1000000",

@@ -173,6 +173,15 @@ poll_until()
 	[ -n "$FIRST_AT" ] || FIRST_AT=$(now)
 }
 
+# poll_stored TOPIC COUNT: poll_until the stored offsets of TOPIC add up to
+# COUNT, noting the first batch stored (FIRST_AT, FIRST_N, FIRST_CPU).
+poll_stored()
+{
+	local stored="SELECT coalesce(sum(next_offset), 0) FROM pgkafka_join.input_offsets WHERE topic = '$1'"
+
+	poll_until "SELECT ($stored) = $2" "$stored"
+}
+
 # after_first TOTAL END SAMPLE: the rate of the rest of the messages (TOTAL
 # - FIRST_N) from FIRST_AT to END, and the CPU shares over that time, in
 # AFTER_RATE and AFTER_CPU (CPU_SHARES of cpu_report); "n/a" if the first
@@ -410,8 +419,7 @@ COPY pgkafka_join.movies (id, title, release_year, updated_at) FROM '$MOVIES_COP
 	cpu0=$(cpu_sample)
 	rss_start catalog-run$run
 	PHASE_START=$t0
-	poll_until "SELECT coalesce(sum(next_offset), 0) = $MOVIES FROM pgkafka_join.input_offsets WHERE topic = 'movies'" \
-		"SELECT coalesce(sum(next_offset), 0) FROM pgkafka_join.input_offsets WHERE topic = 'movies'"
+	poll_stored movies "$MOVIES"
 	t1=$(now)
 	rss_stop catalog-run$run
 	R_RSS_CATALOG[run]=$RSS_FIGURES
@@ -455,8 +463,7 @@ COPY pgkafka_join.movies (id, title, release_year, updated_at) FROM '$MOVIES_COP
 	rss_start ratings-run$run
 	# All stored (each one joined, its movie being there) ...
 	PHASE_START=$t0
-	poll_until "SELECT coalesce(sum(next_offset), 0) = $RATINGS FROM pgkafka_join.input_offsets WHERE topic = 'ratings_bench'" \
-		"SELECT coalesce(sum(next_offset), 0) FROM pgkafka_join.input_offsets WHERE topic = 'ratings_bench'"
+	poll_stored ratings_bench "$RATINGS"
 	t_stored=$(now)
 	R_FIRST_RATINGS_S[run]=$(calc "$FIRST_AT - $t0" %.1f)
 	first_at=$FIRST_AT first_n=$FIRST_N first_cpu=$FIRST_CPU
