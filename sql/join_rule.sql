@@ -233,7 +233,35 @@ SELECT id, pgkafka_join.output_value(r) FROM pgkafka_join.rated_movies r ORDER B
 -- It is JSON, and its title reads back as stored
 SELECT id, pgkafka_join.output_value(r)::jsonb ->> 'title' = r.title AS title_round_trips
   FROM pgkafka_join.rated_movies r ORDER BY id;
+-- The same text as the SQL expression that wrote it in version 1.0, over
+-- awkward values: extreme ids, non-ASCII and control characters, a negative
+-- year, tiny, huge and inexact ratings, microseconds, the first second of
+-- 1970 and the last of 9999
+SELECT pgkafka_join.create_partitions_for(ARRAY['1970-01-01 00:00:00.000001+00'::timestamptz,
+                                                 '9999-12-31 23:59:59.999999+00']);
+INSERT INTO pgkafka_join.rated_movies
+       (id, movie_id, title, release_year, rating, rated_at, joined_at, kafka_partition, kafka_offset, share)
+VALUES (4, 9223372036854775807, E'\u00c9t\u00e9 \u6620\u753b \x01\x1f / \\u0041', -5, 1e-300,
+        '1970-01-01 00:00:00.000001+00', '2026-11-20 10:00:01+00', 0, 4, 0),
+       (5, 0, '', 0, 123456789.123456789, '2026-11-20 23:59:59.999999+14', '2026-11-20 10:00:01+00', 0, 5, 0),
+       (6, 1, ' ', NULL, -1.7976931348623157e308, '9999-12-31 23:59:59.999999+00', '2026-11-20 10:00:01+00', 0, 6, 0);
+SET TimeZone = 'Asia/Kolkata';
+SELECT id, pgkafka_join.output_value(r) FROM pgkafka_join.rated_movies r WHERE id > 3 ORDER BY id;
+SELECT id, pgkafka_join.output_value(r) =
+       pg_catalog.format('{"id":%s,"title":%s,"release_year":%s,"rating":%s,"rated_at":"%sZ"}',
+                         r.movie_id, pg_catalog.to_json(r.title),
+                         coalesce(r.release_year::text, 'null'), r.rating,
+                         pg_catalog.to_json(r.rated_at AT TIME ZONE 'UTC') OPERATOR(pg_catalog.#>>) '{}')
+       AS same_as_sql
+  FROM pgkafka_join.rated_movies r ORDER BY id;
+-- extra_float_digits applies to the rating, as in float8out
+SET extra_float_digits = 0;
+SELECT pgkafka_join.output_value(r)::json ->> 'rating' AS rating FROM pgkafka_join.rated_movies r WHERE id = 5;
+RESET extra_float_digits;
 RESET TimeZone;
+-- a row without a required field has no value
+SELECT pgkafka_join.output_value(ROW(7, 7, NULL, NULL, 1, now(), now(), 0, 7, 0)::pgkafka_join.rated_movies);
+SELECT pgkafka_join.output_value(NULL::pgkafka_join.rated_movies) IS NULL AS null_row_gives_null;
 
 -- Leave the tables empty for the next test
 TRUNCATE pgkafka_join.movies, pgkafka_join.ratings, pgkafka_join.rated_movies;

@@ -186,15 +186,8 @@ AS $$
 $$;
 
 CREATE OR REPLACE FUNCTION output_value(r rated_movies) RETURNS text
-LANGUAGE sql STABLE
-AS $$
-    SELECT pg_catalog.format('{"id":%s,"title":%s,"release_year":%s,"rating":%s,"rated_at":"%sZ"}',
-                             r.movie_id,
-                             pg_catalog.to_json(r.title),
-                             coalesce(r.release_year::text, 'null'),
-                             r.rating,
-                             pg_catalog.to_json(r.rated_at AT TIME ZONE 'UTC') OPERATOR(pg_catalog.#>>) '{}')
-$$;
+LANGUAGE C STABLE STRICT
+AS 'MODULE_PATHNAME', 'pgkafka_join_output_value';
 
 /* ---- storing and publishing per share, without a global lock ---- */
 

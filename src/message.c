@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * message.c
- *	  Parse one Kafka message value into a movie or a rating.
+ *	  Parse one Kafka message value into a movie or a rating; write the
+ *	  value published for a rated movie.
  *
  * A message value is a JSON object.  Only its top-level fields are looked
  * at; unknown fields, and whatever is nested inside them, are ignored.
@@ -43,11 +44,14 @@
 #include <errno.h>
 #include <math.h>
 
+#include "catalog/pg_type.h"
 #include "common/int.h"
 #include "common/jsonapi.h"
 #include "mb/pg_wchar.h"
 #include "nodes/pg_list.h"		/* pgkafka_join.h uses List */
 #include "utils/datetime.h"
+#include "utils/float.h"
+#include "utils/json.h"
 #include "utils/memutils.h"
 
 #include "pgkafka_join.h"
@@ -608,4 +612,35 @@ pkj_parse_rating(const char *value, size_t len, PkjRating *out,
 	}
 	out->has_rated_at = true;
 	return true;
+}
+
+/*
+ * Append the value published for a rated movie to buf, as output_value()
+ * returns it:
+ *	{"id":42,"title":"...","release_year":1972,"rating":4.5,
+ *	 "rated_at":"2026-11-20T10:00:00.25Z"}
+ * release_year null when unknown; the rating as float8out writes it (so
+ * extra_float_digits applies); rated_at in RFC 3339, in UTC whatever the
+ * session's TimeZone.  The worker calls this for every result it publishes,
+ * without going through SQL.
+ */
+void
+pkj_format_result(StringInfo buf, int64 movie_id, const char *title,
+				  bool has_release_year, int32 release_year, float8 rating,
+				  TimestampTz rated_at)
+{
+	char		ts[MAXDATELEN + 1];
+	char	   *rating_text = float8out_internal(rating);
+
+	/* a timestamptz counts microseconds in UTC: as a timestamp it is UTC */
+	JsonEncodeDateTime(ts, TimestampGetDatum(rated_at), TIMESTAMPOID, NULL);
+
+	appendStringInfo(buf, "{\"id\":" INT64_FORMAT ",\"title\":", movie_id);
+	escape_json(buf, title);
+	if (has_release_year)
+		appendStringInfo(buf, ",\"release_year\":%d", release_year);
+	else
+		appendStringInfoString(buf, ",\"release_year\":null");
+	appendStringInfo(buf, ",\"rating\":%s,\"rated_at\":\"%sZ\"}", rating_text, ts);
+	pfree(rating_text);
 }

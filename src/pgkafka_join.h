@@ -22,6 +22,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "utils/timestamp.h"
 
@@ -95,6 +96,9 @@ extern bool pkj_parse_rating(const char *value, size_t len, PkjRating *out,
 							 const char **reason);
 extern bool pkj_parse_id_text(const char *text, size_t len, int64 *id);
 extern bool pkj_timestamp_in_range(TimestampTz ts);
+extern void pkj_format_result(StringInfo buf, int64 movie_id, const char *title,
+							  bool has_release_year, int32 release_year,
+							  float8 rating, TimestampTz rated_at);
 
 /* ---- ingest.c ---- */
 typedef struct PkjBatch PkjBatch;

@@ -610,6 +610,7 @@ fetch_results(MemoryContext cxt, PendingResult **results)
 	Datum	   *share_elems = palloc(Max(nshares, 1) * sizeof(Datum));
 	Datum	   *after_elems = palloc(Max(nshares, 1) * sizeof(Datum));
 	PendingResult *res;
+	StringInfoData buf;
 	int			n;
 
 	pkj_begin_spi("reading results to publish");
@@ -621,10 +622,12 @@ fetch_results(MemoryContext cxt, PendingResult **results)
 		return 0;
 	}
 	if (fetch_plan == NULL)
-		fetch_plan = keep_plan("SELECT r.id, r.share, r.movie_id::text, r.value "
+		fetch_plan = keep_plan("SELECT r.id, r.share, r.movie_id, r.title, r.release_year, "
+							   "r.rating, r.rated_at "
 							   "FROM unnest($1, $2) WITH ORDINALITY AS s(share, after, turn) "
 							   "CROSS JOIN LATERAL "
-							   "(SELECT r.id, r.share, r.movie_id, pgkafka_join.output_value(r) AS value "
+							   "(SELECT r.id, r.share, r.movie_id, r.title, r.release_year, "
+							   "r.rating, r.rated_at "
 							   "FROM pgkafka_join.rated_movies r "
 							   "WHERE r.share = s.share AND r.id > s.after "
 							   "ORDER BY r.id LIMIT $3) r "
@@ -646,18 +649,32 @@ fetch_results(MemoryContext cxt, PendingResult **results)
 	if (SPI_execute_plan(fetch_plan, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pgkafka_join.rated_movies");
 
+	/* the records' keys and values are written here, not in SQL */
 	n = SPI_processed;
 	res = MemoryContextAlloc(cxt, Max(n, 1) * sizeof(PendingResult));
+	initStringInfo(&buf);
 	for (int i = 0; i < n; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
+		bool		year_null;
+		int64		movie_id = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		Datum		year = SPI_getbinval(tup, desc, 5, &year_null);
+		char	   *title = TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull));
 
 		res[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		res[i].share = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-		res[i].key = MemoryContextStrdup(cxt, SPI_getvalue(tup, desc, 3));
-		res[i].value = MemoryContextStrdup(cxt, SPI_getvalue(tup, desc, 4));
+		res[i].key = MemoryContextAlloc(cxt, MAXINT8LEN + 1);
+		pg_lltoa(movie_id, res[i].key);
+		resetStringInfo(&buf);
+		pkj_format_result(&buf, movie_id, title,
+						  !year_null, year_null ? 0 : DatumGetInt32(year),
+						  DatumGetFloat8(SPI_getbinval(tup, desc, 6, &isnull)),
+						  DatumGetTimestampTz(SPI_getbinval(tup, desc, 7, &isnull)));
+		res[i].value = MemoryContextAlloc(cxt, buf.len + 1);
+		memcpy(res[i].value, buf.data, buf.len + 1);
+		pfree(title);
 	}
 	pkj_end_spi();
 	*results = res;

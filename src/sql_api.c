@@ -15,6 +15,7 @@
 #include "pgkafka_join.h"
 
 PG_FUNCTION_INFO_V1(pgkafka_join_parse_message);
+PG_FUNCTION_INFO_V1(pgkafka_join_output_value);
 
 /*
  * parse_message(kind text, value bytea) -> (accepted, id, title,
@@ -91,4 +92,41 @@ pgkafka_join_parse_message(PG_FUNCTION_ARGS)
 		nulls[6] = false;
 	}
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/* A column of a rated_movies row that must not be null */
+static Datum
+required_attribute(HeapTupleHeader row, const char *name)
+{
+	bool		isnull;
+	Datum		value = GetAttributeByName(row, name, &isnull);
+
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s of a rated movie must not be null", name)));
+	return value;
+}
+
+/*
+ * output_value(r rated_movies) -> text
+ *
+ * The value the worker publishes for the result r (see pkj_format_result).
+ */
+Datum
+pgkafka_join_output_value(PG_FUNCTION_ARGS)
+{
+	HeapTupleHeader row = PG_GETARG_HEAPTUPLEHEADER(0);
+	bool		year_null;
+	Datum		year = GetAttributeByName(row, "release_year", &year_null);
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	pkj_format_result(&buf,
+					  DatumGetInt64(required_attribute(row, "movie_id")),
+					  TextDatumGetCString(required_attribute(row, "title")),
+					  !year_null, year_null ? 0 : DatumGetInt32(year),
+					  DatumGetFloat8(required_attribute(row, "rating")),
+					  DatumGetTimestampTz(required_attribute(row, "rated_at")));
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(buf.data, buf.len));
 }

@@ -10,7 +10,7 @@
 # The planted objects are those unqualified calls would resolve to (each
 # matches its arguments better than its pg_catalog original, which an
 # implicit pg_catalog first in the path does not prevent): to_json(text) and
-# to_json(timestamp) for the title and rated_at of output_value(),
+# to_json(timestamp) for the title and rated_at of version 1.0's output_value(),
 # #>>(json, text) for its '{}', nextval(text) and setval(text, ...) for the
 # result ids, unnest(bigint[]) for the offsets.  Also planted, as decoys
 # that win only where pg_catalog is searched after them: now(),
