@@ -870,6 +870,16 @@ begin_batch(int64 offsets_generation)
 	bool		isnull;
 	int64		generation;
 
+	/*
+	 * Take a transaction id before any statement of the batch takes its
+	 * snapshot.  A worker's rejoin, after its commit, waits for the other
+	 * workers' transactions by their ids (wait_for_other_workers): a batch
+	 * whose statement took its snapshot before that commit but had not
+	 * written yet, and so had no id, would not be waited for, and a rating
+	 * and its movie stored by the two would never be joined.
+	 */
+	(void) GetCurrentTransactionId();
+
 	prepare_plans();
 	if (SPI_execute_plan(begin_batch_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not call pgkafka_join.begin_batch()");
@@ -1001,6 +1011,9 @@ pkj_ingest_reject_single(PkjBatch *batch, int64 offsets_generation, const char *
  * Wait until the transactions the other join workers are running now have
  * ended (committed or aborted), so that what they stored is visible to the
  * next statement.  Called at the start of a transaction that holds no lock.
+ * A batch transaction has its id before its first snapshot (begin_batch),
+ * so none that could have missed our last batch is passed over for lack of
+ * an id.
  */
 static void
 wait_for_other_workers(void)
