@@ -829,22 +829,23 @@ update_partition_status(void)
 		if (rd_kafka_get_watermark_offsets(pkj_kafka.consumer, tp->topic, tp->partition,
 										   &low, &high) != RD_KAFKA_RESP_ERR_NO_ERROR)
 			high = low = -1;
-		if (!pkj_status_set_partition(tp->topic, tp->partition, high,
-									  tp->offset >= 0 ? tp->offset : -1))
-		{
-			/*
-			 * Unlisted, so the view cannot take its stored offset: until a
-			 * message of it is consumed the position is not known, and the
-			 * offset it was assigned at is where it stands.
-			 */
-			unlisted++;
-			if (from < 0 && pkj_kafka.assignment)
-			{
-				rd_kafka_topic_partition_t *a =
-					rd_kafka_topic_partition_list_find(pkj_kafka.assignment, tp->topic, tp->partition);
 
-				from = a == NULL ? -1 : a->offset >= 0 ? a->offset : Max(low, 0);
-			}
+		/*
+		 * Until a message of the partition is consumed the consumer has no
+		 * position for it: the offset it was assigned at is where it stands
+		 * (else its whole backlog would be left out of the lag).
+		 */
+		if (from < 0 && pkj_kafka.assignment)
+		{
+			rd_kafka_topic_partition_t *a =
+				rd_kafka_topic_partition_list_find(pkj_kafka.assignment, tp->topic, tp->partition);
+
+			from = a == NULL ? -1 : a->offset >= 0 ? a->offset : Max(low, 0);
+		}
+		if (!pkj_status_set_partition(tp->topic, tp->partition, high, from))
+		{
+			/* unlisted, so the view cannot take its stored offset */
+			unlisted++;
 			if (high >= 0 && from >= 0 && high > from)
 				unlisted_lag += high - from;
 		}

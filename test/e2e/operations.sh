@@ -60,6 +60,13 @@ pass "the status view shows the backlog: $(psql_q "SELECT 'lag ' || input_lag ||
 wait_for 120 "grep -q 'pgkafka_join is catching up' '$PG_DIR/server.log'" ||
 	fail "no progress line in the log while catching up"
 pass "the log shows progress: $(grep -m1 -o 'pgkafka_join is catching up.*' "$PG_DIR/server.log")"
+# the worker had stored for about a second of the 200000: most are left,
+# counted on every partition, consumed since the resume or not
+left=$(grep -m1 -o 'pgkafka_join is catching up: [0-9]* messages stored in the last [0-9]* s, [0-9]* left' \
+	"$PG_DIR/server.log" | grep -o '[0-9]* left$' | cut -d' ' -f1)
+[ "${left:-0}" -ge 100000 ] ||
+	fail "the progress line counts ${left:-no} messages left of a backlog of 200000 barely begun"
+pass "the progress line counts the messages left on every partition ($left)"
 wait "$holder" || fail "the session holding the ingest lock failed"
 retention_from=$(stat -c %s "$PG_DIR/server.log")
 
