@@ -582,6 +582,23 @@ after_verdict()
 	if [ "$r" = n/a ]; then echo n/a; else verdict "${r%x} >= 0.9"; fi
 }
 
+# best_run ARRAY [MIN_WORKERS]: the run with the highest figure in ARRAY
+# (indexed by run; decimals allowed) among the runs of at least MIN_WORKERS
+# workers (default 1); nothing if there is none.
+best_run()
+{
+	local -n figures=$1
+	local min=${2:-1} best= run
+
+	for ((run = 1; run <= NRUNS; run++)); do
+		[ "${R_NWORKERS[run]}" -ge "$min" ] || continue
+		if [ -z "$best" ] || [ "$(calc "(${figures[run]} > ${figures[best]})" %d)" = 1 ]; then
+			best=$run
+		fi
+	done
+	echo "$best"
+}
+
 if ! $COMPARE; then
 	cat <<EOF
 
@@ -643,24 +660,12 @@ for ((run = 1; run <= NRUNS; run++)); do
 		"restart: $(if [ -n "${R_RESTART_S[run]:-}" ]; then echo "first new rating read ${R_RESTART_S[run]} s after the worker reached the brokers"; else echo "measured after the last run only"; fi);" \
 		"load ${R_LOAD_BEFORE[run]%% *} -> ${R_LOAD_AFTER[run]%% *}"
 done
-best=1
-for ((run = 2; run <= NRUNS; run++)); do
-	[ "${R_RATINGS_RATE[run]}" -le "${R_RATINGS_RATE[best]}" ] || best=$run
-done
+best=$(best_run R_RATINGS_RATE)
 echo "target: ratings joined and published >= 100000/s: best ${R_NWORKERS[best]} workers ${R_RATINGS_RATE[best]}/s ($(verdict "${R_RATINGS_RATE[best]} >= 100000"))"
-best=1
-for ((run = 2; run <= NRUNS; run++)); do
-	[ "$(calc "(${R_INGEST_RATIO[run]} > ${R_INGEST_RATIO[best]})" %d)" = 0 ] || best=$run
-done
+best=$(best_run R_INGEST_RATIO)
 echo "target: catalog >= 0.9x COPY: best ${R_NWORKERS[best]} workers ${R_INGEST_RATIO[best]}x ($(verdict "${R_INGEST_RATIO[best]} >= 0.9")), after the first batch $(after_ratio "$best") ($(after_verdict "$best"))"
 if [ -n "$REF" ]; then
-	best=
-	for ((run = 1; run <= NRUNS; run++)); do
-		[ "${R_NWORKERS[run]}" -gt 1 ] || continue
-		if [ -z "$best" ] || [ "${R_RATINGS_RATE[run]}" -gt "${R_RATINGS_RATE[best]}" ]; then
-			best=$run
-		fi
-	done
+	best=$(best_run R_RATINGS_RATE 2)
 	if [ -n "$best" ]; then
 		speedup=$(calc "${R_RATINGS_RATE[best]} / ${R_RATINGS_RATE[REF]}" %.2f)
 		echo "target: ratings joined and published with several workers >= 2x the 1-worker figure of this run:" \
