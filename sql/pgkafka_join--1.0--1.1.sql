@@ -27,7 +27,12 @@
  *    numbered one nextval() each.  output_position() and snapshot_shares()
  *    give the snapshot-then-tail recipe per share; the status views show
  *    one row per worker.
+ *  - movies.updated_at defaults to now(), the time a new movie is copied in.
  */
+
+/* ---- movies copied in take updated_at from its default ---- */
+
+ALTER TABLE movies ALTER COLUMN updated_at SET DEFAULT pg_catalog.now();
 
 /* ---- the publish position's Kafka group, kept in control ---- */
 
@@ -208,10 +213,11 @@ SET jit = off
 AS $$
 DECLARE
     produced bigint;
+    cutoff timestamptz := now() - pgkafka_join.join_window();
 BEGIN
     -- the ratings waiting for these movies; usually none while a catalog loads
     IF NOT EXISTS (SELECT 1 FROM pgkafka_join.ratings r
-                    WHERE NOT r.joined AND r.rated_at >= now() - pgkafka_join.join_window()) THEN
+                    WHERE NOT r.joined AND r.rated_at >= cutoff) THEN
         RETURN 0;
     END IF;
     WITH waiting AS (
@@ -223,7 +229,7 @@ BEGIN
                  ORDER BY l.id) AS l
          WHERE r.movie_id = l.id
            AND NOT r.joined
-           AND r.rated_at >= now() - pgkafka_join.join_window()
+           AND r.rated_at >= cutoff
         RETURNING r.movie_id, l.title, l.release_year, r.rating, r.rated_at,
                   r.kafka_partition, r.kafka_offset, l.share
     ),
@@ -297,12 +303,14 @@ SET jit = off
 AS $$
 DECLARE
     produced bigint;
+    -- once per batch, not per rating
+    cutoff timestamptz := now() - pgkafka_join.join_window();
 BEGIN
     PERFORM pgkafka_join.create_partitions_for(rated_ats);
 
     WITH batch AS (
         SELECT b.*, m.title, m.release_year,
-               (m.id IS NOT NULL AND b.rated_at >= now() - pgkafka_join.join_window()) AS joined
+               (m.id IS NOT NULL AND b.rated_at >= cutoff) AS joined
           FROM (SELECT *
                   FROM unnest(movie_ids, ratings, rated_ats, kafka_partitions, kafka_offsets)
                        WITH ORDINALITY AS u(movie_id, rating, rated_at, kafka_partition, kafka_offset, ord)

@@ -25,7 +25,7 @@ CREATE TABLE movies (
     id              bigint NOT NULL,
     title           text NOT NULL,
     release_year    integer,
-    updated_at      timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (id)
 ) PARTITION BY HASH (id);
 
@@ -269,10 +269,11 @@ SET jit = off
 AS $$
 DECLARE
     produced bigint;
+    cutoff timestamptz := now() - pgkafka_join.join_window();
 BEGIN
     -- the ratings waiting for these movies; usually none while a catalog loads
     IF NOT EXISTS (SELECT 1 FROM pgkafka_join.ratings r
-                    WHERE NOT r.joined AND r.rated_at >= now() - pgkafka_join.join_window()) THEN
+                    WHERE NOT r.joined AND r.rated_at >= cutoff) THEN
         RETURN 0;
     END IF;
     WITH waiting AS (
@@ -284,7 +285,7 @@ BEGIN
                  ORDER BY l.id) AS l
          WHERE r.movie_id = l.id
            AND NOT r.joined
-           AND r.rated_at >= now() - pgkafka_join.join_window()
+           AND r.rated_at >= cutoff
         RETURNING r.movie_id, l.title, l.release_year, r.rating, r.rated_at,
                   r.kafka_partition, r.kafka_offset, l.share
     ),
@@ -383,12 +384,14 @@ SET jit = off
 AS $$
 DECLARE
     produced bigint;
+    -- once per batch, not per rating
+    cutoff timestamptz := now() - pgkafka_join.join_window();
 BEGIN
     PERFORM pgkafka_join.create_partitions_for(rated_ats);
 
     WITH batch AS (
         SELECT b.*, m.title, m.release_year,
-               (m.id IS NOT NULL AND b.rated_at >= now() - pgkafka_join.join_window()) AS joined
+               (m.id IS NOT NULL AND b.rated_at >= cutoff) AS joined
           FROM (SELECT *
                   FROM unnest(movie_ids, ratings, rated_ats, kafka_partitions, kafka_offsets)
                        WITH ORDINALITY AS u(movie_id, rating, rated_at, kafka_partition, kafka_offset, ord)

@@ -10,11 +10,14 @@ SELECT e.extname, e.extversion, n.nspname AS schema, e.extrelocatable
   FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
  WHERE e.extname = 'pgkafka_join';
 
--- Tables, columns and types (partitions left out: they follow their parent)
+-- Tables, columns, types and defaults (partitions left out: they follow
+-- their parent)
 SELECT c.relname AS table_name, a.attnum, a.attname AS column_name,
-       format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull AS not_null
+       format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull AS not_null,
+       pg_get_expr(d.adbin, d.adrelid) AS "default"
   FROM pg_class c
   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
  WHERE c.relnamespace = 'pgkafka_join'::regnamespace
    AND c.relkind IN ('r', 'p')
    AND NOT c.relispartition

@@ -706,12 +706,19 @@ copy_movies_read(void *outbuf, int minread, int maxread)
 	return n;
 }
 
-/* Append a text value in COPY's text format */
+/* Append a text value of len bytes in COPY's text format */
 static void
-copy_append_text(StringInfo buf, const char *s)
+copy_append_text(StringInfo buf, const char *s, int len)
 {
-	for (; *s; s++)
+	const char *end = s + len;
+	const char *plain = s;
+
+	for (; s < end; s++)
 	{
+		if (*s != '\\' && *s != '\t' && *s != '\n' && *s != '\r')
+			continue;
+		appendBinaryStringInfo(buf, plain, s - plain);
+		plain = s + 1;
 		switch (*s)
 		{
 			case '\\':
@@ -726,19 +733,44 @@ copy_append_text(StringInfo buf, const char *s)
 			case '\r':
 				appendStringInfoString(buf, "\\r");
 				break;
-			default:
-				appendStringInfoChar(buf, *s);
 		}
 	}
+	appendBinaryStringInfo(buf, plain, end - plain);
 }
 
-static int
-int64_cmp(const void *a, const void *b)
+/* A movie of the batch: its id and its row */
+typedef struct MovieRow
 {
-	int64		ia = *(const int64 *) a;
-	int64		ib = *(const int64 *) b;
+	int64		id;
+	int			row;
+} MovieRow;
+
+static int
+movie_row_cmp(const void *a, const void *b)
+{
+	int64		ia = ((const MovieRow *) a)->id;
+	int64		ib = ((const MovieRow *) b)->id;
 
 	return ia < ib ? -1 : ia > ib ? 1 : 0;
+}
+
+/*
+ * Does movies.updated_at have a default (now(), unless a DBA changed it)?
+ * COPY leaves the column to it; without one, new movies are upserted.
+ */
+static bool
+movies_updated_at_default(void)
+{
+	Relation	rel;
+	AttrNumber	attnum;
+	bool		has_default;
+
+	rel = table_openrv(makeRangeVar("pgkafka_join", "movies", -1), RowExclusiveLock);
+	attnum = attnameAttNum(rel, "updated_at", false);
+	has_default = attnum > 0 &&
+		TupleDescAttr(RelationGetDescr(rel), attnum - 1)->atthasdef;
+	table_close(rel, NoLock);
+	return has_default;
 }
 
 /*
@@ -754,10 +786,9 @@ int64_cmp(const void *a, const void *b)
 static bool
 copy_new_movies(Rows *movies)
 {
-	int64	   *ids;
+	MovieRow   *order;
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
-	char	   *now_text;
 	volatile bool copied = false;
 
 	if (copy_backoff > 0)
@@ -765,31 +796,47 @@ copy_new_movies(Rows *movies)
 		copy_backoff--;
 		return false;
 	}
+	if (!movies_updated_at_default())
+		return false;
 
-	ids = palloc(movies->count * sizeof(int64));
+	order = palloc(movies->count * sizeof(MovieRow));
 	for (int i = 0; i < movies->count; i++)
 	{
 		if (movies->columns[1].nulls[i])
 			return false;		/* a tombstone */
-		ids[i] = DatumGetInt64(movies->columns[0].values[i]);
+		order[i].id = DatumGetInt64(movies->columns[0].values[i]);
+		order[i].row = i;
 	}
-	qsort(ids, movies->count, sizeof(int64), int64_cmp);
-	if (qunique(ids, movies->count, sizeof(int64), int64_cmp) != movies->count)
-		return false;			/* an id twice: the last one must win */
+	qsort(order, movies->count, sizeof(MovieRow), movie_row_cmp);
+	for (int i = 1; i < movies->count; i++)
+	{
+		if (order[i].id == order[i - 1].id)
+			return false;		/* an id twice: the last one must win */
+	}
 
-	now_text = DatumGetCString(DirectFunctionCall1(timestamptz_out,
-												   TimestampTzGetDatum(GetCurrentTransactionStartTimestamp())));
+	/*
+	 * In id order: each partition's primary key is then filled from left to
+	 * right, its pages at hand from one row to the next (and, for ids that
+	 * grow, by its fast path for the rightmost page).
+	 */
 	initStringInfo(&copy_data);
 	for (int i = 0; i < movies->count; i++)
 	{
-		appendStringInfo(&copy_data, INT64_FORMAT "\t",
-						 DatumGetInt64(movies->columns[0].values[i]));
-		copy_append_text(&copy_data, TextDatumGetCString(movies->columns[1].values[i]));
-		if (movies->columns[2].nulls[i])
-			appendStringInfoString(&copy_data, "\t\\N\t");
+		int			row = order[i].row;
+		char		num[MAXINT8LEN + 1];
+		text	   *title = DatumGetTextPP(movies->columns[1].values[row]);
+
+		appendBinaryStringInfo(&copy_data, num, pg_lltoa(order[i].id, num));
+		appendStringInfoChar(&copy_data, '\t');
+		copy_append_text(&copy_data, VARDATA_ANY(title), VARSIZE_ANY_EXHDR(title));
+		if (movies->columns[2].nulls[row])
+			appendStringInfoString(&copy_data, "\t\\N");
 		else
-			appendStringInfo(&copy_data, "\t%d\t", DatumGetInt32(movies->columns[2].values[i]));
-		appendStringInfoString(&copy_data, now_text);
+		{
+			appendStringInfoChar(&copy_data, '\t');
+			appendBinaryStringInfo(&copy_data, num,
+								   pg_ltoa(DatumGetInt32(movies->columns[2].values[row]), num));
+		}
 		appendStringInfoChar(&copy_data, '\n');
 	}
 	copy_data_pos = 0;
@@ -807,7 +854,9 @@ copy_new_movies(Rows *movies)
 		(void) addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock,
 											 NULL, false, false);
 		cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_movies_read,
-							   NIL, NIL);
+							   list_make3(makeString("id"), makeString("title"),
+										  makeString("release_year")),
+							   NIL);
 		(void) CopyFrom(cstate);
 		EndCopyFrom(cstate);
 		free_parsestate(pstate);

@@ -316,11 +316,15 @@ pkj_kafka_connect(Oid extension_oid, char **problem)
 		 * stream was seen to wait up to a second before the worker got it
 		 * (a fetch held by the broker for want of data, not answered when
 		 * the data came).  10 ms bounds that wait, for an empty fetch per
-		 * 10 ms on an idle stream.
+		 * 10 ms on an idle stream.  A fetch waits for 100 kB (or those
+		 * 10 ms): at a steady 10,000 ratings/s, answering a fetch for every
+		 * few messages kept the broker busier than everything else, and
+		 * its queue of requests was what the results waited for.
 		 */
 		const char *const defaults[] = {
 			"queued.min.messages", "1000000",
 			"fetch.wait.max.ms", "10",
+			"fetch.min.bytes", "100000",
 			NULL
 		};
 		const char *const reserved[] = {

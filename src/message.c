@@ -308,8 +308,10 @@ sem_object_field_start(void *arg, char *fname, bool isnull)
 	{
 		const FieldSpec *spec = &state->specs[i];
 
-		if (strcmp(fname, spec->name) == 0 ||
-			(spec->alias != NULL && strcmp(fname, spec->alias) == 0))
+		/* the first byte first: most names differ there */
+		if ((fname[0] == spec->name[0] && strcmp(fname, spec->name) == 0) ||
+			(spec->alias != NULL && fname[0] == spec->alias[0] &&
+			 strcmp(fname, spec->alias) == 0))
 		{
 			if (state->values[i].kind != VALUE_ABSENT &&
 				state->duplicate == NULL)
