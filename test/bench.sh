@@ -87,6 +87,10 @@
 #							last (e.g. "jit = off", or
 #							"pgkafka_join.kafka_properties = 'queued.min.messages=1000000'"),
 #							to measure a configuration against the defaults
+#	PGKJ_BENCH_HUGE_PAGES=off	do not reserve huge pages for the cluster
+#							(by default, as root, enough 2 MB pages for its
+#							shared memory are reserved for the run: see
+#							test/bench/common.sh)
 #	KEEP_RUNNING=1			leave the servers running at exit (lib.sh), e.g.
 #							to run test/bench/explain.sh against them
 
@@ -623,7 +627,7 @@ extension              ${R_SO_ID[1]}
 PostgreSQL             $PG_VERSION (fsync on, synchronous_commit on, jit $JIT)
 librdkafka             $LIBRDKAFKA_VERSION (${LIBRDKAFKA:-?})
 Kafka                  $KAFKA_VERSION (Scala 2.13, single broker, KRaft, on the same machine)
-machine                $(nproc) cores, load average before ${R_LOAD_BEFORE[1]}, now $(cut -d' ' -f1-3 /proc/loadavg)
+machine                $(nproc) cores, load average before ${R_LOAD_BEFORE[1]}, now $(cut -d' ' -f1-3 /proc/loadavg); huge pages $HUGE_PAGES
 whole run              $RUN_S s
 EOF
 	exit 0
@@ -684,5 +688,5 @@ done
 cat <<EOF
 batch_size $BATCH_SIZE (batch_delay $BATCH_DELAY); extension ${R_SO_ID[1]}
 PostgreSQL $PG_VERSION (fsync on, synchronous_commit on, jit $JIT); librdkafka $LIBRDKAFKA_VERSION; Kafka $KAFKA_VERSION (single broker, same machine)
-machine $(nproc) cores, load average now $(cut -d' ' -f1-3 /proc/loadavg); whole run $RUN_S s
+machine $(nproc) cores, load average now $(cut -d' ' -f1-3 /proc/loadavg); huge pages $HUGE_PAGES; whole run $RUN_S s
 EOF

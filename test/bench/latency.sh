@@ -48,6 +48,10 @@
 #							--workers is above 1)
 #	PGKJ_BENCH_CONF			extra postgresql.conf lines, one per line, added
 #							last (e.g. "pgkafka_join.batch_delay = '10ms'")
+#	PGKJ_BENCH_HUGE_PAGES=off	do not reserve huge pages for the cluster
+#							(by default, as root, enough 2 MB pages for its
+#							shared memory are reserved for the run: see
+#							test/bench/common.sh)
 #	KEEP_RUNNING=1			leave the broker and the cluster running at exit
 
 . "$(dirname "$0")/../lib.sh"
@@ -284,6 +288,6 @@ extension              $SO_ID
 PostgreSQL             $PG_VERSION (fsync on, synchronous_commit on, jit $JIT)
 librdkafka             $LIBRDKAFKA_VERSION (${LIBRDKAFKA:-?})
 Kafka                  $KAFKA_VERSION (Scala 2.13, single broker, KRaft, on the same machine)
-machine                $(nproc) cores, load average before $LOAD_BEFORE, now $(cut -d' ' -f1-3 /proc/loadavg)
+machine                $(nproc) cores, load average before $LOAD_BEFORE, now $(cut -d' ' -f1-3 /proc/loadavg); huge pages $HUGE_PAGES
 whole run              $RUN_S s
 EOF
