@@ -41,8 +41,8 @@ PG_SETTINGS=(
 # pages, the catalog lookups of 10 million movies missed the TLB so often
 # that two workers joined 72,000 ratings/s instead of 88,000.  As root, the
 # benchmark reserves enough 2 MB pages for 6 GB of shared_buffers
-# (vm.nr_hugepages) before the first cluster starts, and gives them back at
-# exit; huge_pages = try (the default) makes the cluster use them, and
+# (vm.nr_hugepages) at its start, before its files fill the page cache, and
+# gives them back at exit; huge_pages = try (the default) makes the cluster use them, and
 # HUGE_PAGES says whether it did.  PGKJ_BENCH_HUGE_PAGES=off reserves none.
 HUGE_PAGES_WANTED=3300		# 6.4 GB: shared_buffers, wal_buffers and the rest
 HUGE_PAGES_RESERVED=false
@@ -59,6 +59,11 @@ reserve_huge_pages()
 	if echo "$HUGE_PAGES_WANTED" 2>/dev/null >/proc/sys/vm/nr_hugepages; then
 		on_exit "echo $before >/proc/sys/vm/nr_hugepages"
 		HUGE_PAGES_RESERVED=true
+		# the kernel gives what it finds free in one piece: compact, try again
+		if [ "$(cat /proc/sys/vm/nr_hugepages)" -lt "$HUGE_PAGES_WANTED" ]; then
+			echo 1 2>/dev/null >/proc/sys/vm/compact_memory
+			echo "$HUGE_PAGES_WANTED" 2>/dev/null >/proc/sys/vm/nr_hugepages
+		fi
 	fi
 	return 0
 }

@@ -177,6 +177,7 @@ all_published()
 # 1. The program, the broker, the topics
 #
 test_init bench_latency
+reserve_huge_pages
 say "latency: $RATE ratings/s for $DURATION s (the first $WARMUP s a warm-up), $MOVIES movies, $PARTITIONS partitions, pgkafka_join.workers $WORKERS; scratch directory $TEST_DIR"
 
 LATENCY=$TEST_DIR/latency
