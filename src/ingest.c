@@ -778,6 +778,9 @@ movies_updated_at_default(void)
  *		Store a batch of movies that are all new with COPY, the fastest way
  *		into a table, as while a catalog is first loaded.
  *
+ * The rows go in id order, with updated_at left to its default, now(), so
+ * that COPY parses no time stamp.
+ *
  * Only for a batch without tombstones or repeated ids.  COPY runs in a
  * subtransaction: if an id is already stored, it is rolled back and false
  * returned, and the caller upserts the batch instead.  The caller holds the

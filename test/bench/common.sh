@@ -42,8 +42,9 @@ PG_SETTINGS=(
 # that two workers joined 72,000 ratings/s instead of 88,000.  As root, the
 # benchmark reserves enough 2 MB pages for 6 GB of shared_buffers
 # (vm.nr_hugepages) at its start, before its files fill the page cache, and
-# gives them back at exit; huge_pages = try (the default) makes the cluster use them, and
-# HUGE_PAGES says whether it did.  PGKJ_BENCH_HUGE_PAGES=off reserves none.
+# gives them back at exit; huge_pages = try (the default) makes the cluster
+# use them, and HUGE_PAGES says whether it did.  PGKJ_BENCH_HUGE_PAGES=off
+# reserves none.
 HUGE_PAGES_WANTED=3300		# 6.4 GB: shared_buffers, wal_buffers and the rest
 HUGE_PAGES_RESERVED=false
 HUGE_PAGES="not used"
