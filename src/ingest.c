@@ -778,8 +778,10 @@ movies_updated_at_default(void)
  *		Store a batch of movies that are all new with COPY, the fastest way
  *		into a table, as while a catalog is first loaded.
  *
- * The rows go in id order, with updated_at left to its default, now(), so
- * that COPY parses no time stamp.
+ * The rows go in id order, so that each partition's primary key fills from
+ * left to right, its pages at hand from one row to the next (and, for ids
+ * that grow, by its fast path for the rightmost page); updated_at is left to
+ * its default, now(), so that COPY parses no time stamp.
  *
  * Only for a batch without tombstones or repeated ids.  COPY runs in a
  * subtransaction: if an id is already stored, it is rolled back and false
@@ -799,8 +801,6 @@ copy_new_movies(Rows *movies)
 		copy_backoff--;
 		return false;
 	}
-	if (!movies_updated_at_default())
-		return false;
 
 	order = palloc(movies->count * sizeof(MovieRow));
 	for (int i = 0; i < movies->count; i++)
@@ -816,12 +816,9 @@ copy_new_movies(Rows *movies)
 		if (order[i].id == order[i - 1].id)
 			return false;		/* an id twice: the last one must win */
 	}
+	if (!movies_updated_at_default())
+		return false;
 
-	/*
-	 * In id order: each partition's primary key is then filled from left to
-	 * right, its pages at hand from one row to the next (and, for ids that
-	 * grow, by its fast path for the rightmost page).
-	 */
 	initStringInfo(&copy_data);
 	for (int i = 0; i < movies->count; i++)
 	{

@@ -46,20 +46,18 @@ PG_SETTINGS=(
 # use them, and HUGE_PAGES says whether it did.  PGKJ_BENCH_HUGE_PAGES=off
 # reserves none.
 HUGE_PAGES_WANTED=3300		# 6.4 GB: shared_buffers, wal_buffers and the rest
-HUGE_PAGES_RESERVED=false
 HUGE_PAGES="not used"
 
+# reserve_huge_pages: once, right after test_init
 reserve_huge_pages()
 {
 	local before
 
 	[ "${PGKJ_BENCH_HUGE_PAGES:-on}" != off ] || return 0
-	$HUGE_PAGES_RESERVED && return 0
 	before=$(cat /proc/sys/vm/nr_hugepages 2>/dev/null) || return 0
-	[ "$before" -lt "$HUGE_PAGES_WANTED" ] || { HUGE_PAGES_RESERVED=true; return 0; }
+	[ "$before" -lt "$HUGE_PAGES_WANTED" ] || return 0
 	if echo "$HUGE_PAGES_WANTED" 2>/dev/null >/proc/sys/vm/nr_hugepages; then
 		on_exit "echo $before >/proc/sys/vm/nr_hugepages"
-		HUGE_PAGES_RESERVED=true
 		# the kernel gives what it finds free in one piece: compact, try again
 		if [ "$(cat /proc/sys/vm/nr_hugepages)" -lt "$HUGE_PAGES_WANTED" ]; then
 			echo 1 2>/dev/null >/proc/sys/vm/compact_memory
@@ -97,7 +95,6 @@ start_cluster()
 		mapfile -t extra_conf <<<"$PGKJ_BENCH_CONF"
 		settings+=("${extra_conf[@]}")
 	fi
-	reserve_huge_pages
 	pg_start "$PG_DIR" "${settings[@]}"
 	HUGE_PAGES=$(huge_pages_used)
 	psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
