@@ -9,6 +9,7 @@ OBJS = \
 	src/message.o \
 	src/kafka.o \
 	src/ingest.o \
+	src/join.o \
 	src/publish.o \
 	src/worker.o \
 	src/status.o \

@@ -183,6 +183,46 @@ SELECT pgkafka_join.store_movies('{}', '{}', '{}') AS produced;
 SELECT pgkafka_join.store_ratings('{}', '{}', '{}', '{}', '{}') AS produced;
 
 --
+-- 12. store_ratings takes arrays of one length without nulls.  It looks a
+--     movie up in the catalog partition that holds it, also when a DBA
+--     partitioned that partition again by hash; another layout is refused
+--     with a hint.  (Each case rolled back.)
+--
+SELECT pgkafka_join.store_ratings('{1, 2}', '{1}', ARRAY[now(), now()], '{0, 0}', '{124, 125}');
+SELECT pgkafka_join.store_ratings('{1}', '{NULL}', ARRAY[now()], '{0}', '{124}');
+CREATE FUNCTION split_partition_of(id bigint, layout text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    part regclass := (SELECT tableoid::regclass FROM pgkafka_join.movies m WHERE m.id = split_partition_of.id);
+    bound text := (SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE oid = part);
+BEGIN
+    EXECUTE format('ALTER TABLE pgkafka_join.movies DETACH PARTITION %s', part);
+    EXECUTE format('CREATE TABLE pgkafka_join.movies_split PARTITION OF pgkafka_join.movies %s '
+                   'PARTITION BY %s (id)', bound, layout);
+    IF layout = 'HASH' THEN
+        CREATE TABLE pgkafka_join.movies_split_0 PARTITION OF pgkafka_join.movies_split
+            FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+        CREATE TABLE pgkafka_join.movies_split_1 PARTITION OF pgkafka_join.movies_split
+            FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+    ELSE
+        CREATE TABLE pgkafka_join.movies_split_all PARTITION OF pgkafka_join.movies_split
+            FOR VALUES FROM (MINVALUE) TO (MAXVALUE);
+    END IF;
+    EXECUTE format('INSERT INTO pgkafka_join.movies_split SELECT * FROM %s', part);
+END
+$$;
+BEGIN;
+SELECT split_partition_of(13, 'HASH');
+SELECT pgkafka_join.store_ratings('{13}', '{4}', ARRAY[now()], '{1}', '{124}') AS produced;
+SELECT title FROM published WHERE kafka_offset = 124;
+ROLLBACK;
+BEGIN;
+SELECT split_partition_of(13, 'RANGE');
+SELECT pgkafka_join.store_ratings('{13}', '{4}', ARRAY[now()], '{1}', '{124}') AS produced;
+ROLLBACK;
+DROP FUNCTION split_partition_of(bigint, text);
+
+--
 -- Over all of the above: every rated movie is one rating, published once;
 -- a rating is joined exactly when it was published; movie 3 never came
 --

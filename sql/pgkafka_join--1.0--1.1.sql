@@ -294,47 +294,9 @@ CREATE OR REPLACE FUNCTION store_ratings(movie_ids bigint[], ratings double prec
                               rated_ats timestamptz[], kafka_partitions integer[],
                               kafka_offsets bigint[])
 RETURNS bigint
-LANGUAGE plpgsql
+LANGUAGE C
 SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan
-SET enable_hashjoin = off
-SET enable_mergejoin = off
-SET jit = off
-AS $$
-DECLARE
-    produced bigint;
-    -- once per batch, not per rating
-    cutoff timestamptz := now() - pgkafka_join.join_window();
-BEGIN
-    PERFORM pgkafka_join.create_partitions_for(rated_ats);
-
-    WITH batch AS (
-        SELECT b.*, m.title, m.release_year,
-               (m.id IS NOT NULL AND b.rated_at >= cutoff) AS joined
-          FROM (SELECT *
-                  FROM unnest(movie_ids, ratings, rated_ats, kafka_partitions, kafka_offsets)
-                       WITH ORDINALITY AS u(movie_id, rating, rated_at, kafka_partition, kafka_offset, ord)
-                 ORDER BY movie_id, ord) AS b
-          LEFT JOIN pgkafka_join.movies m ON m.id = b.movie_id
-    ),
-    stored AS (
-        INSERT INTO pgkafka_join.ratings
-        SELECT movie_id, rating, rated_at, kafka_partition, kafka_offset, now(), joined
-          FROM batch
-    ),
-    published AS (
-        INSERT INTO pgkafka_join.rated_movies
-        SELECT nextval('pgkafka_join.rated_movies_id_seq'), movie_id, title, release_year,
-               rating, rated_at, now(), kafka_partition, kafka_offset, kafka_partition
-          FROM batch
-         WHERE joined
-        RETURNING 1
-    )
-    SELECT count(*) INTO produced FROM published;
-
-    RETURN produced;
-END
-$$;
+AS 'MODULE_PATHNAME', 'pgkafka_join_store_ratings';
 
 CREATE OR REPLACE FUNCTION store_rejected(topics text[], kafka_partitions integer[],
                                kafka_offsets bigint[], keys bytea[],

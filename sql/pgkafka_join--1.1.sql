@@ -238,12 +238,12 @@ END
 $$;
 
 /*
- * The batch functions below (join_waiting, store_movies, store_ratings)
- * join a batch, an array of unknown size to the planner, with the catalog
- * or the ratings.  Each runs one generic plan, planned once, and joins by
- * nested loops only: one index lookup per row of the batch.  Left free, the
- * planner prefers a hash join over a sequential scan of a catalog of a few
- * hundred thousand movies, which every batch would then read whole.
+ * The batch functions below (join_waiting, store_movies) join a batch, an
+ * array of unknown size to the planner, with the catalog or the ratings.
+ * Each runs one generic plan, planned once, and joins by nested loops
+ * only: one index lookup per row of the batch.  Left free, the planner
+ * prefers a hash join over a sequential scan of a catalog of a few hundred
+ * thousand movies, which every batch would then read whole.
  */
 
 /*
@@ -369,53 +369,17 @@ $$;
  * The batch is joined in movie id order, so that the lookups walk the
  * catalog's index in order (twice as fast as in Kafka order on a large
  * catalog); the ratings of one movie keep their Kafka order.  Returns the
- * number of rated movies produced.
+ * number of rated movies produced.  Written in C (src/join.c): one lookup
+ * in the primary key of the catalog partition holding each movie, and the
+ * rows written by COPY; the worker calls the same code.
  */
 CREATE FUNCTION store_ratings(movie_ids bigint[], ratings double precision[],
                               rated_ats timestamptz[], kafka_partitions integer[],
                               kafka_offsets bigint[])
 RETURNS bigint
-LANGUAGE plpgsql
+LANGUAGE C
 SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan
-SET enable_hashjoin = off
-SET enable_mergejoin = off
-SET jit = off
-AS $$
-DECLARE
-    produced bigint;
-    -- once per batch, not per rating
-    cutoff timestamptz := now() - pgkafka_join.join_window();
-BEGIN
-    PERFORM pgkafka_join.create_partitions_for(rated_ats);
-
-    WITH batch AS (
-        SELECT b.*, m.title, m.release_year,
-               (m.id IS NOT NULL AND b.rated_at >= cutoff) AS joined
-          FROM (SELECT *
-                  FROM unnest(movie_ids, ratings, rated_ats, kafka_partitions, kafka_offsets)
-                       WITH ORDINALITY AS u(movie_id, rating, rated_at, kafka_partition, kafka_offset, ord)
-                 ORDER BY movie_id, ord) AS b
-          LEFT JOIN pgkafka_join.movies m ON m.id = b.movie_id
-    ),
-    stored AS (
-        INSERT INTO pgkafka_join.ratings
-        SELECT movie_id, rating, rated_at, kafka_partition, kafka_offset, now(), joined
-          FROM batch
-    ),
-    published AS (
-        INSERT INTO pgkafka_join.rated_movies
-        SELECT nextval('pgkafka_join.rated_movies_id_seq'), movie_id, title, release_year,
-               rating, rated_at, now(), kafka_partition, kafka_offset, kafka_partition
-          FROM batch
-         WHERE joined
-        RETURNING 1
-    )
-    SELECT count(*) INTO produced FROM published;
-
-    RETURN produced;
-END
-$$;
+AS 'MODULE_PATHNAME', 'pgkafka_join_store_ratings';
 
 /*
  * rejoins

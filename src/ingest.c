@@ -6,12 +6,16 @@
  * Messages are parsed as they arrive (message.c) and sorted into columns:
  * movies (a NULL title is a tombstone), ratings, rejected messages, and the
  * next offset of every input partition seen.  pkj_ingest_batch() then hands
- * each set to its SQL function as arrays, in one transaction:
+ * each set to its function, in one transaction:
  *
  *	  store_movies    upsert/delete the catalog, publish waiting ratings
+ *	                  (new movies in bulk: COPY, then join_waiting)
  *	  store_ratings   insert the ratings, publish those whose movie is here
+ *	                  (C, called directly: join.c)
  *	  store_rejected  keep what could not be accepted, with the reason
  *	  store_offsets   the next offset to consume, per topic and partition
+ *
+ * The SQL ones get their sets as arrays.
  *
  * The offsets commit with the rows they produced, so after a crash the
  * worker resumes exactly after the last stored message.  Each result
@@ -37,9 +41,7 @@
 #include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
-#include "commands/copy.h"
 #include "nodes/makefuncs.h"
-#include "parser/parse_node.h"
 #include "parser/parse_relation.h"
 #include "executor/spi.h"
 #include "lib/qunique.h"
@@ -117,15 +119,10 @@ struct PkjBatch
 #define COPY_BACKOFF_BATCHES 100
 static int	copy_backoff = 0;
 
-/* What copy_movies_read() hands to COPY, and how far it got */
-static StringInfoData copy_data;
-static int	copy_data_pos;
-
 /* Plans of the SQL calls, kept across batches */
 static SPIPlanPtr begin_batch_plan = NULL;
 static SPIPlanPtr store_movies_plan = NULL;
 static SPIPlanPtr join_waiting_plan = NULL;
-static SPIPlanPtr store_ratings_plan = NULL;
 static SPIPlanPtr store_rejected_plan = NULL;
 static SPIPlanPtr store_offsets_plan = NULL;
 static SPIPlanPtr queue_rejoin_plan = NULL;
@@ -501,8 +498,6 @@ prepare_plans(void)
 	static const Oid join_args[] = {INT8ARRAYOID, INT4ARRAYOID};
 	static const Oid queue_args[] = {INT4OID, INT8ARRAYOID, INT4ARRAYOID};
 	static const Oid run_args[] = {INT4ARRAYOID};
-	static const Oid ratings_args[] = {INT8ARRAYOID, FLOAT8ARRAYOID, TIMESTAMPTZARRAYOID,
-	INT4ARRAYOID, INT8ARRAYOID};
 	static const Oid rejected_args[] = {TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID,
 	BYTEAARRAYOID, BYTEAARRAYOID, TEXTARRAYOID};
 	static const Oid offsets_args[] = {TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
@@ -514,8 +509,6 @@ prepare_plans(void)
 								4, movies_args);
 	join_waiting_plan = prepare("SELECT pgkafka_join.join_waiting($1, $2)",
 								2, join_args);
-	store_ratings_plan = prepare("SELECT pgkafka_join.store_ratings($1, $2, $3, $4, $5)",
-								 5, ratings_args);
 	store_rejected_plan = prepare("SELECT pgkafka_join.store_rejected($1, $2, $3, $4, $5, $6)",
 								  6, rejected_args);
 	store_offsets_plan = prepare("SELECT pgkafka_join.store_offsets($1, $2, $3)",
@@ -550,15 +543,9 @@ join_copied_movies(Rows *movies)
 static int
 ratings_in_window(Rows *ratings, TimestampTz *cutoff)
 {
-	Interval   *window = DatumGetIntervalP(DirectFunctionCall3(interval_in,
-															   CStringGetDatum(pkj_join_window),
-															   ObjectIdGetDatum(InvalidOid),
-															   Int32GetDatum(-1)));
 	int			n = 0;
 
-	*cutoff = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
-													  TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()),
-													  IntervalPGetDatum(window)));
+	*cutoff = pkj_join_cutoff();
 	for (int i = 0; i < ratings->count; i++)
 		if (DatumGetTimestampTz(ratings->columns[2].values[i]) >= *cutoff)
 			n++;
@@ -695,17 +682,6 @@ create_partitions_ahead(Rows *ratings)
 	}
 }
 
-/* COPY's data source: the text built by copy_new_movies() */
-static int
-copy_movies_read(void *outbuf, int minread, int maxread)
-{
-	int			n = Min(maxread, copy_data.len - copy_data_pos);
-
-	memcpy(outbuf, copy_data.data + copy_data_pos, n);
-	copy_data_pos += n;
-	return n;
-}
-
 /* Append a text value of len bytes in COPY's text format */
 static void
 copy_append_text(StringInfo buf, const char *s, int len)
@@ -792,6 +768,7 @@ static bool
 copy_new_movies(Rows *movies)
 {
 	MovieRow   *order;
+	StringInfoData copy_data;
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
 	volatile bool copied = false;
@@ -839,28 +816,15 @@ copy_new_movies(Rows *movies)
 		}
 		appendStringInfoChar(&copy_data, '\n');
 	}
-	copy_data_pos = 0;
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
 	{
-		Relation	rel;
-		ParseState *pstate;
-		CopyFromState cstate;
-
-		rel = table_openrv(makeRangeVar("pgkafka_join", "movies", -1), RowExclusiveLock);
-		pstate = make_parsestate(NULL);
-		(void) addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock,
-											 NULL, false, false);
-		cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_movies_read,
-							   list_make3(makeString("id"), makeString("title"),
-										  makeString("release_year")),
-							   NIL);
-		(void) CopyFrom(cstate);
-		EndCopyFrom(cstate);
-		free_parsestate(pstate);
-		table_close(rel, NoLock);
+		pkj_copy_rows("movies",
+					  list_make3(makeString("id"), makeString("title"),
+								 makeString("release_year")),
+					  &copy_data, false);
 
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
@@ -997,7 +961,10 @@ pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 	{
 		TimestampTz cutoff;
 		int			in_window = ratings_in_window(&batch->ratings, &cutoff);
-		int64		joined = store_rows(store_ratings_plan, &batch->ratings);
+		Column	   *c = batch->ratings.columns;
+		int64		joined = pkj_store_ratings(batch->ratings.count, c[0].values,
+											   c[1].values, c[2].values,
+											   c[3].values, c[4].values);
 
 		*results += joined;
 		/* some wait inside the window: another worker may store their movie now */

@@ -9,6 +9,7 @@
  *	              or say why it is rejected; never throws on bad input
  *	  kafka.c     librdkafka handles: consumer, transactional producer
  *	  ingest.c    one batch of consumed messages -> one transaction
+ *	  join.c      a batch of ratings joined with the catalog and stored
  *	  publish.c   new rated movies -> one Kafka transaction
  *	  shares.c    which partitions a worker owns; claims against other servers
  *	  worker.c    launcher and join worker processes, their loop and signals
@@ -116,6 +117,14 @@ extern bool pkj_ingest_reject_single(PkjBatch *batch, int64 offsets_generation,
 									 const char *reason);
 extern int64 pkj_ingest_rejoin(List *owned);
 extern bool pkj_batch_queued_rejoin(PkjBatch *batch);
+
+/* ---- join.c ---- */
+extern TimestampTz pkj_join_cutoff(void);
+extern void pkj_copy_rows(const char *relname, List *attnames, StringInfo data,
+						  bool binary);
+extern int64 pkj_store_ratings(int count, const Datum *movie_ids,
+							   const Datum *ratings, const Datum *rated_ats,
+							   const Datum *partitions, const Datum *offsets);
 
 /* ---- shares.c ---- */
 typedef enum PkjClaim
