@@ -58,6 +58,26 @@ SELECT * FROM pgkafka_join.status;
 SELECT accepted, reason FROM pgkafka_join.parse_message('movie', convert_to('{"id": 1}', 'UTF8'));
 RESET ROLE;
 
+-- store_ratings (C) works with the caller's privileges, as SQL would: a
+-- role given EXECUTE on it may not read the catalog or write ratings by it
+GRANT EXECUTE ON FUNCTION pgkafka_join.store_ratings(bigint[], double precision[],
+    timestamptz[], integer[], bigint[]) TO regress_pkj_nobody;
+SET ROLE regress_pkj_nobody;
+SELECT pgkafka_join.store_ratings('{1}', '{1}', ARRAY[now()], '{0}', '{1}');
+RESET ROLE;
+GRANT SELECT ON pgkafka_join.movies TO regress_pkj_nobody;
+GRANT EXECUTE ON FUNCTION pgkafka_join.create_partitions_for(timestamptz[]),
+    pgkafka_join.create_partitions(timestamptz, timestamptz) TO regress_pkj_nobody;
+SET ROLE regress_pkj_nobody;
+SELECT pgkafka_join.store_ratings('{1}', '{1}', ARRAY[now()], '{0}', '{1}');
+RESET ROLE;
+SELECT count(*) AS ratings_stored FROM pgkafka_join.ratings;
+REVOKE ALL ON FUNCTION pgkafka_join.store_ratings(bigint[], double precision[],
+    timestamptz[], integer[], bigint[]) FROM regress_pkj_nobody;
+REVOKE ALL ON FUNCTION pgkafka_join.create_partitions_for(timestamptz[]),
+    pgkafka_join.create_partitions(timestamptz, timestamptz) FROM regress_pkj_nobody;
+REVOKE ALL ON pgkafka_join.movies FROM regress_pkj_nobody;
+
 -- every SECURITY DEFINER function fixes its search_path
 SELECT p.proname, p.proconfig
   FROM pg_proc p

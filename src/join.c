@@ -361,14 +361,23 @@ create_partitions_for(int count, const Datum *rated_ats)
 	SPI_finish();
 }
 
-/* Fields of binary COPY rows, written into room made beforehand */
+/*
+ * Fields of binary COPY rows, in network byte order, written into room made
+ * beforehand; each returns where the next one goes.
+ */
+static inline char *
+put_bytes(char *p, const void *value, size_t len)
+{
+	memcpy(p, value, len);
+	return p + len;
+}
+
 static inline char *
 put_int16(char *p, int16 v)
 {
 	uint16		n = pg_hton16((uint16) v);
 
-	memcpy(p, &n, sizeof(n));
-	return p + sizeof(n);
+	return put_bytes(p, &n, sizeof(n));
 }
 
 static inline char *
@@ -376,8 +385,7 @@ put_int32(char *p, int32 v)
 {
 	uint32		n = pg_hton32((uint32) v);
 
-	memcpy(p, &n, sizeof(n));
-	return p + sizeof(n);
+	return put_bytes(p, &n, sizeof(n));
 }
 
 static inline char *
@@ -385,8 +393,7 @@ put_int64(char *p, int64 v)
 {
 	uint64		n = pg_hton64((uint64) v);
 
-	memcpy(p, &n, sizeof(n));
-	return p + sizeof(n);
+	return put_bytes(p, &n, sizeof(n));
 }
 
 /* A field of 8 bytes: bigint, double precision, timestamptz */
@@ -554,8 +561,7 @@ pkj_store_ratings(int count, const Datum *movie_ids, const Datum *ratings,
 			else
 			{
 				p = put_int32(p, title_len);
-				memcpy(p, VARDATA_ANY(title), title_len);
-				p += title_len;
+				p = put_bytes(p, VARDATA_ANY(title), title_len);
 			}
 			p = null_year ? put_int32(p, -1) : put_field4(p, DatumGetInt32(year));
 			p = put_field8(p, float8_bits(ratings[row]));
