@@ -239,7 +239,7 @@ catalog_open(Oid relid, Snapshot snapshot)
 			part->pkey->rd_rel->relam != BTREE_AM_OID)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("cannot look movies up in \"%s\": its primary key is not a btree on id",
+					 errmsg("cannot look movies up in \"%s\": it has no btree primary key on id",
 							RelationGetRelationName(rel))));
 		part->title_att = attnameAttNum(rel, "title", false);
 		part->year_att = attnameAttNum(rel, "release_year", false);
