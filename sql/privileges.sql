@@ -71,6 +71,14 @@ GRANT EXECUTE ON FUNCTION pgkafka_join.create_partitions_for(timestamptz[]),
 SET ROLE regress_pkj_nobody;
 SELECT pgkafka_join.store_ratings('{1}', '{1}', ARRAY[now()], '{0}', '{1}');
 RESET ROLE;
+-- with INSERT too, a joined rating still needs the result sequence
+INSERT INTO pgkafka_join.movies VALUES (1, 'One', 2001, now());
+GRANT INSERT ON pgkafka_join.ratings, pgkafka_join.rated_movies TO regress_pkj_nobody;
+SET ROLE regress_pkj_nobody;
+SELECT pgkafka_join.store_ratings('{1}', '{1}', ARRAY[now()], '{0}', '{1}');
+RESET ROLE;
+DELETE FROM pgkafka_join.movies WHERE id = 1;
+REVOKE ALL ON pgkafka_join.ratings, pgkafka_join.rated_movies FROM regress_pkj_nobody;
 SELECT count(*) AS ratings_stored FROM pgkafka_join.ratings;
 REVOKE ALL ON FUNCTION pgkafka_join.store_ratings(bigint[], double precision[],
     timestamptz[], integer[], bigint[]) FROM regress_pkj_nobody;

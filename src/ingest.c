@@ -631,8 +631,6 @@ create_partitions_ahead(Rows *ratings)
 				max = DT_NOBEGIN;
 	TimestampTz *months;
 	int			nmonths = 0;
-	SPIPlanPtr	plan;
-	Oid			argtypes[1] = {TIMESTAMPTZARRAYOID};
 
 	for (int i = 0; i < ratings->count; i++)
 	{
@@ -647,14 +645,9 @@ create_partitions_ahead(Rows *ratings)
 	months = palloc(ratings->count * sizeof(TimestampTz));
 	for (int i = 0; i < ratings->count; i++)
 	{
-		struct pg_tm tm;
-		fsec_t		fsec;
+		TimestampTz next;
 
-		if (timestamp2tm(DatumGetTimestampTz(values[i]), NULL, &tm, &fsec, NULL, NULL) != 0)
-			continue;
-		tm.tm_mday = 1;
-		tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
-		if (tm2timestamp(&tm, 0, NULL, &months[nmonths]) == 0)
+		if (pkj_month_bounds(DatumGetTimestampTz(values[i]), &months[nmonths], &next))
 			nmonths++;
 	}
 	qsort(months, nmonths, sizeof(TimestampTz), month_cmp);
@@ -665,19 +658,12 @@ create_partitions_ahead(Rows *ratings)
 	for (int first = 0; first < nmonths; first += MONTHS_PER_TXN)
 	{
 		int			n = Min(MONTHS_PER_TXN, nmonths - first);
-		int			lbs[1] = {1};
-		Datum		args[1];
 		Datum	   *elems = palloc(n * sizeof(Datum));
 
 		for (int i = 0; i < n; i++)
 			elems[i] = TimestampTzGetDatum(months[first + i]);
-		args[0] = PointerGetDatum(construct_md_array(elems, NULL, 1, &n, lbs,
-													 TIMESTAMPTZOID, sizeof(TimestampTz),
-													 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 		pkj_begin_spi("creating partitions for a batch");
-		plan = SPI_prepare("SELECT pgkafka_join.create_partitions_for($1)", 1, argtypes);
-		if (plan == NULL || SPI_execute_plan(plan, args, NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not create partitions ahead of a batch");
+		pkj_create_partitions_for(n, elems);
 		pkj_end_spi();
 	}
 }

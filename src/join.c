@@ -19,7 +19,7 @@
  *	  indexes and fires the triggers a DBA may add, as an INSERT would.
  *
  * Results are numbered by nextval() of rated_movies_id_seq, in the order
- * they are written.  Privileges are those of the caller, as for SQL: SELECT
+ * they are written (its privileges checked once per batch).  Privileges are those of the caller, as for SQL: SELECT
  * on movies, INSERT on ratings and rated_movies, and the sequence's.
  *
  *-------------------------------------------------------------------------
@@ -154,6 +154,7 @@ pkj_copy_rows(const char *relname, List *attnames, StringInfo data, bool binary)
 	ListCell   *lc;
 	List	   *options;
 	int			client_encoding = pg_get_client_encoding();
+	bool		switch_encoding = binary && client_encoding != GetDatabaseEncoding();
 
 	rel = table_openrv(makeRangeVar("pgkafka_join", pstrdup(relname), -1), RowExclusiveLock);
 	pstate = make_parsestate(NULL);
@@ -186,7 +187,7 @@ pkj_copy_rows(const char *relname, List *attnames, StringInfo data, bool binary)
 	copy_source_pos = 0;
 	cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_source_read,
 						   attnames, options);
-	if (binary && client_encoding != GetDatabaseEncoding())
+	if (switch_encoding)
 		SetClientEncoding(GetDatabaseEncoding());
 	PG_TRY();
 	{
@@ -194,7 +195,7 @@ pkj_copy_rows(const char *relname, List *attnames, StringInfo data, bool binary)
 	}
 	PG_FINALLY();
 	{
-		if (binary && client_encoding != GetDatabaseEncoding())
+		if (switch_encoding)
 			SetClientEncoding(client_encoding);
 	}
 	PG_END_TRY();
@@ -295,6 +296,17 @@ catalog_leaf(CatalogPart *part, int64 id, Snapshot snapshot)
 	return part;
 }
 
+/* Column names as COPY's column list */
+static List *
+name_list(const char *const *names, int n)
+{
+	List	   *list = NIL;
+
+	for (int i = 0; i < n; i++)
+		list = lappend(list, makeString(unconstify(char *, names[i])));
+	return list;
+}
+
 static int
 rating_order_cmp(const void *a, const void *b)
 {
@@ -307,43 +319,45 @@ rating_order_cmp(const void *a, const void *b)
 }
 
 /*
- * Partitions of ratings and rated_movies for the months of the batch
- * (create_partitions_for() in SQL).  Usually all ratings fall in one month:
- * then it is given one of them only.
+ * pkj_month_bounds
+ *		The first instant (UTC) of the month of t in *start, and of the month
+ *		after it in *next; false for a time stamp without a month (infinite).
  */
-static void
-create_partitions_for(int count, const Datum *rated_ats)
+bool
+pkj_month_bounds(TimestampTz t, TimestampTz *start, TimestampTz *next)
 {
-	TimestampTz min = DT_NOEND,
-				max = DT_NOBEGIN;
 	struct pg_tm tm;
 	fsec_t		fsec;
-	TimestampTz next_month;
-	int			n = count;
+
+	if (timestamp2tm(t, NULL, &tm, &fsec, NULL, NULL) != 0)
+		return false;
+	tm.tm_mday = 1;
+	tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+	if (tm2timestamp(&tm, 0, NULL, start) != 0)
+		return false;
+	if (++tm.tm_mon > MONTHS_PER_YEAR)
+	{
+		tm.tm_mon = 1;
+		tm.tm_year++;
+	}
+	return tm2timestamp(&tm, 0, NULL, next) == 0;
+}
+
+/*
+ * pkj_create_partitions_for
+ *		Partitions of ratings and rated_movies for the months of the count
+ *		time stamps given (create_partitions_for() in SQL), in the caller's
+ *		transaction.
+ */
+void
+pkj_create_partitions_for(int count, const Datum *times)
+{
 	int			lbs[1] = {1};
 	Datum		args[1];
 
-	for (int i = 0; i < count; i++)
-	{
-		min = Min(min, DatumGetTimestampTz(rated_ats[i]));
-		max = Max(max, DatumGetTimestampTz(rated_ats[i]));
-	}
-	if (timestamp2tm(min, NULL, &tm, &fsec, NULL, NULL) == 0)
-	{
-		tm.tm_mday = 1;
-		tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
-		if (++tm.tm_mon > MONTHS_PER_YEAR)
-		{
-			tm.tm_mon = 1;
-			tm.tm_year++;
-		}
-		if (tm2timestamp(&tm, 0, NULL, &next_month) == 0 && max < next_month)
-			n = 1;
-	}
-	args[0] = PointerGetDatum(construct_md_array(unconstify(Datum *, rated_ats), NULL, 1,
-												 &n, lbs, TIMESTAMPTZOID, sizeof(TimestampTz),
+	args[0] = PointerGetDatum(construct_md_array(unconstify(Datum *, times), NULL, 1,
+												 &count, lbs, TIMESTAMPTZOID, sizeof(TimestampTz),
 												 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (create_partitions_plan == NULL)
@@ -359,6 +373,28 @@ create_partitions_for(int count, const Datum *rated_ats)
 	if (SPI_execute_plan(create_partitions_plan, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not call pgkafka_join.create_partitions_for()");
 	SPI_finish();
+}
+
+/*
+ * The partitions for the months of a batch of ratings.  Usually all ratings
+ * fall in one month: then create_partitions_for() is given one of them only.
+ */
+static void
+create_batch_partitions(int count, const Datum *rated_ats)
+{
+	TimestampTz min = DT_NOEND,
+				max = DT_NOBEGIN;
+	TimestampTz month,
+				next_month;
+
+	for (int i = 0; i < count; i++)
+	{
+		min = Min(min, DatumGetTimestampTz(rated_ats[i]));
+		max = Max(max, DatumGetTimestampTz(rated_ats[i]));
+	}
+	if (pkj_month_bounds(min, &month, &next_month) && max < next_month)
+		count = 1;
+	pkj_create_partitions_for(count, rated_ats);
 }
 
 /*
@@ -464,12 +500,12 @@ pkj_store_ratings(int count, const Datum *movie_ids, const Datum *ratings,
 	Oid			movies = extension_relid("movies");
 	Oid			sequence = extension_relid("rated_movies_id_seq");
 	RatingOrder *order;
+	bool		sequence_checked = false;
 	Snapshot	snapshot;
 	CatalogPart *catalog;
 	StringInfoData stored;
 	StringInfoData published;
 	int64		produced = 0;
-	List	   *columns;
 
 	if (count == 0)
 		return 0;
@@ -483,7 +519,7 @@ pkj_store_ratings(int count, const Datum *movie_ids, const Datum *ratings,
 				 errmsg("cannot join ratings with \"movies\" under row-level security"),
 				 errhint("Call the function as a role that bypasses row-level security.")));
 
-	create_partitions_for(count, rated_ats);
+	create_batch_partitions(count, rated_ats);
 
 	order = palloc(count * sizeof(RatingOrder));
 	for (int i = 0; i < count; i++)
@@ -509,6 +545,7 @@ pkj_store_ratings(int count, const Datum *movie_ids, const Datum *ratings,
 		text	   *title = NULL;
 		Datum		year = (Datum) 0;
 		bool		null_year = true;
+		int			title_len = 0;
 
 		if (leaf != NULL)
 		{
@@ -524,6 +561,7 @@ pkj_store_ratings(int count, const Datum *movie_ids, const Datum *ratings,
 			Datum		d = slot_getattr(leaf->slot, leaf->title_att, &null_title);
 
 			title = null_title ? NULL : DatumGetTextPP(d);
+			title_len = title ? VARSIZE_ANY_EXHDR(title) : 0;
 			year = slot_getattr(leaf->slot, leaf->year_att, &null_year);
 		}
 
@@ -533,7 +571,6 @@ pkj_store_ratings(int count, const Datum *movie_ids, const Datum *ratings,
 			int			row = order[i].row;
 			TimestampTz rated_at = DatumGetTimestampTz(rated_ats[row]);
 			bool		joined = found && rated_at >= cutoff;
-			int			title_len = title ? VARSIZE_ANY_EXHDR(title) : 0;
 			char	   *p;
 
 			enlargeStringInfo(&stored, ROW_BYTES);
@@ -551,10 +588,18 @@ pkj_store_ratings(int count, const Datum *movie_ids, const Datum *ratings,
 
 			if (!joined)
 				continue;
+			/* nextval()'s own check, made once for the batch */
+			if (!sequence_checked &&
+				pg_class_aclcheck(sequence, GetUserId(), ACL_USAGE | ACL_UPDATE) != ACLCHECK_OK)
+				ereport(ERROR,
+						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errmsg("permission denied for sequence %s",
+								get_rel_name(sequence))));
+			sequence_checked = true;
 			enlargeStringInfo(&published, ROW_BYTES + title_len);
 			p = published.data + published.len;
 			p = put_int16(p, 10);
-			p = put_field8(p, nextval_internal(sequence, true));
+			p = put_field8(p, nextval_internal(sequence, false));
 			p = put_field8(p, movie_id);
 			if (title == NULL)
 				p = put_int32(p, -1);
@@ -578,17 +623,11 @@ pkj_store_ratings(int count, const Datum *movie_ids, const Datum *ratings,
 	copy_end(&stored);
 	copy_end(&published);
 
-	columns = NIL;
-	for (int i = 0; i < lengthof(rating_columns); i++)
-		columns = lappend(columns, makeString(unconstify(char *, rating_columns[i])));
-	pkj_copy_rows("ratings", columns, &stored, true);
+	pkj_copy_rows("ratings", name_list(rating_columns, lengthof(rating_columns)),
+				  &stored, true);
 	if (produced > 0)
-	{
-		columns = NIL;
-		for (int i = 0; i < lengthof(result_columns); i++)
-			columns = lappend(columns, makeString(unconstify(char *, result_columns[i])));
-		pkj_copy_rows("rated_movies", columns, &published, true);
-	}
+		pkj_copy_rows("rated_movies", name_list(result_columns, lengthof(result_columns)),
+					  &published, true);
 	PopActiveSnapshot();
 	return produced;
 }

@@ -120,6 +120,8 @@ extern bool pkj_batch_queued_rejoin(PkjBatch *batch);
 
 /* ---- join.c ---- */
 extern TimestampTz pkj_join_cutoff(void);
+extern bool pkj_month_bounds(TimestampTz t, TimestampTz *start, TimestampTz *next);
+extern void pkj_create_partitions_for(int count, const Datum *times);
 extern void pkj_copy_rows(const char *relname, List *attnames, StringInfo data,
 						  bool binary);
 extern int64 pkj_store_ratings(int count, const Datum *movie_ids,
