@@ -223,3 +223,58 @@ SELECT v.value, p.accepted, p.reason
 
 -- The kind is 'movie' or 'rating'
 SELECT * FROM pgkafka_join.parse_message('movies', convert_to('{}', 'UTF8'));
+
+--
+-- The common shape, an object of strings without escapes, numbers, true,
+-- false and null, is read without the general JSON parser; anything else
+-- goes to the parser.  Each value below gives the same outcome as the same
+-- value with a nested field put first, which only the parser reads (same).
+--
+SELECT v.kind,
+       replace(replace(replace(v.value, E'\t', '\t'), E'\n', '\n'), E'\r', '\r') AS value,
+       p.accepted, p.reason, p IS NOT DISTINCT FROM q AS same
+  FROM (VALUES
+    (1, 'movie', '{"id": 1, "title": "Heat", "release_year": 1995}'),
+    (2, 'movie', '{"id":2,"title":"Heat","release_year":1995}'),
+    (3, 'movie', E' \t\n\r{ "id" : 3 ,\n"title" : "x" } \n'),
+    (4, 'movie', '{"id": "4", "title": "Amélie, 東京物語", "releaseYear": 2001}'),
+    (5, 'movie', '{"id": -0, "title": "x", "other": true, "more": false, "x": null}'),
+    (6, 'movie', '{"id": 1.0, "title": "x"}'),
+    (7, 'movie', '{"id": 1e2, "title": "x"}'),
+    (8, 'movie', '{"id": 1, "title": "x", "release_year": 2E+3}'),
+    (9, 'movie', '{"id": 9223372036854775808, "title": "x"}'),
+    (10, 'movie', '{"id": 01, "title": "x"}'),
+    (11, 'movie', '{"id": -, "title": "x"}'),
+    (12, 'movie', '{"id": 1., "title": "x"}'),
+    (13, 'movie', '{"id": .5, "title": "x"}'),
+    (14, 'movie', '{"id": 1e, "title": "x"}'),
+    (15, 'movie', '{"id": 1, "title": true}'),
+    (16, 'movie', '{"id": 1, "title": null}'),
+    (17, 'movie', '{"id": 1, "title": nul}'),
+    (18, 'movie', '{"id": 1, "title": truex}'),
+    (19, 'movie', '{"id": 1, "title": "x" "release_year": 1}'),
+    (20, 'movie', '{"id": 1, "title": "x",}'),
+    (21, 'movie', '{"id": 1, "title": "x"} x'),
+    (22, 'movie', '{"id": 1, "title": "x"}}'),
+    (23, 'movie', '{"id": 1, "title": "x"'),
+    (24, 'movie', '{"id": 1, "title": "x'),
+    (25, 'movie', E'{"id": 1, "title": "a\tb"}'),     -- a control character
+    (26, 'movie', '{"id": 1, "title": "a\"b\u00e9"}'),  -- escapes
+    (27, 'movie', '{"id" 1, "title": "x"}'),
+    (28, 'movie', '{id: 1, "title": "x"}'),
+    (29, 'movie', '{"id": 1, "Title": "x", "titles": "y", "titl": "z"}'),
+    (30, 'movie', '{"id": 1, "title": "x", "release_year": 1, "releaseYear": 2}'),
+    (31, 'movie', '{"": 1, "id": 1, "title": "x", "i\u0064": 2}'),
+    (32, 'movie', '{"id": 1, "title": "x", "release_year": 1900, "release_year": 1900}'),
+    (33, 'rating', '{"id": 42, "rating": 4.5, "rated_at": "2026-11-20T10:00:00Z"}'),
+    (34, 'rating', '{"id":42,"rating":-1.25e1,"rated_at":1795168800000}'),
+    (35, 'rating', '{"id": 42, "rating": "4.5"}'),
+    (36, 'rating', '{"id": 42, "rating": 4.5, "rated_at": true}'),
+    (37, 'rating', '{"id": 42, "rating": 1e400}'),
+    (38, 'rating', '{"id": 42, "rating": 0, "rated_at": null}'),
+    (39, 'rating', '{"id": 42, "rating": 4.5, "rated_at": "2026-11-20T10:00:00"}')
+  ) AS v(n, kind, value),
+  pgkafka_join.parse_message(v.kind, convert_to(v.value, 'UTF8')) AS p,
+  pgkafka_join.parse_message(v.kind,
+      convert_to(regexp_replace(v.value, '^(\s*)\{', '\1{"nested": [{}], '), 'UTF8')) AS q
+ ORDER BY v.n;

@@ -707,14 +707,13 @@ typedef struct MovieRow
 	int			row;
 } MovieRow;
 
-static int
-movie_row_cmp(const void *a, const void *b)
-{
-	int64		ia = ((const MovieRow *) a)->id;
-	int64		ib = ((const MovieRow *) b)->id;
-
-	return ia < ib ? -1 : ia > ib ? 1 : 0;
-}
+/* sort_movie_rows(): by id, the comparison inlined into PostgreSQL's sort */
+#define ST_SORT sort_movie_rows
+#define ST_ELEMENT_TYPE MovieRow
+#define ST_COMPARE(a, b) ((a)->id < (b)->id ? -1 : (a)->id > (b)->id ? 1 : 0)
+#define ST_SCOPE static
+#define ST_DEFINE
+#include "lib/sort_template.h"
 
 /*
  * Does movies.updated_at have a default (now(), unless a DBA changed it)?
@@ -773,7 +772,7 @@ copy_new_movies(Rows *movies)
 		order[i].id = DatumGetInt64(movies->columns[0].values[i]);
 		order[i].row = i;
 	}
-	qsort(order, movies->count, sizeof(MovieRow), movie_row_cmp);
+	sort_movie_rows(order, movies->count);
 	for (int i = 1; i < movies->count; i++)
 	{
 		if (order[i].id == order[i - 1].id)

@@ -307,16 +307,18 @@ name_list(const char *const *names, int n)
 	return list;
 }
 
-static int
-rating_order_cmp(const void *a, const void *b)
-{
-	const RatingOrder *ra = a;
-	const RatingOrder *rb = b;
-
-	if (ra->movie_id != rb->movie_id)
-		return ra->movie_id < rb->movie_id ? -1 : 1;
-	return ra->row - rb->row;
-}
+/*
+ * sort_rating_order(): by movie id, then row, the comparison inlined into
+ * PostgreSQL's sort
+ */
+#define ST_SORT sort_rating_order
+#define ST_ELEMENT_TYPE RatingOrder
+#define ST_COMPARE(a, b) \
+	((a)->movie_id != (b)->movie_id ? ((a)->movie_id < (b)->movie_id ? -1 : 1) : \
+	 (a)->row - (b)->row)
+#define ST_SCOPE static
+#define ST_DEFINE
+#include "lib/sort_template.h"
 
 /*
  * pkj_month_bounds
@@ -527,7 +529,7 @@ pkj_store_ratings(int count, const Datum *movie_ids, const Datum *ratings,
 		order[i].movie_id = DatumGetInt64(movie_ids[i]);
 		order[i].row = i;
 	}
-	qsort(order, count, sizeof(RatingOrder), rating_order_cmp);
+	sort_rating_order(order, count);
 
 	/* see what the statements before, in this transaction, stored */
 	CommandCounterIncrement();

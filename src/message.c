@@ -346,6 +346,203 @@ sem_scalar(void *arg, char *token, JsonTokenType tokentype)
 		tokentype == JSON_TOKEN_NULL ? VALUE_NULL : VALUE_BOOL;
 }
 
+/* The blank space of JSON, as the lexer skips it */
+#define IS_JSON_SPACE(c) ((c) == ' ' || (c) == '\t' || (c) == '\n' || (c) == '\r')
+
+static const char *
+skip_json_space(const char *p, const char *end)
+{
+	while (p < end && IS_JSON_SPACE(*p))
+		p++;
+	return p;
+}
+
+/*
+ * The rest of a string without escapes, from just after its opening quote:
+ * its closing quote, or NULL if it holds a backslash or a control character
+ * (which the lexer decodes or rejects), or is not closed.
+ */
+static const char *
+scan_plain_string(const char *p, const char *end)
+{
+	for (; p < end; p++)
+	{
+		unsigned char c = (unsigned char) *p;
+
+		if (c == '"')
+			return p;
+		if (c == '\\' || c < 0x20)
+			return NULL;
+	}
+	return NULL;
+}
+
+/*
+ * A JSON number from p, -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?:
+ * where it ends, or NULL if p does not start one
+ */
+static const char *
+scan_json_number(const char *p, const char *end)
+{
+	if (p < end && *p == '-')
+		p++;
+	if (p < end && *p == '0')
+		p++;
+	else if (p < end && *p >= '1' && *p <= '9')
+		while (p < end && IS_DIGIT(*p))
+			p++;
+	else
+		return NULL;
+	if (p < end && *p == '.')
+	{
+		if (++p >= end || !IS_DIGIT(*p))
+			return NULL;
+		while (p < end && IS_DIGIT(*p))
+			p++;
+	}
+	if (p < end && (*p == 'e' || *p == 'E'))
+	{
+		if (++p < end && (*p == '+' || *p == '-'))
+			p++;
+		if (p >= end || !IS_DIGIT(*p))
+			return NULL;
+		while (p < end && IS_DIGIT(*p))
+			p++;
+	}
+	return p;
+}
+
+/* true, false or null at p: where it ends, and its kind; or NULL */
+static const char *
+scan_json_literal(const char *p, const char *end, ValueKind *kind)
+{
+	if (end - p >= 4 && memcmp(p, "true", 4) == 0)
+	{
+		*kind = VALUE_BOOL;
+		return p + 4;
+	}
+	if (end - p >= 5 && memcmp(p, "false", 5) == 0)
+	{
+		*kind = VALUE_BOOL;
+		return p + 5;
+	}
+	if (end - p >= 4 && memcmp(p, "null", 4) == 0)
+	{
+		*kind = VALUE_NULL;
+		return p + 4;
+	}
+	return NULL;
+}
+
+/* The spec whose name or alias is the len bytes at name, or -1 */
+static int
+find_field(const TopLevelState *state, const char *name, size_t len)
+{
+	for (int i = 0; i < state->nspecs; i++)
+	{
+		const char *alias = state->specs[i].alias;
+
+		if ((strncmp(state->specs[i].name, name, len) == 0 &&
+			 state->specs[i].name[len] == '\0') ||
+			(alias != NULL && strncmp(alias, name, len) == 0 && alias[len] == '\0'))
+			return i;
+	}
+	return -1;
+}
+
+/*
+ * scan_flat_object
+ *		Read the common shape of a message without the general parser: one
+ *		object whose values are strings without escapes, numbers, true,
+ *		false or null, each wanted field once.  Fills state as the parser's
+ *		semantic actions would, and returns true.  Returns false, having
+ *		decided nothing, for any other value (escapes, nested arrays or
+ *		objects, a wanted field twice, or a value that is not valid JSON):
+ *		the caller hands it to pg_parse_json(), which decides.
+ *
+ * The worker parses every message it consumes; for a catalog load, the
+ * general parser (which copies strings a byte at a time and calls back per
+ * token) was a quarter of the worker's time.  The bytes were checked for
+ * NUL and UTF-8 by the caller.
+ */
+static bool
+scan_flat_object(const char *value, size_t len, TopLevelState *state)
+{
+	const char *end = value + len;
+	const char *p = skip_json_space(value, end);
+
+	if (p >= end || *p != '{')
+		return false;
+	p = skip_json_space(p + 1, end);
+	while (p >= end || *p != '}')
+	{
+		const char *name;
+		const char *name_end;
+		const char *token;
+		const char *token_end;
+		ValueKind	kind;
+		int			field;
+
+		if (p >= end || *p != '"')
+			return false;
+		name = p + 1;
+		if ((name_end = scan_plain_string(name, end)) == NULL)
+			return false;
+		p = skip_json_space(name_end + 1, end);
+		if (p >= end || *p != ':')
+			return false;
+		p = skip_json_space(p + 1, end);
+		if (p >= end)
+			return false;
+
+		token = p;
+		if (*p == '"')
+		{
+			token = p + 1;
+			if ((token_end = scan_plain_string(token, end)) == NULL)
+				return false;
+			p = token_end + 1;
+			kind = VALUE_STRING;
+		}
+		else if (*p == '-' || IS_DIGIT(*p))
+		{
+			if ((token_end = scan_json_number(p, end)) == NULL)
+				return false;
+			p = token_end;
+			kind = VALUE_NUMBER;
+		}
+		else if ((token_end = scan_json_literal(p, end, &kind)) != NULL)
+			p = token_end;
+		else
+			return false;		/* an array, an object, or not JSON */
+
+		field = find_field(state, name, name_end - name);
+		if (field >= 0)
+		{
+			if (state->values[field].kind != VALUE_ABSENT)
+				return false;	/* the parser's path says which duplicate */
+			state->values[field].kind = kind;
+			state->values[field].text = pnstrdup(token, token_end - token);
+		}
+
+		/* what follows a value: a comma and the next field, or the end */
+		p = skip_json_space(p, end);
+		if (p < end && *p == ',')
+		{
+			p = skip_json_space(p + 1, end);
+			if (p >= end || *p != '"')
+				return false;
+		}
+		else if (p >= end || *p != '}')
+			return false;
+	}
+	/* at the closing brace: nothing but blank space may follow */
+	if (skip_json_space(p + 1, end) != end)
+		return false;
+	state->is_object = true;
+	return true;
+}
+
 /*
  * Check the raw bytes, parse them as JSON and collect the wanted top-level
  * fields into state.  False with *reason when the value is rejected.
@@ -373,6 +570,15 @@ parse_top_level(const char *value, size_t len, const FieldSpec *specs,
 		REJECT("value contains a NUL byte");
 	if (!pg_verify_mbstr(PG_UTF8, value, (int) len, true))
 		REJECT("value is not valid UTF-8");
+	if (scan_flat_object(value, len, state))
+		return true;
+	/* anything else is left to the parser, from a clean state */
+	for (int i = 0; i < nspecs; i++)
+		if (state->values[i].text != NULL)
+			pfree(state->values[i].text);
+	memset(state->values, 0, sizeof(state->values));
+	state->is_object = false;
+
 	if (!prescan_json(value, len, reason))
 		return false;
 

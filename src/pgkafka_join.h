@@ -144,6 +144,7 @@ extern PkjClaim pkj_claims_hold(List *owned);
 extern void pkj_claims_reset(void);
 extern void pkj_claims_set_topic(const char *topic);
 extern long pkj_claims_next_ms(void);
+extern bool pkj_claims_confirming(void);
 extern bool pkj_claims_refused(void);
 
 /* ---- publish.c ---- */

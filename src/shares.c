@@ -427,6 +427,13 @@ pkj_claims_hold(List *owned)
 	return PKJ_CLAIM_HELD;
 }
 
+/* Are this server's new claims written, waiting to be read back? */
+bool
+pkj_claims_confirming(void)
+{
+	return !claims.held && claims.confirm_at != 0;
+}
+
 /* Was this server refused its partitions, and not yet given them since? */
 bool
 pkj_claims_refused(void)

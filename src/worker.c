@@ -1091,6 +1091,15 @@ worker_step(void)
 		case PKJ_CLAIM_HELD:
 			break;
 		case PKJ_CLAIM_PENDING:
+
+			/*
+			 * While this server's new claims wait to be read back, the
+			 * consumer is given the partitions already: their first messages
+			 * are fetched meanwhile, and none is stored before the claims
+			 * hold.
+			 */
+			if (pkj_claims_confirming() && !assigned && !w.paused)
+				assign_partitions();
 			/* a server refused looks again, refused until it owns them */
 			pkj_status_set_state(pkj_claims_refused() ?
 								 "refused: partitions owned by another server" :
