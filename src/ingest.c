@@ -668,38 +668,6 @@ create_partitions_ahead(Rows *ratings)
 	}
 }
 
-/* Append a text value of len bytes in COPY's text format */
-static void
-copy_append_text(StringInfo buf, const char *s, int len)
-{
-	const char *end = s + len;
-	const char *plain = s;
-
-	for (; s < end; s++)
-	{
-		if (*s != '\\' && *s != '\t' && *s != '\n' && *s != '\r')
-			continue;
-		appendBinaryStringInfo(buf, plain, s - plain);
-		plain = s + 1;
-		switch (*s)
-		{
-			case '\\':
-				appendStringInfoString(buf, "\\\\");
-				break;
-			case '\t':
-				appendStringInfoString(buf, "\\t");
-				break;
-			case '\n':
-				appendStringInfoString(buf, "\\n");
-				break;
-			case '\r':
-				appendStringInfoString(buf, "\\r");
-				break;
-		}
-	}
-	appendBinaryStringInfo(buf, plain, end - plain);
-}
-
 /* A movie of the batch: its id and its row */
 typedef struct MovieRow
 {
@@ -741,8 +709,8 @@ movies_updated_at_default(void)
  *
  * The rows go in id order, so that each partition's primary key fills from
  * left to right, its pages at hand from one row to the next (and, for ids
- * that grow, by its fast path for the rightmost page); updated_at is left to
- * its default, now(), so that COPY parses no time stamp.
+ * that grow, by its fast path for the rightmost page), in COPY's binary
+ * format (see pkj_copy_movies); updated_at is left to its default, now().
  *
  * Only for a batch without tombstones or repeated ids.  COPY runs in a
  * subtransaction: if an id is already stored, it is rolled back and false
@@ -753,7 +721,7 @@ static bool
 copy_new_movies(Rows *movies)
 {
 	MovieRow   *order;
-	StringInfoData copy_data;
+	int		   *rows;
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
 	volatile bool copied = false;
@@ -781,35 +749,17 @@ copy_new_movies(Rows *movies)
 	if (!movies_updated_at_default())
 		return false;
 
-	initStringInfo(&copy_data);
+	rows = palloc(movies->count * sizeof(int));
 	for (int i = 0; i < movies->count; i++)
-	{
-		int			row = order[i].row;
-		char		num[MAXINT8LEN + 1];
-		text	   *title = DatumGetTextPP(movies->columns[1].values[row]);
-
-		appendBinaryStringInfo(&copy_data, num, pg_lltoa(order[i].id, num));
-		appendStringInfoChar(&copy_data, '\t');
-		copy_append_text(&copy_data, VARDATA_ANY(title), VARSIZE_ANY_EXHDR(title));
-		if (movies->columns[2].nulls[row])
-			appendStringInfoString(&copy_data, "\t\\N");
-		else
-		{
-			appendStringInfoChar(&copy_data, '\t');
-			appendBinaryStringInfo(&copy_data, num,
-								   pg_ltoa(DatumGetInt32(movies->columns[2].values[row]), num));
-		}
-		appendStringInfoChar(&copy_data, '\n');
-	}
+		rows[i] = order[i].row;
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
 	{
-		pkj_copy_rows("movies",
-					  list_make3(makeString("id"), makeString("title"),
-								 makeString("release_year")),
-					  &copy_data, false);
+		pkj_copy_movies(movies->count, rows, movies->columns[0].values,
+						movies->columns[1].values, movies->columns[2].values,
+						movies->columns[2].nulls);
 
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);

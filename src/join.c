@@ -477,6 +477,42 @@ copy_end(StringInfo buf)
 }
 
 /*
+ * pkj_copy_movies
+ *		COPY count movies into pgkafka_join.movies (id, title, release_year),
+ *		the movie of row rows[i] i-th, with the caller's rights.  Binary
+ *		COPY: nothing to escape, no number to parse; updated_at is left to
+ *		its default.
+ */
+void
+pkj_copy_movies(int count, const int *rows, const Datum *ids, const Datum *titles,
+				const Datum *release_years, const bool *release_year_nulls)
+{
+	static const char *const columns[] = {"id", "title", "release_year"};
+	StringInfoData data;
+
+	copy_begin(&data);
+	for (int i = 0; i < count; i++)
+	{
+		int			row = rows[i];
+		text	   *title = DatumGetTextPP(titles[row]);
+		int			title_len = VARSIZE_ANY_EXHDR(title);
+		char	   *p;
+
+		enlargeStringInfo(&data, ROW_BYTES + title_len);
+		p = data.data + data.len;
+		p = put_int16(p, 3);
+		p = put_field8(p, DatumGetInt64(ids[row]));
+		p = put_int32(p, title_len);
+		p = put_bytes(p, VARDATA_ANY(title), title_len);
+		p = release_year_nulls[row] ? put_int32(p, -1) :
+			put_field4(p, DatumGetInt32(release_years[row]));
+		data.len = p - data.data;
+	}
+	copy_end(&data);
+	pkj_copy_rows("movies", name_list(columns, lengthof(columns)), &data, true);
+}
+
+/*
  * pkj_store_ratings
  *		Store a batch of ratings, count values in each column, and publish
  *		those whose movie is stored and which are inside the join window,

@@ -124,6 +124,9 @@ extern bool pkj_month_bounds(TimestampTz t, TimestampTz *start, TimestampTz *nex
 extern void pkj_create_partitions_for(int count, const Datum *times);
 extern void pkj_copy_rows(const char *relname, List *attnames, StringInfo data,
 						  bool binary);
+extern void pkj_copy_movies(int count, const int *rows, const Datum *ids,
+							const Datum *titles, const Datum *release_years,
+							const bool *release_year_nulls);
 extern int64 pkj_store_ratings(int count, const Datum *movie_ids,
 							   const Datum *ratings, const Datum *rated_ats,
 							   const Datum *partitions, const Datum *offsets);
