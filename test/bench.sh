@@ -26,7 +26,9 @@
 #	   to "ratings_bench" and the clock runs until every rating is stored,
 #	   joined and its result committed to Kafka: for every share, the
 #	   highest result id recorded as published (published_ids()) reaches
-#	   the share's highest result id (snapshot_shares());
+#	   the share's highest result id (snapshot_shares()); the ends of
+#	   steps 4 and 5, and their first batches, are seen by one server
+#	   session checking every 10 ms (wait_server);
 #	   then, on the catalog and results in place: the sizes of the tables
 #	   and indexes (bytes per movie, per rating, per result), how the
 #	   ratings' join reads the catalog (test/bench/explain.sh 1000: one
@@ -152,31 +154,55 @@ wal_mb()
 	psql_q "SELECT round(pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '$1') / 1048576.0)"
 }
 
-# poll_until SQL [FIRST_SQL]: run SQL every 0.2 s until it returns "t";
-# fail after TIMEOUT seconds.  With FIRST_SQL, a count (of messages stored,
-# say), also set FIRST_AT to the time it was first seen above 0 (the first
+# wait_server COND REPORT: wait until COND, a query of one boolean, is
+# true, checking it every 10 ms in one server session (a loop in a
+# temporary plpgsql function: each check sees what committed before it);
+# print the time it was seen (the server's clock, the one now() reads) and
+# the value of REPORT, an SQL expression, then.  Fail after TIMEOUT seconds.
+# One session instead of a psql per check: the end of a phase is seen
+# within 10 ms, and the waiting takes no CPU worth counting.
+wait_server()
+{
+	psql_q "SET statement_timeout = '${TIMEOUT}s';
+CREATE FUNCTION pg_temp.wait_server() RETURNS text LANGUAGE plpgsql AS \$pkj\$
+BEGIN
+    WHILE NOT coalesce(($1), false) LOOP
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+    RETURN extract(epoch FROM clock_timestamp()) || ' ' || ($2);
+END
+\$pkj\$;
+SELECT pg_temp.wait_server();" || fail "timed out after ${TIMEOUT}s waiting for: $1"
+}
+
+# poll_until SQL [FIRST_SQL]: wait until SQL returns true (wait_server);
+# its time in POLL_AT.  With FIRST_SQL, a count (of messages stored, say),
+# first wait until it is above 0, and set FIRST_AT to that time (the first
 # batch stored), FIRST_N to that count and FIRST_CPU to a CPU sample taken
-# then; if the end comes first, FIRST_AT is the end and FIRST_N empty.
+# then; if SQL is true by then, FIRST_AT is the end and FIRST_N empty.
 poll_until()
 {
-	local sql=$1 first=${2:-} deadline=$((SECONDS + TIMEOUT)) n
+	local sql=$1 first=${2:-} at n done
 
 	FIRST_AT=
 	FIRST_N=
 	FIRST_CPU=
-	until [ "$(psql_q "$sql")" = t ]; do
-		[ $SECONDS -lt $deadline ] || fail "timed out after ${TIMEOUT}s waiting for: $sql"
-		if [ -n "$first" ] && [ -z "$FIRST_AT" ]; then
-			n=$(psql_q "$first")
-			if [ "$n" -gt 0 ]; then
-				FIRST_AT=$(now)
-				FIRST_CPU=$(cpu_sample)
-				FIRST_N=$n
-			fi
+	if [ -n "$first" ]; then
+		read -r at n done < <(wait_server "SELECT ($first) > 0 OR ($sql)" \
+			"($first) || ' ' || ($sql)")
+		[ -n "$done" ] || fail "could not wait for: $sql"
+		if [ "$done" = t ]; then
+			FIRST_AT=$at
+			POLL_AT=$at
+			return
 		fi
-		sleep 0.2
-	done
-	[ -n "$FIRST_AT" ] || FIRST_AT=$(now)
+		FIRST_CPU=$(cpu_sample)
+		FIRST_AT=$at
+		FIRST_N=$n
+	fi
+	read -r POLL_AT _ < <(wait_server "$sql" "''")
+	[ -n "$POLL_AT" ] || fail "could not wait for: $sql"
+	[ -n "$FIRST_AT" ] || FIRST_AT=$POLL_AT
 }
 
 # poll_stored TOPIC COUNT: poll_until the stored offsets of TOPIC add up to
@@ -427,7 +453,7 @@ COPY pgkafka_join.movies (id, title, release_year, updated_at) FROM '$MOVIES_COP
 	rss_start catalog-run$run
 	PHASE_START=$t0
 	poll_stored movies "$MOVIES"
-	t1=$(now)
+	t1=$POLL_AT
 	rss_stop catalog-run$run
 	R_RSS_CATALOG[run]=$RSS_FIGURES
 	R_FIRST_MOVIES_S[run]=$(calc "$FIRST_AT - $t0" %.1f)
@@ -482,7 +508,7 @@ COPY pgkafka_join.movies (id, title, release_year, updated_at) FROM '$MOVIES_COP
 	# All stored (each one joined, its movie being there) ...
 	PHASE_START=$t0
 	poll_stored ratings_bench "$RATINGS"
-	t_stored=$(now)
+	t_stored=$POLL_AT
 	R_FIRST_RATINGS_S[run]=$(calc "$FIRST_AT - $t0" %.1f)
 	first_at=$FIRST_AT first_n=$FIRST_N first_cpu=$FIRST_CPU
 	# ... and every result committed to Kafka: for every share (each worker
@@ -492,7 +518,7 @@ COPY pgkafka_join.movies (id, title, release_year, updated_at) FROM '$MOVIES_COP
 	poll_until "SELECT NOT EXISTS (SELECT 1 FROM pgkafka_join.snapshot_shares() s
 									LEFT JOIN pgkafka_join.published_ids() p USING (share)
 								   WHERE s.last_id > coalesce(p.last_id, 0))"
-	t1=$(now)
+	t1=$POLL_AT
 	cpu1=$(cpu_sample)
 	rss_stop ratings-run$run
 	R_RSS_RATINGS[run]=$RSS_FIGURES
