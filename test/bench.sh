@@ -156,23 +156,26 @@ wal_mb()
 
 # wait_server COND REPORT: wait until COND, a query of one boolean, is
 # true, checking it every 10 ms in one server session (a loop in a
-# temporary plpgsql function: each check sees what committed before it);
-# print the time it was seen (the server's clock, the one now() reads) and
-# the value of REPORT, an SQL expression, then.  Fail after TIMEOUT seconds.
-# One session instead of a psql per check: the end of a phase is seen
-# within 10 ms, and the waiting takes no CPU worth counting.
+# temporary procedure, each check in a transaction of its own, so that no
+# snapshot is held to keep old row versions from being pruned); print the
+# time it was seen (the server's clock, the one now() reads) and the value
+# of REPORT, an SQL expression, then.  Fail after TIMEOUT seconds.  One
+# session instead of a psql per check: the end of a phase is seen within
+# 10 ms, and the waiting takes no CPU worth counting.
 wait_server()
 {
 	psql_q "SET statement_timeout = '${TIMEOUT}s';
-CREATE FUNCTION pg_temp.wait_server() RETURNS text LANGUAGE plpgsql AS \$pkj\$
+CREATE PROCEDURE pg_temp.wait_server(INOUT result text DEFAULT NULL)
+LANGUAGE plpgsql AS \$pkj\$
 BEGIN
     WHILE NOT coalesce(($1), false) LOOP
+        COMMIT;
         PERFORM pg_sleep(0.01);
     END LOOP;
-    RETURN extract(epoch FROM clock_timestamp()) || ' ' || ($2);
+    result := extract(epoch FROM clock_timestamp()) || ' ' || ($2);
 END
 \$pkj\$;
-SELECT pg_temp.wait_server();" || fail "timed out after ${TIMEOUT}s waiting for: $1"
+CALL pg_temp.wait_server();" || fail "timed out after ${TIMEOUT}s waiting for: $1"
 }
 
 # poll_until SQL [FIRST_SQL]: wait until SQL returns true (wait_server);
