@@ -41,6 +41,16 @@
 #    owning the partition they landed on, with a reason starting with
 #    'key is not the movie id'; they give no result (ratings of movie 999,
 #    properly keyed, wait forever) and change no movie.
+# 6. Two more clusters D and E, for all 6 partitions and their own output
+#    topic, are given the brokers at the same moment (both reloaded at
+#    once): within 30 s one is 'refused: partitions owned by another
+#    server', the other 'consuming' and soon has offsets for all 12 input
+#    partitions; the refused one stored nothing (input_offsets, ratings,
+#    movies, rated_movies, rejected_messages stay empty), although its
+#    consumer may have fetched while its claims waited to be read back.
+#    Which of the two ways it is refused depends on timing: it read the
+#    other's claims before writing its own (and watched them change), or
+#    it wrote first and found the other's when reading its own back.
 # 5. The snapshot-then-tail handover across the two servers, 7 times while
 #    streams run: on each server, in one REPEATABLE READ transaction,
 #    rated_movies, output_position() and snapshot_shares(); then the
@@ -552,6 +562,48 @@ check_eq "A and B were never refused" "0 0" \
 echo "# C logged the refusal $(grep -c 'another server owns' "$PG_C/server.log" || true) times"
 pg_stop "$PG_C"
 pass "C stopped"
+
+# --- 6. two servers given the brokers at the same moment, for the same
+# partitions: one keeps them, the other is refused having stored nothing
+# (a server whose new claims wait to be read back fetches its first
+# messages meanwhile, and must store none of them)
+kafka_create_topic rated_movies_de 6
+PG_D=$TEST_DIR/pg_d
+PG_E=$TEST_DIR/pg_e
+for d in "$PG_D" "$PG_E"; do
+	pg_start "$d" "${common[@]}" "pgkafka_join.brokers = ''" "pgkafka_join.workers = 1" \
+		"pgkafka_join.output_topic = 'rated_movies_de'"
+	psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
+	psql_q "ALTER SYSTEM SET pgkafka_join.brokers = '$KAFKA_BOOTSTRAP'" >/dev/null
+done
+pg_use "$PG_A"
+on "$PG_D" "SELECT pg_reload_conf()" >/dev/null &
+reload_d=$!
+on "$PG_E" "SELECT pg_reload_conf()" >/dev/null &
+wait "$reload_d" $!
+de_states() { echo "$(on "$PG_D" "SELECT state FROM pgkafka_join.status")|$(on "$PG_E" "SELECT state FROM pgkafka_join.status")"; }
+wait_for 30 '[ "$(de_states)" = "$REFUSED|consuming" ] || [ "$(de_states)" = "consuming|$REFUSED" ]' ||
+	fail "not one of D and E refused and the other consuming: $(de_states)"
+if [ "$(on "$PG_D" "SELECT state FROM pgkafka_join.status")" = "$REFUSED" ]; then
+	refused=D refused_dir=$PG_D holder_dir=$PG_E
+else
+	refused=E refused_dir=$PG_E holder_dir=$PG_D
+fi
+pass "of D and E, started at the same moment for partitions 0-5, $refused was refused"
+wait_for 30 '[ "$(on "$holder_dir" "SELECT count(*) FROM pgkafka_join.input_offsets")" = 12 ]' ||
+	fail "the server that kept partitions 0-5 did not store offsets of all 12 input partitions"
+check_eq "$refused stored nothing: input_offsets, ratings, movies, rated_movies, rejected" \
+	"0|0|0|0|0" \
+	"$(on "$refused_dir" "SELECT (SELECT count(*) FROM pgkafka_join.input_offsets),
+	                             (SELECT count(*) FROM pgkafka_join.ratings),
+	                             (SELECT count(*) FROM pgkafka_join.movies),
+	                             (SELECT count(*) FROM pgkafka_join.rated_movies),
+	                             (SELECT count(*) FROM pgkafka_join.rejected_messages)")"
+check_eq "no server process of D or E crashed (terminated by signal)" "0 0" \
+	"$(grep -c 'terminated by signal' "$PG_D/server.log" || true) $(grep -c 'terminated by signal' "$PG_E/server.log" || true)"
+pg_stop "$PG_D"
+pg_stop "$PG_E"
+pg_use "$PG_A"
 
 # --- 5. the handovers against the final output
 { on "$PG_A" "$PAIR_ROWS"; on "$PG_B" "$PAIR_ROWS"; } | LC_ALL=C sort >"$TEST_DIR/all_pairs"
