@@ -345,6 +345,28 @@ psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
 # on DIR [SQL]: psql_q against the cluster of DIR (the current one stays)
 on() { local d=$1; shift; (pg_use "$d" && psql_q "$@"); }
 
+# stored_counts DIR: "input_offsets|ratings|movies|rated_movies|rejected"
+# row counts of the cluster of DIR
+stored_counts()
+{
+	on "$1" "SELECT (SELECT count(*) FROM pgkafka_join.input_offsets),
+	                (SELECT count(*) FROM pgkafka_join.ratings),
+	                (SELECT count(*) FROM pgkafka_join.movies),
+	                (SELECT count(*) FROM pgkafka_join.rated_movies),
+	                (SELECT count(*) FROM pgkafka_join.rejected_messages)"
+}
+
+# crashes DIR...: per cluster, the server processes terminated by a signal
+crashes()
+{
+	local d counts=()
+
+	for d in "$@"; do
+		counts+=("$(grep -c 'terminated by signal' "$d/server.log" || true)")
+	done
+	echo "${counts[*]}"
+}
+
 # workers_of DIR: "worker:owned_partitions:state" of each worker
 workers_of()
 {
@@ -551,12 +573,7 @@ wait $producer || fail "producing phase 3 failed"
 check_phase 3
 check_eq "C still refused, stored and published nothing: state, input_offsets, ratings, movies, rated_movies, rejected" \
 	"$REFUSED|0|0|0|0|0" \
-	"$(on "$PG_C" "SELECT (SELECT string_agg(state, ',') FROM pgkafka_join.status),
-	                      (SELECT count(*) FROM pgkafka_join.input_offsets),
-	                      (SELECT count(*) FROM pgkafka_join.ratings),
-	                      (SELECT count(*) FROM pgkafka_join.movies),
-	                      (SELECT count(*) FROM pgkafka_join.rated_movies),
-	                      (SELECT count(*) FROM pgkafka_join.rejected_messages)")"
+	"$(on "$PG_C" "SELECT string_agg(state, ',') FROM pgkafka_join.status")|$(stored_counts "$PG_C")"
 check_eq "A and B were never refused" "0 0" \
 	"$(grep -c 'another server owns' "$PG_A/server.log" || true) $(grep -c 'another server owns' "$PG_B/server.log" || true)"
 echo "# C logged the refusal $(grep -c 'another server owns' "$PG_C/server.log" || true) times"
@@ -582,9 +599,9 @@ reload_d=$!
 on "$PG_E" "SELECT pg_reload_conf()" >/dev/null &
 wait "$reload_d" $!
 de_states() { echo "$(on "$PG_D" "SELECT state FROM pgkafka_join.status")|$(on "$PG_E" "SELECT state FROM pgkafka_join.status")"; }
-wait_for 30 '[ "$(de_states)" = "$REFUSED|consuming" ] || [ "$(de_states)" = "consuming|$REFUSED" ]' ||
+wait_for 30 'states=$(de_states); [ "$states" = "$REFUSED|consuming" ] || [ "$states" = "consuming|$REFUSED" ]' ||
 	fail "not one of D and E refused and the other consuming: $(de_states)"
-if [ "$(on "$PG_D" "SELECT state FROM pgkafka_join.status")" = "$REFUSED" ]; then
+if [ "$states" = "$REFUSED|consuming" ]; then
 	refused=D refused_dir=$PG_D holder_dir=$PG_E
 else
 	refused=E refused_dir=$PG_E holder_dir=$PG_D
@@ -593,14 +610,9 @@ pass "of D and E, started at the same moment for partitions 0-5, $refused was re
 wait_for 30 '[ "$(on "$holder_dir" "SELECT count(*) FROM pgkafka_join.input_offsets")" = 12 ]' ||
 	fail "the server that kept partitions 0-5 did not store offsets of all 12 input partitions"
 check_eq "$refused stored nothing: input_offsets, ratings, movies, rated_movies, rejected" \
-	"0|0|0|0|0" \
-	"$(on "$refused_dir" "SELECT (SELECT count(*) FROM pgkafka_join.input_offsets),
-	                             (SELECT count(*) FROM pgkafka_join.ratings),
-	                             (SELECT count(*) FROM pgkafka_join.movies),
-	                             (SELECT count(*) FROM pgkafka_join.rated_movies),
-	                             (SELECT count(*) FROM pgkafka_join.rejected_messages)")"
+	"0|0|0|0|0" "$(stored_counts "$refused_dir")"
 check_eq "no server process of D or E crashed (terminated by signal)" "0 0" \
-	"$(grep -c 'terminated by signal' "$PG_D/server.log" || true) $(grep -c 'terminated by signal' "$PG_E/server.log" || true)"
+	"$(crashes "$PG_D" "$PG_E")"
 pg_stop "$PG_D"
 pg_stop "$PG_E"
 pg_use "$PG_A"
@@ -616,5 +628,5 @@ check_eq "each of ${#runs[@]} handovers across both servers saw every result exa
 	fail "only $midstream handovers happened in the middle of the stream; the test proves too little"
 pass "$midstream handovers happened in the middle of the stream"
 check_eq "no server process of A, B or C crashed (terminated by signal)" "0 0 0" \
-	"$(grep -c 'terminated by signal' "$PG_A/server.log" || true) $(grep -c 'terminated by signal' "$PG_B/server.log" || true) $(grep -c 'terminated by signal' "$PG_C/server.log" || true)"
+	"$(crashes "$PG_A" "$PG_B" "$PG_C")"
 echo "# total $SECONDS s"
