@@ -263,6 +263,22 @@ prescan_json(const char *s, size_t len, const char **reason)
 	return true;
 }
 
+/* The spec whose name or alias is the len bytes at name, or -1 */
+static int
+find_field(const TopLevelState *state, const char *name, size_t len)
+{
+	for (int i = 0; i < state->nspecs; i++)
+	{
+		const char *alias = state->specs[i].alias;
+
+		if ((strncmp(state->specs[i].name, name, len) == 0 &&
+			 state->specs[i].name[len] == '\0') ||
+			(alias != NULL && strncmp(alias, name, len) == 0 && alias[len] == '\0'))
+			return i;
+	}
+	return -1;
+}
+
 /* Semantic actions: record the kind and text of wanted top-level fields */
 
 static void
@@ -303,23 +319,10 @@ sem_object_field_start(void *arg, char *fname, bool isnull)
 
 	if (state->depth != 1 || fname == NULL)
 		return;
-	state->current = -1;
-	for (int i = 0; i < state->nspecs; i++)
-	{
-		const FieldSpec *spec = &state->specs[i];
-
-		/* the first byte first: most names differ there */
-		if ((fname[0] == spec->name[0] && strcmp(fname, spec->name) == 0) ||
-			(spec->alias != NULL && fname[0] == spec->alias[0] &&
-			 strcmp(fname, spec->alias) == 0))
-		{
-			if (state->values[i].kind != VALUE_ABSENT &&
-				state->duplicate == NULL)
-				state->duplicate = spec->duplicate_reason;
-			state->current = i;
-			break;
-		}
-	}
+	state->current = find_field(state, fname, strlen(fname));
+	if (state->current >= 0 && state->values[state->current].kind != VALUE_ABSENT &&
+		state->duplicate == NULL)
+		state->duplicate = state->specs[state->current].duplicate_reason;
 	pfree(fname);
 }
 
@@ -432,22 +435,6 @@ scan_json_literal(const char *p, const char *end, ValueKind *kind)
 		return p + 4;
 	}
 	return NULL;
-}
-
-/* The spec whose name or alias is the len bytes at name, or -1 */
-static int
-find_field(const TopLevelState *state, const char *name, size_t len)
-{
-	for (int i = 0; i < state->nspecs; i++)
-	{
-		const char *alias = state->specs[i].alias;
-
-		if ((strncmp(state->specs[i].name, name, len) == 0 &&
-			 state->specs[i].name[len] == '\0') ||
-			(alias != NULL && strncmp(alias, name, len) == 0 && alias[len] == '\0'))
-			return i;
-	}
-	return -1;
 }
 
 /*
