@@ -848,11 +848,14 @@ ingest_error_callback(void *arg)
 /*
  * pkj_ingest_batch
  *		Store a batch and the offsets after it, in one transaction.  Returns
- *		with the transaction committed; an error aborts it whole and the
- *		batch is consumed again from the stored offsets.  Returns false,
- *		storing nothing, if ingest is paused or the offsets were reset since
- *		the partitions were assigned with offsets_generation (see pause()
- *		and reset_offsets() in SQL); the caller then looks at control again.
+ *		with the transaction committed, unless the worker holds it open (see
+ *		store_while_confirming()); the caller counts the batch in status
+ *		once it is.  An error aborts the transaction whole and the batch is
+ *		consumed again from the stored offsets.  Returns false, storing
+ *		nothing (and aborting a transaction held open), if ingest is paused
+ *		or the offsets were reset since the partitions were assigned with
+ *		offsets_generation (see pause() and reset_offsets() in SQL); the
+ *		caller then looks at control again.
  */
 bool
 pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
@@ -919,7 +922,6 @@ pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 
 	error_context_stack = errcallback.previous;
 	MemoryContextSwitchTo(caller);
-	pkj_status_count_batch(batch->count, *results);
 	return true;
 }
 

@@ -26,9 +26,11 @@
  * changes, the other owner is alive and the newcomer refuses (it came
  * second); if not, the claim has lapsed and is taken over.  A worker taking
  * over partitions it did not claim last reads its claims back
- * CLAIM_CONFIRM_MS later, and refuses if another server wrote in between; every renewal
- * checks the same.  Of two servers started at the same moment, the last to
- * write keeps the partitions.  No clock is compared between servers.
+ * CLAIM_CONFIRM_MS later, and refuses if another server wrote in between;
+ * every renewal checks the same.  Of two servers started at the same
+ * moment, the last to write keeps the partitions.  No clock is compared
+ * between servers.  Meanwhile the worker stores what it consumes in a
+ * transaction it commits only once the claims hold (see worker.c).
  *
  *-------------------------------------------------------------------------
  */

@@ -106,6 +106,14 @@ typedef enum WaitReason
 /* The memory context current before pkj_begin_spi(), restored after */
 MemoryContext pkj_spi_caller_cxt = NULL;
 
+/*
+ * While set, pkj_end_spi() leaves its transaction open (spi_held) and the
+ * next pkj_begin_spi() goes on in it: the batches stored while new claims
+ * are confirmed are one transaction (see store_while_confirming()).
+ */
+static bool spi_hold = false;
+static bool spi_held = false;
+
 static WaitReason logged_wait = WAIT_NONE;
 
 /* control.offsets_generation when the partitions were last assigned */
@@ -388,8 +396,13 @@ pkj_begin_spi(const char *activity)
 	MemoryContext caller = CurrentMemoryContext;
 
 	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	force_durable_commit();
+	if (spi_held)
+		spi_held = false;		/* go on in the transaction left open */
+	else
+	{
+		StartTransactionCommand();
+		force_durable_commit();
+	}
 	pkj_spi_caller_cxt = caller;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -403,7 +416,10 @@ pkj_end_spi(void)
 {
 	SPI_finish();
 	PopActiveSnapshot();
-	CommitTransactionCommand();
+	if (spi_hold)
+		spi_held = true;
+	else
+		CommitTransactionCommand();
 	/* back to the caller's memory, not TopMemoryContext */
 	MemoryContextSwitchTo(pkj_spi_caller_cxt);
 	pgstat_report_activity(STATE_IDLE, NULL);
@@ -416,6 +432,7 @@ pkj_abort_spi(void)
 	SPI_finish();
 	PopActiveSnapshot();
 	AbortCurrentTransaction();
+	spi_held = false;
 	MemoryContextSwitchTo(pkj_spi_caller_cxt);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
@@ -922,6 +939,7 @@ disconnect(void)
 static struct
 {
 	MemoryContext loop_cxt;
+	MemoryContext batch_cxt;	/* the batch's contents */
 	PkjBatch   *batch;
 	TimestampTz next_metadata;
 	TimestampTz next_partitions;
@@ -951,6 +969,138 @@ wait_for(WaitReason reason, const char *state, const char *msg, const char *hint
 	pkj_status_set_state(state);
 	log_wait(reason, msg, hint);
 	wait_latch(pkj_retry_interval);
+}
+
+/*
+ * A batch was dropped unstored: ingest was paused, the offsets were reset,
+ * or the extension was dropped or created again.  Consume afresh from what
+ * PostgreSQL holds now.
+ */
+static void
+batch_dropped(void)
+{
+	if (extension_oid() != pkj_kafka.extension_oid)
+	{
+		ereport(LOG,
+				(errmsg("pgkafka_join dropped a batch unstored: the extension was dropped or created again")));
+		disconnect();
+	}
+	else if (ingest_paused())
+	{
+		w.paused = true;
+		enter_pause();
+	}
+	else
+		restart_kafka("pgkafka_join input offsets were reset; consuming from the stored offsets");
+}
+
+/*
+ * While this server's new claims wait to be read back (see shares.c), store
+ * what is consumed in one transaction left open: committed once the claims
+ * hold, so that a server keeping its partitions has not lost the wait;
+ * aborted if they do not, so that a server refused them has stored nothing
+ * (its next attempt starts from new Kafka handles, at the stored offsets).
+ * As before any batch, where publishing stands is learnt first.  Returns
+ * false, having only assigned the partitions, if the brokers cannot tell
+ * that yet.
+ */
+static bool
+store_while_confirming(void)
+{
+	int64		messages = 0;
+	int64		results = 0;
+	PkjClaim	claim;
+	TimestampTz now = GetCurrentTimestamp();
+
+	/* fetching starts while the producer gets ready */
+	if (!assigned)
+		assign_partitions();
+	if (now < w.next_publish)
+		return false;
+	switch (pkj_publisher_position())
+	{
+		case PKJ_POSITION_KNOWN:
+			break;
+		case PKJ_POSITION_UNKNOWN:
+			w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
+			return false;
+		case PKJ_POSITION_BEHIND:
+			return false;
+	}
+	pkj_status_set_state("consuming: claims being confirmed");
+
+	spi_hold = true;
+	for (;;)
+	{
+		long		wait_ms = pkj_claims_next_ms();
+		int64		batch_results;
+
+		if (wait_ms == 0)
+		{
+			claim = pkj_claims_hold(owned);
+			break;
+		}
+		if (ConfigReloadPending)
+		{
+			/* applied by the next step, once the claims are settled */
+			wait_latch(wait_ms);
+			continue;
+		}
+		MemoryContextReset(w.batch_cxt);
+		pkj_batch_reset(w.batch);
+		consume_batch(w.batch, wait_ms, pkj_batch_size);
+		if (pkj_batch_count(w.batch) == 0)
+			continue;
+		w.storing = true;
+		if (!pkj_ingest_batch(w.batch, offsets_generation, &batch_results))
+		{
+			/* the open transaction was aborted with the batch */
+			w.storing = false;
+			spi_hold = false;
+			batch_dropped();
+			return true;
+		}
+		w.storing = false;
+		messages += pkj_batch_count(w.batch);
+		results += batch_results;
+	}
+	spi_hold = false;
+
+	if (claim == PKJ_CLAIM_HELD)
+	{
+		if (spi_held)
+		{
+			spi_held = false;
+			CommitTransactionCommand();
+		}
+		pkj_status_count_batch(messages, results);
+		if (results > 0)
+			w.more_to_publish = true;
+		return true;
+	}
+
+	/*
+	 * Refused (said once by shares.c), or the brokers did not answer the
+	 * read-back: nothing consumed meanwhile is kept.
+	 */
+	if (spi_held)
+	{
+		spi_held = false;
+		AbortCurrentTransaction();
+	}
+	if (messages > 0)
+		ereport(LOG,
+				(errmsg("pgkafka_join kept none of the " INT64_FORMAT " messages it stored while its claims were being confirmed",
+						messages),
+				 errdetail("Their transaction was rolled back: %s.",
+						   claim == PKJ_CLAIM_REFUSED ? "another server claimed the partitions meanwhile" :
+						   "the brokers did not answer when the claims were read back")));
+	disconnect();
+	pkj_status_set_state(claim == PKJ_CLAIM_REFUSED ?
+						 "refused: partitions owned by another server" :
+						 "waiting: claiming partitions");
+	wait_latch(pkj_retry_interval);
+	return true;
 }
 
 /*
@@ -1093,11 +1243,15 @@ worker_step(void)
 		case PKJ_CLAIM_PENDING:
 
 			/*
-			 * While this server's new claims wait to be read back, the
-			 * consumer is given the partitions already: their first messages
-			 * are fetched meanwhile, and none is stored before the claims
-			 * hold.
+			 * While this server's new claims wait to be read back, consume
+			 * and store in a transaction committed once they hold.  When
+			 * that cannot be (where publishing stands is not known yet, or
+			 * messages are being isolated), the consumer is at least given
+			 * the partitions, to fetch meanwhile.
 			 */
+			if (pkj_claims_confirming() && !w.paused && w.isolate_remaining == 0 &&
+				store_while_confirming())
+				return;
 			if (pkj_claims_confirming() && !assigned && !w.paused)
 				assign_partitions();
 			/* a server refused looks again, refused until it owns them */
@@ -1182,22 +1336,10 @@ worker_step(void)
 		w.storing = false;
 		if (!stored)
 		{
-			/* dropped unstored: paused, offsets reset, or extension replaced */
-			if (extension_oid() != pkj_kafka.extension_oid)
-			{
-				ereport(LOG,
-						(errmsg("pgkafka_join dropped a batch unstored: the extension was dropped or created again")));
-				disconnect();
-			}
-			else if (ingest_paused())
-			{
-				w.paused = true;
-				enter_pause();
-			}
-			else
-				restart_kafka("pgkafka_join input offsets were reset; consuming from the stored offsets");
+			batch_dropped();
 			return;
 		}
+		pkj_status_count_batch(pkj_batch_count(w.batch), results);
 		if (w.isolate_remaining > 0)
 			w.isolate_remaining--;
 		if (pkj_batch_queued_rejoin(w.batch))
@@ -1299,6 +1441,8 @@ recover_from_error(void)
 	RESUME_INTERRUPTS();
 	pgstat_report_activity(STATE_IDLE, NULL);
 	w.storing = false;
+	spi_hold = false;
+	spi_held = false;
 
 	MemoryContextSwitchTo(w.loop_cxt);
 	pkj_status_set_error(edata->message);
@@ -1386,13 +1530,16 @@ pkj_worker_main(Datum arg)
 
 	w.loop_cxt = AllocSetContextCreate(TopMemoryContext, "pgkafka_join loop",
 									   ALLOCSET_DEFAULT_SIZES);
-	w.batch = pkj_batch_create(w.loop_cxt);
+	w.batch_cxt = AllocSetContextCreate(TopMemoryContext, "pgkafka_join batch",
+										ALLOCSET_DEFAULT_SIZES);
+	w.batch = pkj_batch_create(w.batch_cxt);
 	w.more_to_publish = true;
 
 	for (;;)
 	{
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(w.loop_cxt);
+		MemoryContextReset(w.batch_cxt);
 		MemoryContextSwitchTo(w.loop_cxt);
 		CHECK_FOR_INTERRUPTS();
 

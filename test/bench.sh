@@ -57,8 +57,9 @@
 # pgkafka_join.workers.  After the details of each run it prints one summary
 # line per count: catalog movies/s and its ratio to that run's COPY, ratings/s
 # joined and published (and its ratio to the first 1-worker run), each also
-# after the first batch stored (the workers connect and confirm their claims
-# first, a fixed time), how the ratings fell to the workers (worker i
+# after the first batch stored (the workers connect first, and the batches
+# stored while their new claims are confirmed, half a second, commit
+# together), how the ratings fell to the workers (worker i
 # consumes partitions p, p % workers = i), and the CPU shares of each timed
 # phase, whole and after the first batch: the worker processes (backend_type
 # "pgkafka_join worker") summed and each one, the other PostgreSQL

@@ -39,6 +39,8 @@
 #	kafka_group_offset GROUP TOPIC PARTITION	print committed offset/"none"
 #	kafka_set_group_offset GROUP TOPIC PARTITION OFFSET	commit, no members
 #	kafka_delete_group_offsets GROUP TOPIC	drop GROUP's offsets for TOPIC
+#	kafka_claim_after GROUP TOPIC PARTITIONS OWNER	claim partitions for OWNER
+#								as soon as a server has claimed them
 #	kafka_produce TOPIC [-p N] [-x TXNID [--abort]]	stdin: KEY<TAB>VALUE lines
 #	kafka_consume TOPIC [--uncommitted] [-f FORMAT]
 #	wait_for SECONDS CMD ...	retry CMD until it succeeds or time runs out
@@ -434,6 +436,11 @@ kafka_group_offset()
 kafka_set_group_offset()
 {
 	"$BROKER_SH" set-group-offset "$KAFKA_DIR" "$@"
+}
+
+kafka_claim_after()
+{
+	"$BROKER_SH" claim-after "$KAFKA_DIR" "$@"
 }
 
 kafka_delete_group_offsets()

@@ -46,11 +46,23 @@
 #    once): within 30 s one is 'refused: partitions owned by another
 #    server', the other 'consuming' and soon has offsets for all 12 input
 #    partitions; the refused one stored nothing (input_offsets, ratings,
-#    movies, rated_movies, rejected_messages stay empty), although its
-#    consumer may have fetched while its claims waited to be read back.
+#    movies, rated_movies, rejected_messages stay empty), although it may
+#    have stored messages, uncommitted, while its claims waited to be read
+#    back.
 #    Which of the two ways it is refused depends on timing: it read the
 #    other's claims before writing its own (and watched them change), or
 #    it wrote first and found the other's when reading its own back.
+# 7. A cluster F for all 6 partitions and its own output topic is given
+#    the brokers while a claimant, polling the claims group, waits for F's
+#    new claims and at once claims the same partitions as "intruder":
+#    when F reads its claims back it is refused (WARNING naming
+#    "intruder"), says that it rolled back the messages (more than 0) it
+#    stored meanwhile, and holds nothing (input_offsets, ratings, movies,
+#    rated_movies, rejected_messages empty).  The intruder never renews:
+#    its claim lapses, F takes the partitions over ('consuming', "takes
+#    over partitions whose claim lapsed") and stores exactly what the
+#    server that kept the partitions in 6. holds, with the same settings
+#    (the same row counts), once both hold the input offsets of A and B.
 # 5. The snapshot-then-tail handover across the two servers, 7 times while
 #    streams run: on each server, in one REPEATABLE READ transaction,
 #    rated_movies, output_position() and snapshot_shares(); then the
@@ -356,6 +368,9 @@ stored_counts()
 	                (SELECT count(*) FROM pgkafka_join.rejected_messages)"
 }
 
+# The input offsets stored, one "topic|partition|next_offset" line each
+OFFSET_ROWS="SELECT topic || '|' || kafka_partition || '|' || next_offset FROM pgkafka_join.input_offsets"
+
 # crashes DIR...: per cluster, the server processes terminated by a signal
 crashes()
 {
@@ -582,8 +597,8 @@ pass "C stopped"
 
 # --- 6. two servers given the brokers at the same moment, for the same
 # partitions: one keeps them, the other is refused having stored nothing
-# (a server whose new claims wait to be read back fetches its first
-# messages meanwhile, and must store none of them)
+# (a server whose new claims wait to be read back stores its first
+# messages meanwhile in a transaction it must roll back when refused)
 kafka_create_topic rated_movies_de 6
 PG_D=$TEST_DIR/pg_d
 PG_E=$TEST_DIR/pg_e
@@ -613,8 +628,56 @@ check_eq "$refused stored nothing: input_offsets, ratings, movies, rated_movies,
 	"0|0|0|0|0" "$(stored_counts "$refused_dir")"
 check_eq "no server process of D or E crashed (terminated by signal)" "0 0" \
 	"$(crashes "$PG_D" "$PG_E")"
-pg_stop "$PG_D"
-pg_stop "$PG_E"
+pg_stop "$refused_dir"
+pg_use "$PG_A"
+
+# --- 7. another server claims the partitions while a server's new claims
+# wait to be read back: what the server stored meanwhile is rolled back;
+# once the other claim lapses, it takes the partitions over and stores
+# everything (the same as the server that kept the partitions in 6.)
+kafka_create_topic rated_movies_f 6
+PG_F=$TEST_DIR/pg_f
+pg_start "$PG_F" "${common[@]}" "pgkafka_join.brokers = ''" "pgkafka_join.workers = 1" \
+	"pgkafka_join.output_topic = 'rated_movies_f'"
+psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
+f_identity=$(psql_q "SELECT 'pgkafka_join-' || system_identifier || '-' || d.oid
+                       FROM pg_control_system(), pg_database d WHERE d.datname = current_database()")
+psql_q "ALTER SYSTEM SET pgkafka_join.brokers = '$KAFKA_BOOTSTRAP'" >/dev/null
+kafka_claim_after pgkafka_join.owners.rated_movies_f ratings 6 intruder >"$TEST_DIR/intruder.out" &
+intruder=$!
+wait_for 60 'grep -qx watching "$TEST_DIR/intruder.out"' ||
+	fail "the intruding claimant did not start watching the claims"
+psql_q "SELECT pg_reload_conf()" >/dev/null
+wait "$intruder" || fail "the intruding claimant did not claim the partitions"
+check_eq "the intruder claimed partitions 0-5 as soon as F had claimed them" \
+	"$f_identity" "$(sed -n 2p "$TEST_DIR/intruder.out")"
+wait_for 30 '[ "$(psql_q "SELECT state FROM pgkafka_join.status")" = "$REFUSED" ]' ||
+	fail "F was not refused after the intruder's claim: $(psql_q "SELECT state FROM pgkafka_join.status")"
+grep -q 'WARNING: .*another server owns them' "$PG_F/server.log" &&
+	grep -q 'DETAIL: *Server "intruder" claims them' "$PG_F/server.log" ||
+	fail "F's log does not say that \"intruder\" owns its partitions"
+rolled_back=$(sed -n 's/.*kept none of the \([0-9]*\) messages it stored while its claims were being confirmed.*/\1/p' \
+	"$PG_F/server.log" | head -1)
+[ "${rolled_back:-0}" -gt 0 ] ||
+	fail "F's log does not say that it rolled back messages stored while its claims were confirmed"
+pass "F was refused after storing $rolled_back messages while its claims were confirmed, and rolled them back"
+check_eq "F, refused, stored nothing: input_offsets, ratings, movies, rated_movies, rejected" \
+	"0|0|0|0|0" "$(stored_counts "$PG_F")"
+# the intruder never renews its claim: it lapses after 10 s
+wait_for 60 '[ "$(psql_q "SELECT state FROM pgkafka_join.status")" = consuming ]' ||
+	fail "F did not take over the lapsed claims: $(psql_q "SELECT state FROM pgkafka_join.status")"
+grep -q 'takes over partitions whose claim lapsed' "$PG_F/server.log" ||
+	fail "F's log does not say that it took over a lapsed claim"
+# everything consumed: F's and the holder's offsets are those of A and B
+ab_offsets=$({ on "$PG_A" "$OFFSET_ROWS"; on "$PG_B" "$OFFSET_ROWS"; } | LC_ALL=C sort)
+wait_for 60 '[ "$(on "$PG_F" "$OFFSET_ROWS" | LC_ALL=C sort)" = "$ab_offsets" ] &&
+	[ "$(on "$holder_dir" "$OFFSET_ROWS" | LC_ALL=C sort)" = "$ab_offsets" ]' ||
+	fail "F and the holder of 6. did not both consume every message A and B consumed"
+check_eq "F took the lapsed claims over and stored what the holder of 6. holds: input_offsets, ratings, movies, rated_movies, rejected" \
+	"$(stored_counts "$holder_dir")" "$(stored_counts "$PG_F")"
+check_eq "no server process of F crashed (terminated by signal)" "0" "$(crashes "$PG_F")"
+pg_stop "$PG_F"
+pg_stop "$holder_dir"
 pg_use "$PG_A"
 
 # --- 5. the handovers against the final output

@@ -35,10 +35,19 @@
  *		rather than deleteConsumerGroups so that the group's offsets for
  *		other topics stay.  Nothing to do (and success) when the group has
  *		no offset for TOPIC.
+ *	claim-after GROUP TOPIC PARTITIONS OWNER
+ *		Wait until GROUP has committed an offset with metadata on every
+ *		partition 0 .. PARTITIONS - 1 of TOPIC (a server's claims of them,
+ *		see src/shares.c), then at once commit on each the current time in
+ *		milliseconds with OWNER as metadata, as a server named OWNER
+ *		claiming them would.  Prints "watching" once the group could be
+ *		read, then the metadata it found.  Gives up after 60 s.
  *
  * Exit status: 0 on success, 1 on any error (with a message on stderr).
  */
 
+import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.HashSet;
 import java.util.List;
 import java.util.Map;
@@ -62,7 +71,8 @@ public class KafkaAdmin
 		"usage: KafkaAdmin BOOTSTRAP delete-records TOPIC PARTITION BEFORE_OFFSET\n" +
 		"       KafkaAdmin BOOTSTRAP group-offset GROUP TOPIC PARTITION\n" +
 		"       KafkaAdmin BOOTSTRAP set-group-offset GROUP TOPIC PARTITION OFFSET\n" +
-		"       KafkaAdmin BOOTSTRAP delete-group-offsets GROUP TOPIC";
+		"       KafkaAdmin BOOTSTRAP delete-group-offsets GROUP TOPIC\n" +
+		"       KafkaAdmin BOOTSTRAP claim-after GROUP TOPIC PARTITIONS OWNER";
 
 	private static final long TIMEOUT_SECONDS = 60;
 
@@ -171,6 +181,49 @@ public class KafkaAdmin
 			.all().get(TIMEOUT_SECONDS, TimeUnit.SECONDS);
 	}
 
+	private static void claimAfter(Admin admin, String group, String topic,
+								   int partitions, String owner)
+		throws Exception
+	{
+		List<TopicPartition> tps = new ArrayList<>();
+		long		deadline = System.currentTimeMillis() + TIMEOUT_SECONDS * 1000;
+		String		found = null;
+
+		for (int p = 0; p < partitions; p++)
+			tps.add(new TopicPartition(topic, p));
+		groupOffsets(admin, group, tps);
+		System.out.println("watching");
+		System.out.flush();
+
+		/* as fast as the broker answers: the claims are read back soon */
+		while (found == null)
+		{
+			Map<TopicPartition, OffsetAndMetadata> offsets = groupOffsets(admin, group, tps);
+			boolean		all = true;
+
+			for (TopicPartition tp : tps)
+			{
+				OffsetAndMetadata o = offsets.get(tp);
+
+				all &= o != null && !o.metadata().isEmpty();
+			}
+			if (all)
+				found = offsets.get(tps.get(0)).metadata();
+			else if (System.currentTimeMillis() > deadline)
+				fail("no claims of all " + partitions + " partitions of \"" + topic +
+					 "\" in group \"" + group + "\" within " + TIMEOUT_SECONDS + "s");
+		}
+
+		Map<TopicPartition, OffsetAndMetadata> claims = new HashMap<>();
+		long		now = System.currentTimeMillis();
+
+		for (TopicPartition tp : tps)
+			claims.put(tp, new OffsetAndMetadata(now, owner));
+		admin.alterConsumerGroupOffsets(group, claims).all()
+			.get(TIMEOUT_SECONDS, TimeUnit.SECONDS);
+		System.out.println(found);
+	}
+
 	public static void main(String[] args) throws Exception
 	{
 		if (args.length < 2)
@@ -209,6 +262,12 @@ public class KafkaAdmin
 					usage();
 				group = args[2];
 				break;
+			case "claim-after":
+				if (args.length != 6)
+					usage();
+				group = args[2];
+				offset = number(args, 4, "partition count", 1, Integer.MAX_VALUE);
+				break;
 			default:
 				usage();
 		}
@@ -233,6 +292,9 @@ public class KafkaAdmin
 					break;
 				case "delete-group-offsets":
 					deleteGroupOffsets(admin, group, args[3]);
+					break;
+				case "claim-after":
+					claimAfter(admin, group, args[3], (int) offset, args[5]);
 					break;
 			}
 		}

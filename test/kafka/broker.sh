@@ -43,8 +43,12 @@
 #		have no active members.
 #	broker.sh delete-group-offsets DIR GROUP TOPIC
 #		Delete the offsets GROUP has committed for the partitions of TOPIC
-#		(its offsets for other topics stay).  These last four commands run
-#		KafkaAdmin.java.
+#		(its offsets for other topics stay).
+#	broker.sh claim-after DIR GROUP TOPIC PARTITIONS OWNER
+#		Wait until GROUP holds a server's claims of partitions 0 ..
+#		PARTITIONS - 1 of TOPIC (committed offsets with metadata), then
+#		claim them at once for OWNER; print "watching" once waiting, then
+#		the claimant found.  These last five commands run KafkaAdmin.java.
 #	broker.sh produce DIR TOPIC [-p PARTITION] [-x TRANSACTIONAL_ID [--abort]]
 #		Produce the lines of stdin, each "KEY<TAB>VALUE", in order, with an
 #		idempotent producer; returns once all are acknowledged.  An empty
@@ -379,6 +383,15 @@ cmd_delete_group_offsets()
 		die "could not delete the offsets of group \"$group\" for \"$topic\""
 }
 
+cmd_claim_after()
+{
+	local dir=$1 group=$2 topic=$3 partitions=$4 owner=$5
+
+	[[ "$partitions" =~ ^[1-9][0-9]*$ ]] || die "invalid partition count \"$partitions\""
+	kafka_admin "$dir" claim-after "$group" "$topic" "$partitions" "$owner" ||
+		die "could not claim the partitions of \"$topic\" in group \"$group\" after their claimant"
+}
+
 cmd_produce()
 {
 	local dir=$1 topic=$2 bs partition="" txn="" abort=false kpid rc=0
@@ -479,6 +492,7 @@ case $cmd in
 	delete-records) [ $# -eq 3 ] || usage; cmd_delete_records "$dir" "$@" ;;
 	group-offset) [ $# -eq 3 ] || usage; cmd_group_offset "$dir" "$@" ;;
 	set-group-offset) [ $# -eq 4 ] || usage; cmd_set_group_offset "$dir" "$@" ;;
+	claim-after) [ $# -eq 4 ] || usage; cmd_claim_after "$dir" "$@" ;;
 	delete-group-offsets) [ $# -eq 2 ] || usage; cmd_delete_group_offsets "$dir" "$@" ;;
 	produce) [ $# -ge 1 ] || usage; cmd_produce "$dir" "$@" ;;
 	consume) [ $# -ge 1 ] || usage; cmd_consume "$dir" "$@" ;;
