@@ -234,6 +234,7 @@ public class KafkaAdmin
 		String		group = null;
 		TopicPartition tp = null;
 		long		offset = 0;
+		int			count = 0;
 
 		/* Check the arguments before connecting. */
 		switch (command)
@@ -266,7 +267,7 @@ public class KafkaAdmin
 				if (args.length != 6)
 					usage();
 				group = args[2];
-				offset = number(args, 4, "partition count", 1, Integer.MAX_VALUE);
+				count = (int) number(args, 4, "partition count", 1, Integer.MAX_VALUE);
 				break;
 			default:
 				usage();
@@ -294,7 +295,7 @@ public class KafkaAdmin
 					deleteGroupOffsets(admin, group, args[3]);
 					break;
 				case "claim-after":
-					claimAfter(admin, group, args[3], (int) offset, args[5]);
+					claimAfter(admin, group, args[3], count, args[5]);
 					break;
 			}
 		}
