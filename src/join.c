@@ -121,7 +121,7 @@ extension_relid(const char *name)
 	return get_relname_relid(name, get_namespace_oid("pgkafka_join", false));
 }
 
-/* COPY's data source: the rows built by the caller of pkj_copy_rows() */
+/* COPY's data source: the rows built by the caller of copy_rows() */
 static int
 copy_source_read(void *outbuf, int minread, int maxread)
 {
@@ -133,18 +133,18 @@ copy_source_read(void *outbuf, int minread, int maxread)
 }
 
 /*
- * pkj_copy_rows
- *		COPY data, rows in COPY's text or binary format, into the columns
- *		of pgkafka_join.relname, as COPY FROM STDIN would: with the caller's
+ * copy_rows
+ *		COPY data, rows in COPY's binary format, into the columns of
+ *		pgkafka_join.relname, as COPY FROM STDIN would: with the caller's
  *		INSERT privileges checked (and refused under row-level security, as
  *		COPY FROM is), the rows routed to partitions, indexes and triggers.
  *
- * The data is in the database's encoding: text is read without conversion,
- * and so are the text fields of binary rows, which PostgreSQL reads in the
- * client encoding: that is the database's for the time of the COPY.
+ * The text fields are in the database's encoding; PostgreSQL reads those of
+ * binary rows in the client encoding, so that is the database's for the
+ * time of the COPY.
  */
-void
-pkj_copy_rows(const char *relname, List *attnames, StringInfo data, bool binary)
+static void
+copy_rows(const char *relname, List *attnames, StringInfo data)
 {
 	Relation	rel;
 	ParseState *pstate;
@@ -154,7 +154,7 @@ pkj_copy_rows(const char *relname, List *attnames, StringInfo data, bool binary)
 	ListCell   *lc;
 	List	   *options;
 	int			client_encoding = pg_get_client_encoding();
-	bool		switch_encoding = binary && client_encoding != GetDatabaseEncoding();
+	bool		switch_encoding = client_encoding != GetDatabaseEncoding();
 
 	rel = table_openrv(makeRangeVar("pgkafka_join", pstrdup(relname), -1), RowExclusiveLock);
 	pstate = make_parsestate(NULL);
@@ -176,13 +176,7 @@ pkj_copy_rows(const char *relname, List *attnames, StringInfo data, bool binary)
 						RelationGetRelationName(rel)),
 				 errhint("Call the function as a role that bypasses row-level security.")));
 
-	options = list_make1(makeDefElem("format",
-									 (Node *) makeString(binary ? "binary" : "text"), -1));
-	if (!binary)
-		options = lappend(options,
-						  makeDefElem("encoding",
-									  (Node *) makeString(unconstify(char *, GetDatabaseEncodingName())),
-									  -1));
+	options = list_make1(makeDefElem("format", (Node *) makeString("binary"), -1));
 	copy_source = data;
 	copy_source_pos = 0;
 	cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_source_read,
@@ -509,7 +503,7 @@ pkj_copy_movies(int count, const int *rows, const Datum *ids, const Datum *title
 		data.len = p - data.data;
 	}
 	copy_end(&data);
-	pkj_copy_rows("movies", name_list(columns, lengthof(columns)), &data, true);
+	copy_rows("movies", name_list(columns, lengthof(columns)), &data);
 }
 
 /*
@@ -661,11 +655,10 @@ pkj_store_ratings(int count, const Datum *movie_ids, const Datum *ratings,
 	copy_end(&stored);
 	copy_end(&published);
 
-	pkj_copy_rows("ratings", name_list(rating_columns, lengthof(rating_columns)),
-				  &stored, true);
+	copy_rows("ratings", name_list(rating_columns, lengthof(rating_columns)), &stored);
 	if (produced > 0)
-		pkj_copy_rows("rated_movies", name_list(result_columns, lengthof(result_columns)),
-					  &published, true);
+		copy_rows("rated_movies", name_list(result_columns, lengthof(result_columns)),
+				  &published);
 	PopActiveSnapshot();
 	return produced;
 }

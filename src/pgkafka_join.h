@@ -122,8 +122,6 @@ extern bool pkj_batch_queued_rejoin(PkjBatch *batch);
 extern TimestampTz pkj_join_cutoff(void);
 extern bool pkj_month_bounds(TimestampTz t, TimestampTz *start, TimestampTz *next);
 extern void pkj_create_partitions_for(int count, const Datum *times);
-extern void pkj_copy_rows(const char *relname, List *attnames, StringInfo data,
-						  bool binary);
 extern void pkj_copy_movies(int count, const int *rows, const Datum *ids,
 							const Datum *titles, const Datum *release_years,
 							const bool *release_year_nulls);

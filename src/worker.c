@@ -425,6 +425,20 @@ pkj_end_spi(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
+/* End the transaction pkj_end_spi() left open, if any, and open no more */
+static void
+end_held_transaction(bool commit)
+{
+	spi_hold = false;
+	if (!spi_held)
+		return;
+	spi_held = false;
+	if (commit)
+		CommitTransactionCommand();
+	else
+		AbortCurrentTransaction();
+}
+
 /* Leave the transaction of pkj_begin_spi() without committing it */
 void
 pkj_abort_spi(void)
@@ -1001,8 +1015,7 @@ batch_dropped(void)
  * aborted if they do not, so that a server refused them has stored nothing
  * (its next attempt starts from new Kafka handles, at the stored offsets).
  * As before any batch, where publishing stands is learnt first.  Returns
- * false, having only assigned the partitions, if the brokers cannot tell
- * that yet.
+ * false, having done nothing, if the brokers cannot tell that yet.
  */
 static bool
 store_while_confirming(void)
@@ -1012,9 +1025,6 @@ store_while_confirming(void)
 	PkjClaim	claim;
 	TimestampTz now = GetCurrentTimestamp();
 
-	/* fetching starts while the producer gets ready */
-	if (!assigned)
-		assign_partitions();
 	if (now < w.next_publish)
 		return false;
 	switch (pkj_publisher_position())
@@ -1064,15 +1074,10 @@ store_while_confirming(void)
 		messages += pkj_batch_count(w.batch);
 		results += batch_results;
 	}
-	spi_hold = false;
+	end_held_transaction(claim == PKJ_CLAIM_HELD);
 
 	if (claim == PKJ_CLAIM_HELD)
 	{
-		if (spi_held)
-		{
-			spi_held = false;
-			CommitTransactionCommand();
-		}
 		pkj_status_count_batch(messages, results);
 		if (results > 0)
 			w.more_to_publish = true;
@@ -1081,13 +1086,8 @@ store_while_confirming(void)
 
 	/*
 	 * Refused (said once by shares.c), or the brokers did not answer the
-	 * read-back: nothing consumed meanwhile is kept.
+	 * read-back: nothing consumed meanwhile was kept.
 	 */
-	if (spi_held)
-	{
-		spi_held = false;
-		AbortCurrentTransaction();
-	}
 	if (messages > 0)
 		ereport(LOG,
 				(errmsg("pgkafka_join kept none of the " INT64_FORMAT " messages it stored while its claims were being confirmed",
@@ -1243,17 +1243,19 @@ worker_step(void)
 		case PKJ_CLAIM_PENDING:
 
 			/*
-			 * While this server's new claims wait to be read back, consume
-			 * and store in a transaction committed once they hold.  When
-			 * that cannot be (where publishing stands is not known yet, or
-			 * messages are being isolated), the consumer is at least given
-			 * the partitions, to fetch meanwhile.
+			 * While this server's new claims wait to be read back, the
+			 * consumer fetches already (from now on, while the producer
+			 * gets ready), and batches are stored in a transaction committed
+			 * once the claims hold, unless where publishing stands is not
+			 * known yet or messages are being isolated.
 			 */
-			if (pkj_claims_confirming() && !w.paused && w.isolate_remaining == 0 &&
-				store_while_confirming())
-				return;
-			if (pkj_claims_confirming() && !assigned && !w.paused)
-				assign_partitions();
+			if (pkj_claims_confirming() && !w.paused)
+			{
+				if (!assigned)
+					assign_partitions();
+				if (w.isolate_remaining == 0 && store_while_confirming())
+					return;
+			}
 			/* a server refused looks again, refused until it owns them */
 			pkj_status_set_state(pkj_claims_refused() ?
 								 "refused: partitions owned by another server" :
