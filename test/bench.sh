@@ -200,7 +200,7 @@ poll_until()
 			POLL_AT=$at
 			return
 		fi
-		FIRST_CPU=$(cpu_sample)
+		cpu_sample FIRST_CPU
 		FIRST_AT=$at
 		FIRST_N=$n
 	fi
@@ -317,7 +317,10 @@ rss_start()
 		trap - EXIT INT TERM	# not the test's cleanup: this is killed
 		while :; do
 			for pid in "${WORKER_PIDS[@]}"; do
-				awk -v pid="$pid" '/^RssAnon:/ { print pid, $2 }' "/proc/$pid/status" 2>/dev/null
+				# builtins only, as cpu_sample: no process started
+				while read -r key kb _; do
+					[ "$key" != RssAnon: ] || echo "$pid $kb"
+				done 2>/dev/null <"/proc/$pid/status"
 			done >>"$file"
 			sleep 1
 		done
@@ -425,7 +428,7 @@ run_bench()
 	#
 	psql_q "CHECKPOINT"
 	lsn0=$(wal_lsn)
-	cpu0=$(cpu_sample)
+	cpu_sample cpu0
 	t0=$(now)
 	copy_pid=$(psql_q "SELECT pg_backend_pid();
 COPY pgkafka_join.movies (id, title, release_year, updated_at) FROM '$MOVIES_COPY'")
@@ -435,7 +438,7 @@ COPY pgkafka_join.movies (id, title, release_year, updated_at) FROM '$MOVIES_COP
 		[ -e "/proc/$copy_pid" ] || break
 		sleep 0.1
 	done
-	cpu1=$(cpu_sample)
+	cpu_sample cpu1
 	R_COPY_S[run]=$(calc "$t1 - $t0" %.2f)
 	R_COPY_RATE[run]=$(calc "$MOVIES / ${R_COPY_S[run]}" %.0f)
 	[ "$(psql_q "SELECT count(*) FROM pgkafka_join.movies")" = "$MOVIES" ] || fail "COPY did not load $MOVIES rows"
@@ -449,11 +452,12 @@ COPY pgkafka_join.movies (id, title, release_year, updated_at) FROM '$MOVIES_COP
 	#
 	# 4. Catalog ingest through the worker(s)
 	#
+	# the workers run, idle, before they are given the brokers
+	wait_workers
 	lsn0=$(wal_lsn)
 	reload_with pgkafka_join.brokers "$KAFKA_BOOTSTRAP"
 	t0=$(now)
-	wait_workers
-	cpu0=$(cpu_sample)
+	cpu_sample cpu0
 	rss_start catalog-run$run
 	PHASE_START=$t0
 	poll_stored movies "$MOVIES"
@@ -461,7 +465,7 @@ COPY pgkafka_join.movies (id, title, release_year, updated_at) FROM '$MOVIES_COP
 	rss_stop catalog-run$run
 	R_RSS_CATALOG[run]=$RSS_FIGURES
 	R_FIRST_MOVIES_S[run]=$(calc "$FIRST_AT - $t0" %.1f)
-	cpu1=$(cpu_sample)
+	cpu_sample cpu1
 	check_workers "the catalog ingest"
 	R_INGEST_S[run]=$(calc "$t1 - $t0" %.2f)
 	R_INGEST_RATE[run]=$(calc "$MOVIES / ${R_INGEST_S[run]}" %.0f)
@@ -507,7 +511,7 @@ COPY pgkafka_join.movies (id, title, release_year, updated_at) FROM '$MOVIES_COP
 	lsn0=$(wal_lsn)
 	reload_with pgkafka_join.ratings_topic ratings_bench
 	t0=$(now)
-	cpu0=$(cpu_sample)
+	cpu_sample cpu0
 	rss_start ratings-run$run
 	# All stored (each one joined, its movie being there) ...
 	PHASE_START=$t0
@@ -523,7 +527,7 @@ COPY pgkafka_join.movies (id, title, release_year, updated_at) FROM '$MOVIES_COP
 									LEFT JOIN pgkafka_join.published_ids() p USING (share)
 								   WHERE s.last_id > coalesce(p.last_id, 0))"
 	t1=$POLL_AT
-	cpu1=$(cpu_sample)
+	cpu_sample cpu1
 	rss_stop ratings-run$run
 	R_RSS_RATINGS[run]=$RSS_FIGURES
 	check_workers "the ratings phase"

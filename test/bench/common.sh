@@ -118,18 +118,6 @@ calc()
 	awk "BEGIN { printf \"${2:-%.1f}\", $1 }"
 }
 
-# Broker: the JVM's pid.  PostgreSQL: the postmaster's, its children's,
-# the workers'.
-broker_pid()
-{
-	cat "$KAFKA_DIR/broker.pid"
-}
-
-postmaster_pid()
-{
-	head -1 "$PG_DIR/data/postmaster.pid"
-}
-
 # The pids of the join workers, in the order of their numbers
 # (application_name "pgkafka_join worker N"), separated by spaces.
 worker_pids()
@@ -163,83 +151,97 @@ check_workers()
 		say "WARNING: the workers changed during $1 (pids ${WORKER_PIDS[*]}, now $(worker_pids)): its CPU shares are wrong"
 }
 
-# CPU time (user + system, in clock ticks) of the processes given, the ones
-# that have exited counting 0.  With -c, the CPU time of their children that
-# have exited and been waited for is added (the postmaster reaps its
-# backends: so a finished COPY backend or psql session still counts).
-cpu_ticks()
-{
-	local pid sum=0 stat children=false
+# The sampling below reads /proc with shell builtins only and starts no
+# process: it runs inside the timed phases (at their start and at their
+# first batch), and every process it started (a cat per file, a pgrep) would
+# take CPU from the workers being measured, on a machine whose cores they
+# keep busy.
 
-	if [ "${1:-}" = -c ]; then
-		children=true
-		shift
-	fi
-	for pid in "$@"; do
-		stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-		# fields after the command name, which is in parentheses
-		stat=${stat##*) }
-		set -- $stat
-		sum=$((sum + ${12} + ${13}))
-		if $children; then
-			sum=$((sum + ${14} + ${15}))
-		fi
-	done
-	echo "$sum"
+# proc_ticks PID [-c]: set TICKS to the CPU time (user + system, in clock
+# ticks) of PID, 0 once it has exited.  With -c, the CPU time of its
+# children that have exited and been waited for is added (the postmaster
+# reaps its backends: so a finished COPY backend or psql session still
+# counts).
+proc_ticks()
+{
+	local stat
+	local -a f
+
+	TICKS=0
+	read -r stat 2>/dev/null <"/proc/$1/stat" || [ -n "${stat:-}" ] || return 0
+	# the fields after the command name, which is in parentheses: f[11]
+	# and f[12] are utime and stime, f[13] and f[14] cutime and cstime
+	read -r -a f <<<"${stat##*) }"
+	TICKS=$((f[11] + f[12]))
+	[ "${2:-}" != -c ] || TICKS=$((TICKS + f[13] + f[14]))
 }
 
-# Time the threads of the processes given have spent runnable but waiting
-# for a core (the run queue delay of /proc/PID/task/TID/schedstat), in ms.
+# runq_ms PID ...: set RUNQ_MS to the time the threads of the processes
+# given have spent runnable but waiting for a core (the run queue delay of
+# /proc/PID/task/TID/schedstat), in ms.
 runq_ms()
 {
-	local pid f sum=0 line
+	local pid f ns sum=0
 
 	for pid in "$@"; do
 		for f in /proc/"$pid"/task/*/schedstat; do
-			line=$(cat "$f" 2>/dev/null) || continue
-			set -- $line
-			sum=$((sum + $2))
+			read -r _ ns _ 2>/dev/null <"$f" || continue
+			sum=$((sum + ns))
 		done
 	done
-	echo $((sum / 1000000))
+	RUNQ_MS=$((sum / 1000000))
 }
 
-# Busy and idle (with iowait) ticks of the whole machine, all cores.
-machine_ticks()
-{
-	awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat
-}
-
-# cpu_sample: print "WORKERS PG_OTHER BROKER BUSY IDLE WQ BQ W0 W1 ..." in
-# ticks, WORKERS being the sum of the join workers W0, W1, ... (WORKER_PIDS,
-# in the order of their numbers; none yet: 0), PG_OTHER every other process
-# of the cluster, exited backends included; WQ and BQ the run queue delay
-# of the workers' and the broker's threads, in ms.  Each process is read
-# once, so that what a worker used between two reads is not counted as
-# another process's.
+# cpu_sample VAR: set VAR to "WORKERS PG_OTHER BROKER BUSY IDLE WQ BQ W0 W1
+# ..." in ticks, WORKERS being the sum of the join workers W0, W1, ...
+# (WORKER_PIDS, in the order of their numbers; none yet: 0), PG_OTHER every
+# other process of the cluster, exited backends included; BUSY and IDLE
+# (with iowait) those of the whole machine, all cores; WQ and BQ the run
+# queue delay of the workers' and the broker's threads, in ms.  Each
+# process is read once, so that what a worker used between two reads is not
+# counted as another process's.
 cpu_sample()
 {
-	local pm others pid sum=0 t
+	local pm broker others pid sum=0 wq _cpu user nice system idle iowait irq softirq steal
 	local -a children each=()
 	local -A ticks=()
 
-	pm=$(postmaster_pid)
-	mapfile -t children < <(pgrep -P "$pm" || true)
-	others=$(cpu_ticks -c "$pm")
+	read -r pm <"$PG_DIR/data/postmaster.pid" || true
+	read -r broker <"$KAFKA_DIR/broker.pid" || true
+	# the postmaster's children (it has one thread: its task is the process;
+	# the file, without a final newline, needs a kernel with
+	# CONFIG_PROC_CHILDREN, as Debian's have: pgrep otherwise)
+	if [ -r "/proc/$pm/task/$pm/children" ]; then
+		read -r -a children <"/proc/$pm/task/$pm/children" || true
+	else
+		mapfile -t children < <(pgrep -P "$pm" || true)
+	fi
+	proc_ticks "$pm" -c
+	others=$TICKS
 	for pid in "${children[@]}"; do
-		ticks[$pid]=$(cpu_ticks "$pid")
+		proc_ticks "$pid"
+		ticks[$pid]=$TICKS
 	done
 	for pid in "${WORKER_PIDS[@]}"; do
-		t=${ticks[$pid]:-$(cpu_ticks "$pid")}
-		each+=("$t")
-		sum=$((sum + t))
+		if [ -z "${ticks[$pid]:-}" ]; then
+			proc_ticks "$pid"
+			ticks[$pid]=$TICKS
+		fi
+		each+=("${ticks[$pid]}")
+		sum=$((sum + ticks[$pid]))
 		unset "ticks[$pid]"
 	done
 	for pid in "${!ticks[@]}"; do
 		others=$((others + ticks[$pid]))
 	done
-	echo "$sum $others $(cpu_ticks "$(broker_pid)") $(machine_ticks)" \
-		"$(runq_ms "${WORKER_PIDS[@]}") $(runq_ms "$(broker_pid)") ${each[*]}"
+	proc_ticks "$broker"
+	read -r _cpu user nice system idle iowait irq softirq steal _ </proc/stat
+	runq_ms "${WORKER_PIDS[@]}"
+	wq=$RUNQ_MS
+	runq_ms "$broker"
+	printf -v "$1" '%s %s %s %s %s %s %s %s' "$sum" "$others" "$TICKS" \
+		"$((user + nice + system + irq + softirq + steal))" "$((idle + iowait))" \
+		"$wq" "$RUNQ_MS" "${each[*]}"
 }
 
 # cpu_report START_SAMPLE END_SAMPLE SECONDS: CPU used, in shares of one
@@ -259,6 +261,9 @@ cpu_report()
 		calc "100 * ($1) / $CLK_TCK / $secs" %.0f
 	}
 	rest="(${b[3]} - ${a[3]}) - (${b[0]} - ${a[0]}) - (${b[1]} - ${a[1]}) - (${b[2]} - ${a[2]})"
+	# the processes' times and the machine's are kept apart by the kernel
+	# and round differently: a tick or two below nothing is nothing
+	rest="(($rest) < 0 ? 0 : ($rest))"
 	n=$(( ${#b[@]} - 7 ))
 	if [ $n -le 1 ]; then
 		workers="worker $(share "${b[0]} - ${a[0]}")"

@@ -123,11 +123,11 @@ run_latency()
 		case $line in
 			"mark steady_start")
 				T0=$(now)
-				CPU0=$(cpu_sample)
+				cpu_sample CPU0
 				;;
 			"mark steady_end")
 				T1=$(now)
-				CPU1=$(cpu_sample)
+				cpu_sample CPU1
 				;;
 			"exit status "*)
 				rc=${line#exit status }
