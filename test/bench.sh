@@ -221,14 +221,15 @@ poll_stored()
 # after_first TOTAL END SAMPLE: the rate of the rest of the messages (TOTAL
 # - FIRST_N) from FIRST_AT to END, and the CPU shares over that time, in
 # AFTER_RATE and AFTER_CPU (CPU_SHARES of cpu_report); "n/a" if the first
-# batch seen was the last.
+# batch seen was the last, or held every message (the phase then waited
+# for the results to be published).
 after_first()
 {
 	local total=$1 end=$2 sample=$3 secs
 
 	AFTER_RATE=n/a
 	AFTER_CPU=n/a
-	[ -n "$FIRST_N" ] || return 0
+	[ -n "$FIRST_N" ] && [ "$FIRST_N" -lt "$total" ] || return 0
 	secs=$(calc "$end - $FIRST_AT" %.2f)
 	awk "BEGIN { exit !($secs >= 0.1) }" || return 0
 	AFTER_RATE=$(calc "($total - $FIRST_N) / $secs" %.0f)

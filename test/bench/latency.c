@@ -525,17 +525,21 @@ error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
  * The producer of the ratings.  murmur2_random as the movies were produced
  * (kcat in bench/common.sh's produce_file): a rating lands on its movie's
  * partition number, as the worker needs (co-partitioned topics).  No
- * lingering: each rating goes out at once.  Nagle off on both clients: with
- * small requests, it would hold one back while an earlier one is not yet
- * acknowledged.
+ * lingering by default: each rating goes out at once, as from many small
+ * clients, in as many produce requests as the broker will take;
+ * PGKJ_BENCH_PRODUCER_LINGER_MS sets linger.ms, for a source that batches
+ * (the time a rating lingers counts in its latency: its timestamp is taken
+ * when it is produced).  Nagle off on both clients: with small requests,
+ * it would hold one back while an earlier one is not yet acknowledged.
  */
 static rd_kafka_t *
 make_producer(void)
 {
-	static const char *const props[] = {
+	const char *linger = getenv("PGKJ_BENCH_PRODUCER_LINGER_MS");
+	const char *const props[] = {
 		"client.id", "pgkj-latency-producer",
 		"partitioner", "murmur2_random",
-		"linger.ms", "0",
+		"linger.ms", linger != NULL && linger[0] != '\0' ? linger : "0",
 		"enable.idempotence", "true",
 		"acks", "all",
 		"socket.nagle.disable", "true",

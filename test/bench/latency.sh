@@ -48,6 +48,9 @@
 #							--workers is above 1)
 #	PGKJ_BENCH_CONF			extra postgresql.conf lines, one per line, added
 #							last (e.g. "pgkafka_join.batch_delay = '10ms'")
+#	PGKJ_BENCH_PRODUCER_LINGER_MS	linger.ms of the producer of the ratings
+#							(default 0: each rating sent at once, in as many
+#							requests as the broker takes; see latency.c)
 #	PGKJ_BENCH_HUGE_PAGES=off	do not reserve huge pages for the cluster
 #							(by default, as root, enough 2 MB pages for its
 #							shared memory are reserved for the run: see
@@ -281,6 +284,7 @@ cat <<EOF
 latency at $RATE ratings/s for $STEADY_SECONDS s (after $WARMUP s): p50 $(stat_of steady steady p50) ms, p90 $(stat_of steady steady p90) ms, p99 $P99 ms, max $(stat_of steady steady max) ms (target p99 < 100 ms: $(verdict "$P99 < 100")); Kafka alone p50 $(stat_of kafka kafka p50) ms, p99 $(stat_of kafka kafka p99) ms
 warm-up, first $WARMUP s: p50 $(stat_of steady warmup p50) ms, p90 $(stat_of steady warmup p90) ms, p99 $(stat_of steady warmup p99) ms, max $(stat_of steady warmup max) ms
 lone rating: p50 $(stat_of lone lone p50) ms, max $(stat_of lone lone max) ms over $(stat_of lone lone n) (target: a few tens of ms)
+ratings producer       linger.ms ${PGKJ_BENCH_PRODUCER_LINGER_MS:-0}
 ratings produced       steady $NSTEADY at $(stat_of steady produced rate)/s (behind schedule at most $(stat_of steady produced behind_max_ms) ms), Kafka alone $(stat_of kafka produced n) at $(stat_of kafka produced rate)/s; all $NRATINGS results read exactly once
 CPU, steady window     $STEADY_CPU
 workers                $NWORKERS (pgkafka_join.workers), $PARTITIONS partitions per topic
