@@ -152,10 +152,10 @@ check_workers()
 }
 
 # The sampling below reads /proc with shell builtins only and starts no
-# process: it runs inside the timed phases (at their start and at their
-# first batch), and every process it started (a cat per file, a pgrep) would
-# take CPU from the workers being measured, on a machine whose cores they
-# keep busy.
+# process: it runs while the workers are being measured (at the start of a
+# phase, at its first batch, at the start of latency.sh's steady window),
+# and every process it started (a cat per file, a pgrep) would take CPU
+# from them, on a machine whose cores they keep busy.
 
 # proc_ticks PID [-c]: set TICKS to the CPU time (user + system, in clock
 # ticks) of PID, 0 once it has exited.  With -c, the CPU time of its
@@ -176,20 +176,33 @@ proc_ticks()
 	[ "${2:-}" != -c ] || TICKS=$((TICKS + f[13] + f[14]))
 }
 
-# runq_ms PID ...: set RUNQ_MS to the time the threads of the processes
-# given have spent runnable but waiting for a core (the run queue delay of
-# /proc/PID/task/TID/schedstat), in ms.
+# runq_ms NAME PID ...: set RUNQ_MS to the time the threads of the
+# processes given have spent runnable but waiting for a core (the run queue
+# delay of /proc/PID/task/TID/schedstat), in ms, accumulated under NAME
+# since the first call: each thread adds what it waited since it was last
+# read (all it waited, when it is new).  A thread that exits takes its total
+# with it (a worker rebuilds its Kafka handles when its topics change): a
+# plain sum over the threads running would then go down.
+declare -A RUNQ_LAST=() RUNQ_ACC=()
 runq_ms()
 {
-	local pid f ns sum=0
+	local name=$1 pid f tid ns prev acc=${RUNQ_ACC[$1]:-0}
 
+	shift
 	for pid in "$@"; do
 		for f in /proc/"$pid"/task/*/schedstat; do
 			read -r _ ns _ 2>/dev/null <"$f" || continue
-			sum=$((sum + ns))
+			tid=${f%/schedstat}
+			tid=${tid##*/}
+			prev=${RUNQ_LAST[$tid]:-0}
+			# a smaller total: the thread id was used again
+			[ "$ns" -ge "$prev" ] || prev=0
+			acc=$((acc + ns - prev))
+			RUNQ_LAST[$tid]=$ns
 		done
 	done
-	RUNQ_MS=$((sum / 1000000))
+	RUNQ_ACC[$name]=$acc
+	RUNQ_MS=$((acc / 1000000))
 }
 
 # cpu_sample VAR: set VAR to "WORKERS PG_OTHER BROKER BUSY IDLE WQ BQ W0 W1
@@ -202,7 +215,7 @@ runq_ms()
 # counted as another process's.
 cpu_sample()
 {
-	local pm broker others pid sum=0 wq _cpu user nice system idle iowait irq softirq steal
+	local pm= broker= others pid sum=0 wq _cpu user nice system idle iowait irq softirq steal
 	local -a children each=()
 	local -A ticks=()
 
@@ -236,9 +249,9 @@ cpu_sample()
 	done
 	proc_ticks "$broker"
 	read -r _cpu user nice system idle iowait irq softirq steal _ </proc/stat
-	runq_ms "${WORKER_PIDS[@]}"
+	runq_ms workers "${WORKER_PIDS[@]}"
 	wq=$RUNQ_MS
-	runq_ms "$broker"
+	runq_ms broker "$broker"
 	printf -v "$1" '%s %s %s %s %s %s %s %s' "$sum" "$others" "$TICKS" \
 		"$((user + nice + system + irq + softirq + steal))" "$((idle + iowait))" \
 		"$wq" "$RUNQ_MS" "${each[*]}"
