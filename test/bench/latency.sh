@@ -19,7 +19,8 @@
 #	   full_page_writes on) and pgkafka_join.workers = N;
 #	2. produces MOVIES movies (as bench.sh does), sets pgkafka_join.brokers
 #	   and waits until every movie is stored and every worker is
-#	   'consuming';
+#	   'consuming'; makes WAL files ready for reuse, as a server in
+#	   service has them (see prepare_wal below);
 #	3. Kafka alone: the same producer at the same rate, 10 s, to the plain
 #	   topic kafka_alone, read back read_committed by the same consumer: the
 #	   floor of the tools, without PostgreSQL or transactions;
@@ -55,6 +56,9 @@
 #							(by default, as root, enough 2 MB pages for its
 #							shared memory are reserved for the run: see
 #							test/bench/common.sh)
+#	PGKJ_BENCH_FRESH_WAL=1	leave the new cluster's WAL as it is: each
+#							16 MB WAL file is then created when first
+#							reached, inside a commit of the worker
 #	KEEP_RUNNING=1			leave the broker and the cluster running at exit
 
 . "$(dirname "$0")/../lib.sh"
@@ -158,6 +162,38 @@ stat_of()
 		}' "$TEST_DIR/$1.out"
 }
 
+# WAL files ready for reuse, as on a server in service.  A new cluster
+# creates each 16 MB WAL file the first time it reaches it, zero-filled
+# (wal_init_zero) and synced inside the commit that crosses into it: at
+# 10,000 ratings/s that was a commit of the worker's, every 5.5 s, taking
+# some 56 ms instead of 2 or 3 (and every result meanwhile waited for it).
+# A server that has been through checkpoints renames old files for reuse
+# instead (about twice the WAL of a checkpoint interval, within
+# min_wal_size and max_wal_size).
+# prepare_wal MB: write and switch out of enough WAL files for MB megabytes
+# (up to max_wal_size, 8 GB), then CHECKPOINT, which recycles them;
+# WAL_READY says how many are ready.  PGKJ_BENCH_FRESH_WAL=1 leaves the new
+# cluster's WAL as it is.
+WAL_READY="none (PGKJ_BENCH_FRESH_WAL=1)"
+prepare_wal()
+{
+	local files=$((($1 + 15) / 16)) ready
+	local ready_sql="SELECT count(*) FROM pg_ls_waldir()
+					 WHERE name ~ '^[0-9A-F]{24}\$' AND name > pg_walfile_name(pg_current_wal_lsn())"
+
+	[ "${PGKJ_BENCH_FRESH_WAL:-0}" != 1 ] || return 0
+	psql_q "DO \$\$ BEGIN
+				FOR i IN 1..$files LOOP
+					PERFORM pg_logical_emit_message(false, 'pgkafka_join.bench', '');
+					PERFORM pg_switch_wal();
+				END LOOP;
+			END \$\$" >/dev/null
+	psql_q "CHECKPOINT" >/dev/null
+	ready=$(psql_q "$ready_sql")
+	[ "$ready" -ge "$files" ] || fail "only $ready WAL files ready for reuse after CHECKPOINT, not $files"
+	WAL_READY="$ready files of 16 MB ready for reuse (as on a server in service; PGKJ_BENCH_FRESH_WAL=1: none)"
+}
+
 # Every movie stored; every worker consuming; every result recorded as
 # published (status.publish_lag).
 movies_stored()
@@ -218,6 +254,11 @@ wait_for 60 workers_consuming ||
 [ "$(psql_q "SELECT count(*) FROM pgkafka_join.movies")" = "$MOVIES" ] ||
 	fail "pgkafka_join.movies does not hold $MOVIES rows"
 say "$MOVIES movies stored in $(calc "$(now) - $t0" %.1f) s; workers consuming (pids ${WORKER_PIDS[*]})"
+# about 300 bytes of WAL per rating (its row, its result, their indexes)
+WAL_MB=$((RATE * DURATION * 400 / 1000000 + 64))
+[ "$WAL_MB" -le 1024 ] || WAL_MB=1024
+prepare_wal "$WAL_MB"
+say "WAL: $WAL_READY"
 
 
 #
@@ -289,6 +330,7 @@ ratings produced       steady $NSTEADY at $(stat_of steady produced rate)/s (beh
 CPU, steady window     $STEADY_CPU
 workers                $NWORKERS (pgkafka_join.workers), $PARTITIONS partitions per topic
 batch_size             $BATCH_SIZE (batch_delay $BATCH_DELAY)
+WAL                    $WAL_READY
 extension              $SO_ID
 PostgreSQL             $PG_VERSION (fsync on, synchronous_commit on, jit $JIT)
 librdkafka             $LIBRDKAFKA_VERSION (${LIBRDKAFKA:-?})
