@@ -30,10 +30,11 @@
  * (records only commit with the position past them).
  *
  * A transaction is started once a batch is stored (pkj_publish_start) and
- * committed after the next one was consumed and stored
- * (pkj_publish_finish): the producer sends its records in the background
- * meanwhile, and only the commit waits for the brokers.  Nothing about
- * exactness changes: a transaction left open when the worker stops or
+ * committed (pkj_publish_finish) at once when nothing else waits to be
+ * stored, or, while a backlog is caught up, after the next batch was
+ * consumed and stored: the producer sends its records in the background
+ * meanwhile, and only the commit waits for the brokers (see worker_step()).
+ * Nothing about exactness changes: a transaction left open when the worker stops or
  * reconnects is aborted by the next producer, and its results are sent
  * again from the committed positions.
  *
@@ -819,12 +820,12 @@ send_positions(rd_kafka_topic_partition_list_t *position,
 /*
  * pkj_publish_start
  *		Start publishing the next batch of results: begin a Kafka transaction
- *		and produce them into it.  librdkafka sends them in the background
- *		while the worker stores its next batch; pkj_publish_finish() commits
- *		them, with the shares' positions.  Returns the number of results in
- *		the transaction (0: nothing new, no transaction), or -1 when the
- *		brokers could not take them now; the same results are tried again
- *		later.
+ *		and produce them into it.  librdkafka sends them in the background;
+ *		pkj_publish_finish() commits them, with the shares' positions, at
+ *		once or after the worker stored its next batch.  Returns the number
+ *		of results in the transaction (0: nothing new, no transaction), or
+ *		-1 when the brokers could not take them now; the same results are
+ *		tried again later.
  */
 int64
 pkj_publish_start(MemoryContext cxt)

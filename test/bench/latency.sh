@@ -177,11 +177,12 @@ stat_of()
 WAL_READY="none (PGKJ_BENCH_FRESH_WAL=1)"
 prepare_wal()
 {
-	local files=$((($1 + 15) / 16)) ready
+	local mb=$(($1 < 8000 ? $1 : 8000)) files ready
 	local ready_sql="SELECT count(*) FROM pg_ls_waldir()
 					 WHERE name ~ '^[0-9A-F]{24}\$' AND name > pg_walfile_name(pg_current_wal_lsn())"
 
 	[ "${PGKJ_BENCH_FRESH_WAL:-0}" != 1 ] || return 0
+	files=$(((mb + 15) / 16))
 	psql_q "DO \$\$ BEGIN
 				FOR i IN 1..$files LOOP
 					PERFORM pg_logical_emit_message(false, 'pgkafka_join.bench', '');
@@ -256,9 +257,7 @@ wait_for 60 workers_consuming ||
 say "$MOVIES movies stored in $(calc "$(now) - $t0" %.1f) s; workers consuming (pids ${WORKER_PIDS[*]})"
 # about 300 bytes of WAL per rating (its row, its result, their indexes):
 # 400 counted, and 64 MB more, for the lone ratings and to spare
-WAL_MB=$((RATE * DURATION * 400 / 1000000 + 64))
-[ "$WAL_MB" -le 8000 ] || WAL_MB=8000
-prepare_wal "$WAL_MB"
+prepare_wal $((RATE * DURATION * 400 / 1000000 + 64))
 say "WAL: $WAL_READY"
 
 
