@@ -32,4 +32,14 @@ SELECT id FROM pgkafka_join.rated_movies ORDER BY id;
 SELECT pgkafka_join.advance_result_ids(-1);
 SELECT pgkafka_join.advance_result_ids(NULL);
 
+-- too close to the end of the sequence (the workers' nextval() would fail
+-- soon after): refused, nothing renumbered
+SELECT pgkafka_join.advance_result_ids(9223372036854775000);
+SELECT pgkafka_join.advance_result_ids(9223370937343148032);
+-- a sequence given a cache would hand out values below past: refused
+ALTER SEQUENCE pgkafka_join.rated_movies_id_seq CACHE 20;
+SELECT pgkafka_join.advance_result_ids(20);
+ALTER SEQUENCE pgkafka_join.rated_movies_id_seq CACHE 1;
+SELECT id FROM pgkafka_join.rated_movies ORDER BY id;
+
 TRUNCATE pgkafka_join.rated_movies, pgkafka_join.output_position;

@@ -44,6 +44,9 @@ int			pkj_max_partitions = 1024;
 int			pkj_workers = 1;
 char	   *pkj_partitions = NULL;
 
+/* The longest join window accepted */
+#define MAX_JOIN_WINDOW_YEARS 10
+
 /* Partition numbers beyond this are refused in pgkafka_join.partitions */
 #define MAX_PARTITION_NUMBER 65535
 
@@ -182,6 +185,18 @@ check_join_window(char **newval, void **extra, GucSource source)
 		(span.month == 0 && span.day == 0 && span.time == 0))
 	{
 		GUC_check_errdetail("The join window must be positive.");
+		return false;
+	}
+
+	/*
+	 * Bounded, so that the window's start (now() minus the window) is a
+	 * timestamp, and the partitions it spans are a few hundred tables: a
+	 * value the server accepts must never make a batch fail.
+	 */
+	if (span.month / 12.0 * 365.25 + span.day + (double) span.time / USECS_PER_DAY >
+		MAX_JOIN_WINDOW_YEARS * 365.25)
+	{
+		GUC_check_errdetail("The join window must be at most %d years.", MAX_JOIN_WINDOW_YEARS);
 		return false;
 	}
 	return true;

@@ -109,6 +109,7 @@ struct PkjBatch
 	List	   *offsets;		/* of InputOffset */
 	RawMessage	first;			/* the first message, as it came */
 	bool		rejoin;			/* queued ratings to join again */
+	bool		storing_contents;	/* its messages' rows are being stored */
 };
 
 /*
@@ -229,6 +230,7 @@ pkj_batch_reset(PkjBatch *batch)
 	rows_init(&batch->rejected, 6, rejected_types);
 	batch->offsets = NIL;
 	batch->rejoin = false;
+	batch->storing_contents = false;
 }
 
 int
@@ -496,8 +498,8 @@ prepare_plans(void)
 {
 	static const Oid movies_args[] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT4ARRAYOID};
 	static const Oid join_args[] = {INT8ARRAYOID, INT4ARRAYOID};
-	static const Oid queue_args[] = {INT4OID, INT8ARRAYOID, INT4ARRAYOID};
-	static const Oid run_args[] = {INT4ARRAYOID};
+	static const Oid queue_args[] = {INT4OID, INT8ARRAYOID, INT4ARRAYOID, TIMESTAMPTZOID};
+	static const Oid run_args[] = {INT4OID, INT4ARRAYOID, BOOLOID};
 	static const Oid rejected_args[] = {TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID,
 	BYTEAARRAYOID, BYTEAARRAYOID, TEXTARRAYOID};
 	static const Oid offsets_args[] = {TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
@@ -513,9 +515,10 @@ prepare_plans(void)
 								  6, rejected_args);
 	store_offsets_plan = prepare("SELECT pgkafka_join.store_offsets($1, $2, $3)",
 								 3, offsets_args);
-	queue_rejoin_plan = prepare("SELECT pgkafka_join.queue_rejoin($1, $2, $3)",
-								3, queue_args);
-	run_rejoins_plan = prepare("SELECT pgkafka_join.run_rejoins($1)", 1, run_args);
+	queue_rejoin_plan = prepare("SELECT pgkafka_join.queue_rejoin($1, $2, $3, $4)",
+								4, queue_args);
+	run_rejoins_plan = prepare("SELECT pgkafka_join.run_rejoins($1, $2, $3)",
+							   3, run_args);
 }
 
 /* The movie ids and shares of a batch's movies, for join_waiting() */
@@ -538,30 +541,31 @@ join_copied_movies(Rows *movies)
 
 /*
  * The ratings of the batch inside the join window, as far as the worker can
- * tell (the window is the same one SQL uses, at this moment).
+ * tell (the window is the same one SQL uses in the batch's transaction).
  */
 static int
-ratings_in_window(Rows *ratings, TimestampTz *cutoff)
+ratings_in_window(Rows *ratings, TimestampTz cutoff)
 {
 	int			n = 0;
 
-	*cutoff = pkj_join_cutoff();
 	for (int i = 0; i < ratings->count; i++)
-		if (DatumGetTimestampTz(ratings->columns[2].values[i]) >= *cutoff)
+		if (DatumGetTimestampTz(ratings->columns[2].values[i]) >= cutoff)
 			n++;
 	return n;
 }
 
 /*
- * Queue the batch's ratings inside the window for run_rejoins(): some of
- * them wait for their movie, which another worker may be storing now.
+ * Queue the batch's ratings inside the window for run_rejoins(), with the
+ * batch's cut-off: some of them wait for their movie, which another worker
+ * may be storing now, and the pass that joins them later must judge the
+ * window as this batch did.
  */
 static void
 queue_rejoin(Rows *ratings, TimestampTz cutoff)
 {
 	Rows		queued;
 	static const Oid types[] = {INT8OID, INT4OID};
-	Datum		args[3];
+	Datum		args[4];
 
 	rows_init(&queued, 2, types);
 	for (int i = 0; i < ratings->count; i++)
@@ -577,6 +581,7 @@ queue_rejoin(Rows *ratings, TimestampTz cutoff)
 	args[0] = Int32GetDatum(pkj_worker_index);
 	args[1] = column_array(&queued, 0);
 	args[2] = column_array(&queued, 1);
+	args[3] = TimestampTzGetDatum(cutoff);
 	if (SPI_execute_plan(queue_rejoin_plan, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not call pgkafka_join.queue_rejoin()");
 }
@@ -864,6 +869,7 @@ pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 	Rows		offsets;
 	MemoryContext caller;
 	MemoryContext old;
+	TimestampTz cutoff;
 
 	*results = 0;
 	if (batch->count == 0)
@@ -877,7 +883,9 @@ pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 	errcallback.previous = error_context_stack;
 	error_context_stack = &errcallback;
 
+	batch->storing_contents = true;
 	create_partitions_ahead(&batch->ratings);
+	batch->storing_contents = false;
 
 	pkj_begin_spi("storing a batch");
 
@@ -891,14 +899,22 @@ pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 		return false;
 	}
 
+	/*
+	 * What the settings make of the batch is computed before its messages
+	 * are stored: an error it raises is the settings' fault, never a
+	 * message's (see pkj_batch_storing_contents()).  Within the transaction
+	 * it is the cut-off SQL computes too (now() is the transaction's start).
+	 */
+	cutoff = pkj_join_cutoff();
+
+	batch->storing_contents = true;
 	if (batch->movies.count > 0 && copy_new_movies(&batch->movies))
 		*results += join_copied_movies(&batch->movies);
 	else
 		*results += store_rows(store_movies_plan, &batch->movies);
 	if (batch->ratings.count > 0)
 	{
-		TimestampTz cutoff;
-		int			in_window = ratings_in_window(&batch->ratings, &cutoff);
+		int			in_window = ratings_in_window(&batch->ratings, cutoff);
 		Column	   *c = batch->ratings.columns;
 		int64		joined = pkj_store_ratings(batch->ratings.count, c[0].values,
 											   c[1].values, c[2].values,
@@ -913,6 +929,7 @@ pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 		}
 	}
 	store_rows(store_rejected_plan, &batch->rejected);
+	batch->storing_contents = false;
 
 	offset_rows(batch, &offsets);
 	store_rows(store_offsets_plan, &offsets);
@@ -986,16 +1003,20 @@ wait_for_other_workers(void)
 
 /*
  * pkj_ingest_rejoin
- *		Join the ratings queued in rejoins (by this worker's last batch, or
- *		left by a worker that stopped before it could), once the other
- *		workers' transactions running now have ended.  Called after a batch
- *		that queued some, and whenever the worker (re)connects.  Returns the
- *		number of results produced.
+ *		Join the ratings this worker queued in rejoins (by its last batch,
+ *		or before it stopped), once the other workers' transactions running
+ *		now have ended.  Only its own: the transactions another worker's
+ *		batch raced with may still be running, and only that worker's pass,
+ *		after that batch's commit, waits for them.  With orphans, also the
+ *		entries of workers that no longer exist (fewer pgkafka_join.workers
+ *		since the server started, so none of their batches' rivals still
+ *		runs).  Called after a batch that queued some, and whenever the
+ *		worker (re)connects.  Returns the number of results produced.
  */
 int64
-pkj_ingest_rejoin(List *owned)
+pkj_ingest_rejoin(List *owned, bool orphans)
 {
-	Datum		args[1];
+	Datum		args[3];
 	Datum	   *elems;
 	int			n = list_length(owned);
 	int			lbs[1] = {1};
@@ -1007,8 +1028,10 @@ pkj_ingest_rejoin(List *owned)
 	elems = palloc(n * sizeof(Datum));
 	for (int i = 0; i < n; i++)
 		elems[i] = Int32GetDatum(list_nth_int(owned, i));
-	args[0] = PointerGetDatum(construct_md_array(elems, NULL, 1, &n, lbs, INT4OID,
+	args[0] = Int32GetDatum(pkj_worker_index);
+	args[1] = PointerGetDatum(construct_md_array(elems, NULL, 1, &n, lbs, INT4OID,
 												 sizeof(int32), true, TYPALIGN_INT));
+	args[2] = BoolGetDatum(orphans);
 
 	pkj_begin_spi("joining ratings another worker's movies may have come for");
 	wait_for_other_workers();
@@ -1032,4 +1055,16 @@ bool
 pkj_batch_queued_rejoin(PkjBatch *batch)
 {
 	return batch->rejoin;
+}
+
+/*
+ * Was the batch storing its messages' rows when an error escaped
+ * pkj_ingest_batch()?  Only then can the error be a message's fault; one
+ * raised while locking, reading the settings or storing the offsets never
+ * is.
+ */
+bool
+pkj_batch_storing_contents(PkjBatch *batch)
+{
+	return batch->storing_contents;
 }

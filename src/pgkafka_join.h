@@ -115,8 +115,9 @@ extern bool pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation,
 							 int64 *results);
 extern bool pkj_ingest_reject_single(PkjBatch *batch, int64 offsets_generation,
 									 const char *reason);
-extern int64 pkj_ingest_rejoin(List *owned);
+extern int64 pkj_ingest_rejoin(List *owned, bool orphans);
 extern bool pkj_batch_queued_rejoin(PkjBatch *batch);
+extern bool pkj_batch_storing_contents(PkjBatch *batch);
 
 /* ---- join.c ---- */
 extern TimestampTz pkj_join_cutoff(void);

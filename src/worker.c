@@ -102,7 +102,7 @@ typedef enum WaitReason
 } WaitReason;
 
 /* The version of the SQL objects this library works with */
-#define PKJ_SQL_VERSION "1.1"
+#define PKJ_SQL_VERSION "1.2"
 
 /* The memory context current before pkj_begin_spi(), restored after */
 MemoryContext pkj_spi_caller_cxt = NULL;
@@ -971,7 +971,6 @@ static struct
 	 * rejected instead of failing every batch after it.
 	 */
 	int			isolate_remaining;
-	bool		storing;		/* the error, if any, came from storing */
 } w;
 
 /*
@@ -1062,16 +1061,13 @@ store_while_confirming(void)
 		consume_batch(w.batch, wait_ms, pkj_batch_size);
 		if (pkj_batch_count(w.batch) == 0)
 			continue;
-		w.storing = true;
 		if (!pkj_ingest_batch(w.batch, offsets_generation, &batch_results))
 		{
 			/* the open transaction was aborted with the batch */
-			w.storing = false;
 			spi_hold = false;
 			batch_dropped();
 			return true;
 		}
-		w.storing = false;
 		messages += pkj_batch_count(w.batch);
 		results += batch_results;
 	}
@@ -1274,7 +1270,8 @@ worker_step(void)
 	if (!rejoined)
 	{
 		/* what a worker that stopped may have left to join */
-		(void) pkj_ingest_rejoin(owned);
+		/* and worker 0 what workers that no longer exist left */
+		(void) pkj_ingest_rejoin(owned, pkj_worker_index == 0);
 		rejoined = true;
 		w.more_to_publish = true;
 	}
@@ -1332,12 +1329,7 @@ worker_step(void)
 				  w.isolate_remaining > 0 ? 1 : pkj_batch_size);
 	if (pkj_batch_count(w.batch) > 0)
 	{
-		bool		stored;
-
-		w.storing = true;
-		stored = pkj_ingest_batch(w.batch, offsets_generation, &results);
-		w.storing = false;
-		if (!stored)
+		if (!pkj_ingest_batch(w.batch, offsets_generation, &results))
 		{
 			batch_dropped();
 			return;
@@ -1346,7 +1338,7 @@ worker_step(void)
 		if (w.isolate_remaining > 0)
 			w.isolate_remaining--;
 		if (pkj_batch_queued_rejoin(w.batch))
-			results += pkj_ingest_rejoin(owned);
+			results += pkj_ingest_rejoin(owned, false);
 		if (results > 0)
 			w.more_to_publish = true;
 	}
@@ -1421,15 +1413,21 @@ worker_step(void)
 
 /*
  * SQLSTATE classes of errors that the contents of a message can cause when
- * it is stored (data exceptions, integrity violations, program limits such
- * as an index row too large), as opposed to the state of the server (disk
- * full, lock timeouts, shutdown), which are retried.
+ * its rows are stored (data exceptions, integrity violations, program
+ * limits such as an index row too large), as opposed to the state of the
+ * server (disk full, lock timeouts, shutdown), which are retried.  The
+ * caller counts only errors raised while the rows were being stored (see
+ * pkj_batch_storing_contents()), and a sequence that reached its end is
+ * the server's state too, whatever its class says: no message is rejected
+ * for it.
  */
 static bool
 error_from_contents(int sqlerrcode)
 {
 	char	   *state = unpack_sql_state(sqlerrcode);
 
+	if (sqlerrcode == ERRCODE_SEQUENCE_GENERATOR_LIMIT_EXCEEDED)
+		return false;
 	return strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0 ||
 		strncmp(state, "54", 2) == 0;
 }
@@ -1443,7 +1441,7 @@ static void
 recover_from_error(void)
 {
 	ErrorData  *edata;
-	bool		storing = w.storing;
+	bool		storing = pkj_batch_storing_contents(w.batch);
 	int			count = pkj_batch_count(w.batch);
 
 	HOLD_INTERRUPTS();
@@ -1454,7 +1452,6 @@ recover_from_error(void)
 	FlushErrorState();
 	RESUME_INTERRUPTS();
 	pgstat_report_activity(STATE_IDLE, NULL);
-	w.storing = false;
 	spi_hold = false;
 	spi_held = false;
 
@@ -1532,6 +1529,21 @@ pkj_worker_main(Datum arg)
 	 * default search_path ("$user", public) would run with its privileges.
 	 */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * Every transaction of the worker is READ COMMITTED, whatever a DBA set
+	 * for the server, the database or the role: the rejoin argument (see
+	 * ingest.c) needs each statement to take its snapshot when it starts,
+	 * after the waits that precede it, and a batch's transaction id to come
+	 * before any of its snapshots.  Nor may a default meant for sessions
+	 * make the worker's transactions read-only, or cancel its statements
+	 * and its waits for locks, which would stall the stream at every retry.
+	 */
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("idle_in_transaction_session_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
 
 	/*
 	 * The batch statements join arrays of unknown size with a catalog of any
