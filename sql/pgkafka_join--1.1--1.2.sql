@@ -134,8 +134,8 @@ $$;
 ALTER TABLE rejoins ADD COLUMN cutoff timestamptz;
 UPDATE rejoins
    SET cutoff = pg_catalog.now() OPERATOR(pg_catalog.-)
-                pg_catalog.coalesce(pg_catalog.current_setting('pgkafka_join.join_window', true),
-                                    '1 month')::interval;
+                COALESCE(pg_catalog.current_setting('pgkafka_join.join_window', true),
+                         '1 month')::interval;
 ALTER TABLE rejoins ALTER COLUMN cutoff SET NOT NULL;
 
 DROP FUNCTION queue_rejoin(integer, bigint[], integer[]);

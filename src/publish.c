@@ -756,7 +756,11 @@ produce(const PendingResult *r)
 
 /*
  * Abort the open Kafka transaction; its records are never seen by
- * read_committed consumers, and the same results are sent again.
+ * read_committed consumers, and the same results are sent again.  If a
+ * reload comes while the abort is being retried, the transaction is left
+ * open and the handles are rebuilt before the next step (the next
+ * producer's init_transactions() aborts it): whoever called, the producer
+ * must not be used again inside a transaction it believes ended.
  */
 static void
 abort_transaction(void)
@@ -777,7 +781,11 @@ abort_transaction(void)
 		}
 		rd_kafka_error_destroy(error);
 		if (!retry_wait(1000))
-			return;				/* the caller gives the transaction up */
+		{
+			/* the caller gives the transaction up */
+			pkj_kafka.must_reconnect = true;
+			return;
+		}
 	}
 }
 

@@ -92,8 +92,15 @@ check_eq "every rating was joined once in PostgreSQL" \
 	"$(psql_q "SELECT count(*), count(DISTINCT (kafka_partition, kafka_offset)), (SELECT count(*) FROM pgkafka_join.ratings WHERE NOT joined) FROM pgkafka_join.rated_movies")"
 
 kafka_consume rated_movies -f '%h\t%k\t%s\n' >"$TEST_DIR/output"
-check_eq "no result id is on the output topic twice" "$RATINGS" \
-	"$(sed -E 's/.*pgkafka_join.id=([0-9]+).*/\1/' "$TEST_DIR/output" | sort -u | wc -l)"
+# (share, id) pairs: the topic's records, each once, are rated_movies' rows
+check_eq "the output topic carries each (share, id) of rated_movies once, and no other" \
+	"$(psql_q "SELECT string_agg(share || ':' || id, ',' ORDER BY share, id) FROM pgkafka_join.rated_movies")" \
+	"$(python3 -c '
+import sys
+for line in open(sys.argv[1]):
+    h = dict(kv.split("=", 1) for kv in line.split("\t", 1)[0].split(","))
+    print(h["pgkafka_join.share"] + ":" + h["pgkafka_join.id"])' "$TEST_DIR/output" |
+		sort -t: -k1,1n -k2,2n | paste -sd,)"
 python3 - "$TEST_DIR/output" >"$TEST_DIR/actual" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):

@@ -4,7 +4,8 @@
 #		Settings that cannot work are waited out, not crash-looped: Kafka
 #		properties librdkafka refuses as a whole, an output topic that is an
 #		input topic, more input partitions than pgkafka_join.max_partitions
-#		lists, no background worker slot free for the worker.  Each is said
+#		lists, no background worker slot free for the worker, a join
+#		window no timestamp can hold.  Each is said
 #		once in the log and shown in the status view; the worker keeps its
 #		pid; nothing is lost, published twice, or published to an input
 #		topic, and the stream goes on once the setting is fixed.
@@ -183,6 +184,30 @@ check_eq "no free slot is said once, not at every retry" "1" \
 	"$(log_count "$PG3/server.log" "could not start a pgkafka_join worker: no background worker slot is free")"
 pg_stop "$PG3"
 pg_use "$PG_DIR"
+
+# --- 5. a join window so long that no timestamp holds its start: refused by
+# the setting's check at the reload, the window before kept; a new movie
+# and ratings are stored and joined, none is rejected for a setting
+rejected=$(psql_q "SELECT count(*) FROM pgkafka_join.rejected_messages")
+check_eq "ALTER SYSTEM refuses it" \
+	"ERROR:  invalid value for parameter \"pgkafka_join.join_window\": \"10000 years\"
+DETAIL:  The join window must be at most 10 years." \
+	"$(psql_q "ALTER SYSTEM SET pgkafka_join.join_window = '10000 years'" 2>&1 | sed 's/^psql:[^ ]* //')"
+# so does the reload of a postgresql.conf that says it
+echo "pgkafka_join.join_window = '10000 years'" >>"$PG_DIR/data/postgresql.conf"
+psql_q "SELECT pg_reload_conf()" >/dev/null
+wait_for 30 "grep -qF 'invalid value for parameter \"pgkafka_join.join_window\": \"10000 years\"' '$LOG'" ||
+	fail "the reload did not refuse a join window of 10000 years"
+pass "the reload refuses it: $(grep -A1 -F 'invalid value for parameter "pgkafka_join.join_window"' "$LOG" | grep -m1 -o 'DETAIL: .*')"
+check_eq "the window in force is the one before" "1 month" "$(psql_q "SHOW pgkafka_join.join_window")"
+printf '11\t{"id": 11, "title": "Movie 11"}\n' | kafka_produce movies
+before=$(stored)
+produce_ratings 5
+wait_for 60 '[ "$(psql_q "SELECT count(*) FROM pgkafka_join.movies")|$(stored)" = "11|$((before + 5))" ]' ||
+	fail "the new movie and the ratings were not stored: $(psql_q "SELECT count(*) FROM pgkafka_join.movies")|$(stored)"
+check_eq "no message was rejected" "$rejected" "$(psql_q "SELECT count(*) FROM pgkafka_join.rejected_messages")"
+sed -i '/^pgkafka_join.join_window = /d' "$PG_DIR/data/postgresql.conf"
+psql_q "SELECT pg_reload_conf()" >/dev/null
 
 check_eq "the first cluster's worker kept its pid to the end" "$pid" \
 	"$(psql_q "SELECT pid FROM pgkafka_join.status")"

@@ -40,6 +40,7 @@ A_BASE = 1              # single-content movies
 B_BASE = 1000000        # movies that never come
 C_BASE = 2000000        # changing movies (updates, tombstones, re-creation)
 BAD_BASE = 9000000      # keys of malformed movie messages
+AWAY_SHARE = 1 / 3      # ratings keyed otherwise than their movie id
 B_COUNT = 300
 
 # The join window is one month (28..31 days).  In-window ratings are at most
@@ -182,7 +183,10 @@ class Driver:
                 v["rated_at"], at = fmt_rfc3339(us, self.rnd.choice(["ms", "z", "off"]), self.rnd)
         if self.rnd.random() < 0.1:
             v["comment"] = "extra fields are ignored"
-        return (str(mid), json.dumps(v).encode(),
+        # a third keyed away from their movie: on a partition of any worker,
+        # stored concurrently with their movie by another one
+        key = f"r{n}" if self.rnd.random() < AWAY_SHARE else str(mid)
+        return (key, json.dumps(v).encode(),
                 {"kind": "rating", "id": mid, "n": n, "at": at, "old": old})
 
     def bad_rating_msg(self):

@@ -15,7 +15,8 @@
 # result is on the output topic exactly once (the 1.0 publish position is
 # kept: the 10 pending results of 1.0, share -1, are published after it), the
 # 1.0 data is all there, and the upgraded objects are the same as those of a
-# fresh CREATE EXTENSION of 1.1.
+# fresh CREATE EXTENSION of the current version (through every upgrade
+# script from 1.0 on).
 #
 # Nothing outside the test's directory is touched: the test runs a private
 # copy of the PostgreSQL installation (PostgreSQL finds its files relative
@@ -25,6 +26,7 @@
 . "$(dirname "$0")/setup.sh"
 
 test_init upgrade
+current=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$TEST_TOP/pgkafka_join.control")
 kafka_start "$TEST_DIR/kafka"
 for t in movies ratings rated_movies; do
 	kafka_create_topic $t 3
@@ -116,14 +118,14 @@ pg_start "$PG_DIR"
 wait_for 30 '[ "$(psql_q "SELECT state FROM pgkafka_join.status")" = "waiting for ALTER EXTENSION UPDATE" ]' ||
 	fail "the new worker does not wait for the update: $(psql_q "SELECT state FROM pgkafka_join.status")"
 check_eq "the log says what to run, once" "1" \
-	"$(grep -c "this library needs version 1.1" "$LOG" || true)"
+	"$(grep -c "this library needs version $current" "$LOG" || true)"
 ratings 2000 500 100 | kafka_produce ratings
 printf '500\t{"id": 500, "title": "Movie 500"}\n' | kafka_produce movies
 sleep 3
 check_eq "nothing is stored before the update" "1060" "$(psql_q "SELECT count(*) FROM pgkafka_join.ratings")"
 
 psql_q "ALTER EXTENSION pgkafka_join UPDATE"
-check_eq "the extension is 1.1" "1.1" "$(psql_q "SELECT extversion FROM pg_extension WHERE extname = 'pgkafka_join'")"
+check_eq "the extension is $current" "$current" "$(psql_q "SELECT extversion FROM pg_extension WHERE extname = 'pgkafka_join'")"
 check_eq "the 1.0 data is intact" "$before" "$(data_10)"
 check_eq "the 1.0 results are share -1" "1010|1010" \
 	"$(psql_q "SELECT count(*), count(*) FILTER (WHERE share = -1) FROM pgkafka_join.rated_movies")"
@@ -190,5 +192,5 @@ PGDATABASE=fresh psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
 fresh=$(PGDATABASE=fresh describe) || fail "could not describe the fresh install"
 upgraded=$(describe) || fail "could not describe the upgraded install"
 [ "$(wc -l <<<"$fresh")" -gt 50 ] || fail "the description is too short: $fresh"
-check_eq "the upgraded objects are those of a fresh 1.1 install ($(wc -l <<<"$fresh") objects)" \
+check_eq "the upgraded objects are those of a fresh $current install ($(wc -l <<<"$fresh") objects)" \
 	"$fresh" "$upgraded"
