@@ -1,8 +1,10 @@
 --
 -- advance_result_ids: the way out when the output topic is ahead of
--- PostgreSQL.  Results PostgreSQL does not know to be published (above
--- output_position) and up to the published position are numbered anew
--- after it, in their order; the sequence goes on after them.
+-- PostgreSQL.  Results of the shares found ahead (control.ahead_shares,
+-- written by their worker) that PostgreSQL does not know to be published
+-- (above output_position) and up to the published position are numbered
+-- anew after it, in their order; the sequence goes on after them.  The
+-- results of other shares keep their ids: their workers go on publishing.
 --
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pgkafka_join;
@@ -20,9 +22,12 @@ INSERT INTO pgkafka_join.output_position (topic, kafka_partition, share, next_of
 VALUES (current_setting('pgkafka_join.output_topic'), 0, 0, 2, 3, now()),
        (current_setting('pgkafka_join.output_topic'), 0, 1, 3, 2, now());
 
--- Kafka says 10 were published: 4 and 5 become 11 and 12
+-- Share 0's worker found Kafka's position at 10: 5 becomes 11; 4, of
+-- share 1, whose worker may be publishing it now, stays 4
+UPDATE pgkafka_join.control SET ahead_shares = '{0}';
 SELECT pgkafka_join.advance_result_ids(10);
-SELECT id, movie_id FROM pgkafka_join.rated_movies ORDER BY id;
+SELECT id, movie_id, share FROM pgkafka_join.rated_movies ORDER BY id;
+SELECT ahead_shares FROM pgkafka_join.control;
 SELECT nextval('pgkafka_join.rated_movies_id_seq');
 
 -- a position below what is numbered already changes nothing

@@ -15,8 +15,10 @@
  *    maintenance_lock, which no unprivileged role can take, instead of
  *    advisory keys any role could hold.  drop_partitions() called while
  *    another runs says so with an error instead of returning nothing.
- *  - advance_result_ids() refuses a sequence with a cache, and a position
- *    too close to the end of the sequence.
+ *  - advance_result_ids() renumbers the results of the shares a worker found
+ *    ahead (control.ahead_shares) only, so that other workers go on; it
+ *    refuses a sequence with a cache, and a position too close to the end
+ *    of the sequence.
  */
 
 CREATE TABLE ingest_lock ();
@@ -246,6 +248,9 @@ BEGIN
 END
 $$;
 
+-- the shares a worker found ahead: advance_result_ids() renumbers theirs only
+ALTER TABLE control ADD COLUMN ahead_shares integer[];
+
 CREATE OR REPLACE FUNCTION advance_result_ids(past bigint) RETURNS bigint
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -283,12 +288,14 @@ BEGIN
           FROM (SELECT r.id FROM pgkafka_join.rated_movies r
                   LEFT JOIN pgkafka_join.published_ids() p USING (share)
                  WHERE r.id > coalesce(p.last_id, 0) AND r.id <= past
+                   AND r.share = ANY ((SELECT c.ahead_shares FROM pgkafka_join.control c)::integer[])
                  ORDER BY r.id) ids
     )
     UPDATE pgkafka_join.rated_movies r SET id = m.new_id
       FROM moved m
      WHERE r.id = m.id;
     GET DIAGNOSTICS renumbered = ROW_COUNT;
+    UPDATE pgkafka_join.control SET ahead_shares = NULL WHERE ahead_shares IS NOT NULL;
     IF renumbered > 0 THEN
         RAISE NOTICE '% results renumbered after %', renumbered, past;
     END IF;

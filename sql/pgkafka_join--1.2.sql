@@ -624,7 +624,11 @@ CREATE TABLE control (
     -- the Kafka group the publish position is committed under: one per
     -- CREATE EXTENSION, kept by pg_dump so that a restored database finds
     -- the position of the one it was dumped from
-    kafka_group     text NOT NULL
+    kafka_group     text NOT NULL,
+    -- the shares whose position in Kafka a worker found above every result
+    -- id PostgreSQL handed out: their worker stores and publishes nothing
+    -- until advance_result_ids(), which renumbers their results only
+    ahead_shares    integer[]
 );
 INSERT INTO control (paused, changed_at, offsets_generation, kafka_group)
 SELECT false, now(), 0,
@@ -854,10 +858,13 @@ $$;
  *		The way out when the output topic is ahead of PostgreSQL: results up
  *		to result id "past" were published by a database state that is gone
  *		(a restored backup, a failover to an asynchronous standby, commits
- *		lost with fsync off).  Numbers the results PostgreSQL does not know
- *		to be published, and every later one, after "past", so that the
- *		worker publishes them; results of input consumed again come out
- *		again, with new ids.  Returns the next result id.
+ *		lost with fsync off).  Moves the sequence past "past", and numbers
+ *		after it the results PostgreSQL does not know to be published of the
+ *		shares found ahead (control.ahead_shares), so that their worker
+ *		publishes them; results of input consumed again come out again, with
+ *		new ids.  The other shares' workers go on meanwhile: their results,
+ *		some in a Kafka transaction under way, keep their ids.  Returns the
+ *		next result id.
  */
 CREATE FUNCTION advance_result_ids(past bigint) RETURNS bigint
 LANGUAGE plpgsql
@@ -896,12 +903,14 @@ BEGIN
           FROM (SELECT r.id FROM pgkafka_join.rated_movies r
                   LEFT JOIN pgkafka_join.published_ids() p USING (share)
                  WHERE r.id > coalesce(p.last_id, 0) AND r.id <= past
+                   AND r.share = ANY ((SELECT c.ahead_shares FROM pgkafka_join.control c)::integer[])
                  ORDER BY r.id) ids
     )
     UPDATE pgkafka_join.rated_movies r SET id = m.new_id
       FROM moved m
      WHERE r.id = m.id;
     GET DIAGNOSTICS renumbered = ROW_COUNT;
+    UPDATE pgkafka_join.control SET ahead_shares = NULL WHERE ahead_shares IS NOT NULL;
     IF renumbered > 0 THEN
         RAISE NOTICE '% results renumbered after %', renumbered, past;
     END IF;

@@ -32,6 +32,8 @@ char	   *pkj_movies_topic = NULL;
 char	   *pkj_ratings_topic = NULL;
 char	   *pkj_output_topic = NULL;
 char	   *pkj_join_window = NULL;
+char	   *pkj_future_tolerance = NULL;
+int64		pkj_future_tolerance_us = USECS_PER_DAY;
 char	   *pkj_kafka_properties = NULL;
 char	   *pkj_kafka_properties_file = NULL;
 char	   *pkj_transactional_id = NULL;
@@ -46,6 +48,8 @@ char	   *pkj_partitions = NULL;
 
 /* The longest join window accepted */
 #define MAX_JOIN_WINDOW_YEARS 10
+/* The longest future_tolerance accepted */
+#define MAX_FUTURE_TOLERANCE_DAYS 366
 
 /* Partition numbers beyond this are refused in pgkafka_join.partitions */
 #define MAX_PARTITION_NUMBER 65535
@@ -200,6 +204,47 @@ check_join_window(char **newval, void **extra, GucSource source)
 		return false;
 	}
 	return true;
+}
+
+/*
+ * pgkafka_join.future_tolerance: a non-negative interval of at most a year,
+ * kept as microseconds (a month counts 30 days) for the worker, which
+ * compares every rating's rated_at with its message's timestamp.
+ */
+static bool
+check_future_tolerance(char **newval, void **extra, GucSource source)
+{
+	Interval	span;
+	int64	   *us;
+
+	if (!parse_interval_quietly(*newval, &span))
+	{
+		GUC_check_errdetail("\"%s\" is not an interval.", *newval);
+		return false;
+	}
+	if (span.month < 0 || span.day < 0 || span.time < 0)
+	{
+		GUC_check_errdetail("The tolerance must not be negative.");
+		return false;
+	}
+	if ((double) span.month * DAYS_PER_MONTH + span.day + (double) span.time / USECS_PER_DAY >
+		MAX_FUTURE_TOLERANCE_DAYS)
+	{
+		GUC_check_errdetail("The tolerance must be at most %d days.", MAX_FUTURE_TOLERANCE_DAYS);
+		return false;
+	}
+	us = malloc(sizeof(int64));	/* freed by the GUC machinery, with free() */
+	if (us == NULL)
+		return false;
+	*us = ((int64) span.month * DAYS_PER_MONTH + span.day) * USECS_PER_DAY + span.time;
+	*extra = us;
+	return true;
+}
+
+static void
+assign_future_tolerance(const char *newval, void *extra)
+{
+	pkj_future_tolerance_us = *(int64 *) extra;
 }
 
 /*
@@ -436,6 +481,14 @@ pkj_define_gucs(void)
 							   "1 month",
 							   PGC_SIGHUP, 0,
 							   check_join_window, NULL, NULL);
+
+	DefineCustomStringVariable("pgkafka_join.future_tolerance",
+							   "How far ahead of its message's timestamp a rating's rated_at may be.",
+							   "A rating dated further ahead is rejected: it would stay inside the join window for that much longer.",
+							   &pkj_future_tolerance,
+							   "1 day",
+							   PGC_SIGHUP, 0,
+							   check_future_tolerance, assign_future_tolerance, NULL);
 
 	DefineCustomStringVariable("pgkafka_join.kafka_properties",
 							   "Extra librdkafka properties, as key=value pairs separated by spaces.",

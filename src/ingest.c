@@ -396,12 +396,35 @@ add_movie(PkjBatch *batch, const char *topic, const rd_kafka_message_t *msg)
 	rows_set(&batch->movies, row, 3, Int32GetDatum(msg->partition));
 }
 
+/*
+ * The message's timestamp (when it was produced, or appended to the log),
+ * false if it has none.  Past year 5000 (1e14 ms) it is DT_NOEND, out of
+ * range anyway.
+ */
+static bool
+message_time(const rd_kafka_message_t *msg, TimestampTz *t)
+{
+	rd_kafka_timestamp_type_t tstype;
+	int64		ms = rd_kafka_message_timestamp(msg, &tstype);
+
+	if (ms < 0)
+		return false;
+	if (ms <= INT64CONST(100000000000000))
+		*t = (TimestampTz) ms * 1000 -
+			(TimestampTz) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY;
+	else
+		*t = DT_NOEND;
+	return true;
+}
+
 static void
 add_rating(PkjBatch *batch, const char *topic, const rd_kafka_message_t *msg)
 {
 	PkjRating	rating;
 	const char *reason;
 	int			row;
+	TimestampTz sent;
+	bool		has_sent;
 
 	if (msg->payload == NULL)
 	{
@@ -415,27 +438,37 @@ add_rating(PkjBatch *batch, const char *topic, const rd_kafka_message_t *msg)
 	}
 	if (!check_key(batch, topic, msg, rating.movie_id))
 		return;
+	has_sent = message_time(msg, &sent);
 	if (!rating.has_rated_at)
 	{
-		rd_kafka_timestamp_type_t tstype;
-		int64		ms = rd_kafka_message_timestamp(msg, &tstype);
-
-		if (ms < 0)
+		if (!has_sent)
 		{
 			reject(batch, topic, msg, "rated_at is missing and the message has no timestamp");
 			return;
 		}
-		/* 1e14 ms is past year 5000: anything larger is out of range anyway */
-		if (ms <= INT64CONST(100000000000000))
-			rating.rated_at = (TimestampTz) ms * 1000 -
-				(TimestampTz) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY;
-		else
-			rating.rated_at = DT_NOEND;
-		if (!pkj_timestamp_in_range(rating.rated_at))
+		if (!pkj_timestamp_in_range(sent))
 		{
 			reject(batch, topic, msg, "message timestamp is out of range");
 			return;
 		}
+		rating.rated_at = sent;
+	}
+
+	/*
+	 * A rating dated in the future would stay inside the join window for as
+	 * much longer: one dated further ahead of the moment its message was
+	 * sent (its timestamp, so that a message consumed again is judged the
+	 * same) than future_tolerance allows is rejected.  Without a timestamp
+	 * there is nothing to compare with.  Both times are in range here, so
+	 * their difference is too.
+	 */
+	else if (has_sent && pkj_timestamp_in_range(sent) &&
+			 rating.rated_at - sent > pkj_future_tolerance_us)
+	{
+		reject(batch, topic, msg,
+			   psprintf("rated_at is more than pgkafka_join.future_tolerance (%s) ahead of the message's timestamp",
+						pkj_future_tolerance));
+		return;
 	}
 
 	row = rows_add(&batch->ratings);

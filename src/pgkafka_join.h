@@ -34,6 +34,8 @@ extern char *pkj_movies_topic;
 extern char *pkj_ratings_topic;
 extern char *pkj_output_topic;
 extern char *pkj_join_window;
+extern char *pkj_future_tolerance;
+extern int64 pkj_future_tolerance_us;
 extern char *pkj_kafka_properties;
 extern char *pkj_kafka_properties_file;
 extern char *pkj_transactional_id;
@@ -159,6 +161,7 @@ typedef enum PkjPosition
 
 extern void pkj_publisher_set_shares(List *shares);
 extern PkjPosition pkj_publisher_position(void);
+extern bool pkj_publisher_position_known(void);
 extern int64 pkj_publish(MemoryContext cxt);
 extern int64 pkj_publish_start(MemoryContext cxt);
 extern int64 pkj_publish_finish(void);

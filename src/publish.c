@@ -131,6 +131,7 @@ static SPIPlanPtr fetch_plan = NULL;
 static SPIPlanPtr position_plan = NULL;
 static SPIPlanPtr handed_out_plan = NULL;
 static SPIPlanPtr record_plan = NULL;
+static SPIPlanPtr ahead_plan = NULL;
 
 /*
  * pkj_delivery_report
@@ -378,6 +379,47 @@ stored_positions(int64 *handed_out)
 	pkj_end_spi();
 }
 
+/*
+ * Record in control.ahead_shares which of this worker's shares are ahead
+ * of PostgreSQL ("ahead", flags per share): added while they are, removed
+ * once they are not.  advance_result_ids() renumbers the results of those
+ * shares only, so that it never renumbers a result another worker, whose
+ * shares are not ahead, is publishing.  Written only when it changes.
+ */
+static void
+record_ahead_shares(const bool *ahead)
+{
+	Datum	   *mine = palloc(Max(nshares, 1) * sizeof(Datum));
+	Datum	   *behind = palloc(Max(nshares, 1) * sizeof(Datum));
+	int			nbehind = 0;
+	Datum		args[2];
+	static Oid	argtypes[] = {INT4ARRAYOID, INT4ARRAYOID};
+
+	for (int i = 0; i < nshares; i++)
+	{
+		mine[i] = Int32GetDatum(shares[i].share);
+		if (ahead[i])
+			behind[nbehind++] = Int32GetDatum(shares[i].share);
+	}
+	args[0] = PointerGetDatum(construct_array(mine, nshares, INT4OID, sizeof(int32),
+											  true, TYPALIGN_INT));
+	args[1] = PointerGetDatum(construct_array(behind, nbehind, INT4OID, sizeof(int32),
+											  true, TYPALIGN_INT));
+	pkj_begin_spi("recording the shares ahead of PostgreSQL");
+	if (ahead_plan == NULL)
+		ahead_plan = keep_plan("UPDATE pgkafka_join.control c "
+							   "SET ahead_shares = n.shares "
+							   "FROM (SELECT NULLIF(ARRAY(SELECT DISTINCT s FROM unnest("
+							   "  ARRAY(SELECT s FROM unnest(c0.ahead_shares) s WHERE s <> ALL ($1)) "
+							   "  OPERATOR(pg_catalog.||) $2) s ORDER BY s), '{}') AS shares "
+							   "FROM pgkafka_join.control c0) n "
+							   "WHERE c.ahead_shares IS DISTINCT FROM n.shares",
+							   2, argtypes);
+	if (SPI_execute_plan(ahead_plan, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update pgkafka_join.control");
+	pkj_end_spi();
+}
+
 /* The shares' positions as text, for the log: "0: 12, 3: 40" */
 static char *
 positions_text(void)
@@ -441,6 +483,16 @@ committed_positions(rd_kafka_topic_partition_list_t **parts)
 }
 
 /*
+ * Are the shares' positions known since the handles were made (or the
+ * shares changed)?  Until they are, the worker stores nothing.
+ */
+bool
+pkj_publisher_position_known(void)
+{
+	return position_known;
+}
+
+/*
  * pkj_publisher_position
  *		Make the producer ready for transactions and learn where publishing
  *		stands.  PKJ_POSITION_KNOWN: the shares' positions are exact.
@@ -459,6 +511,7 @@ pkj_publisher_position(void)
 	int64		handed_out;
 	int64		ahead = -1;
 	int64		last = -1;
+	bool	   *shares_ahead;
 
 	if (position_known)
 		return PKJ_POSITION_KNOWN;
@@ -511,8 +564,13 @@ pkj_publisher_position(void)
 	}
 	stored_positions(&handed_out);
 
+	shares_ahead = palloc(Max(nshares, 1) * sizeof(bool));
 	for (int i = 0; i < nshares; i++)
+	{
 		ahead = Max(ahead, kafka_position[i]);
+		shares_ahead[i] = kafka_position[i] > handed_out;
+	}
+	record_ahead_shares(shares_ahead);
 	if (ahead > handed_out)
 	{
 		int64		recorded = 0;

@@ -1267,33 +1267,40 @@ worker_step(void)
 			wait_latch(pkj_retry_interval);
 			return;
 	}
+	/*
+	 * Where publishing stands, before anything is stored, a rejoin pass
+	 * included, once per connection: if the output topic is ahead of
+	 * PostgreSQL, results made now would be numbered at or below the
+	 * published position of their share, and never sent.  So nothing is
+	 * stored until the brokers have told it.
+	 */
+	if (!pkj_publisher_position_known())
+	{
+		position = PKJ_POSITION_UNKNOWN;
+		if (now >= w.next_publish)
+		{
+			position = pkj_publisher_position();
+			if (position == PKJ_POSITION_UNKNOWN)
+				w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
+		}
+		if (position != PKJ_POSITION_KNOWN)
+		{
+			if (position == PKJ_POSITION_UNKNOWN)
+				pkj_status_set_state("waiting for the publish position");
+			pkj_kafka_serve_producer();
+			wait_latch(Min(pkj_retry_interval, pkj_claims_next_ms() + 10));
+			return;
+		}
+	}
 	if (!rejoined)
 	{
-		/* what a worker that stopped may have left to join */
-		/* and worker 0 what workers that no longer exist left */
+		/*
+		 * what this worker left to join before it stopped, and, for worker
+		 * 0, what workers that no longer exist left
+		 */
 		(void) pkj_ingest_rejoin(owned, pkj_worker_index == 0);
 		rejoined = true;
 		w.more_to_publish = true;
-	}
-
-	/*
-	 * Where publishing stands, before anything is stored: if the output
-	 * topic is ahead of PostgreSQL, results stored now would be numbered
-	 * below what was published, and never sent.  While the brokers cannot
-	 * tell, ingest goes on (the check is made again before publishing).
-	 */
-	position = PKJ_POSITION_UNKNOWN;
-	if (now >= w.next_publish)
-	{
-		position = pkj_publisher_position();
-		if (position == PKJ_POSITION_UNKNOWN)
-			w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
-	}
-	if (position == PKJ_POSITION_BEHIND)
-	{
-		pkj_kafka_serve_producer();
-		wait_latch(Min(pkj_retry_interval, pkj_claims_next_ms() + 10));
-		return;
 	}
 
 	if (w.paused)
@@ -1302,7 +1309,7 @@ worker_step(void)
 		{
 			pkj_status_set_state("paused");
 			/* results stored before the pause are still published */
-			if (position == PKJ_POSITION_KNOWN && pkj_publish(w.loop_cxt) < 0)
+			if (now >= w.next_publish && pkj_publish(w.loop_cxt) < 0)
 				w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
 			if (now >= w.next_status)
 			{

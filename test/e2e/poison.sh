@@ -8,7 +8,8 @@
 #		rejected_messages (exact key, payload and offset, the error as the
 #		reason) and stores and publishes everything else exactly once.  An
 #		error that does not come from a message's contents (a lock not
-#		available) is retried, never turned into a rejection.
+#		available) is retried, never turned into a rejection.  A rating
+#		dated further ahead than pgkafka_join.future_tolerance is rejected.
 
 . "$(dirname "$0")/setup.sh"
 pkj_setup poison 3
@@ -127,6 +128,23 @@ check_eq "after the error the movies are stored, none rejected" "Flaky,Steady|1"
 	"$(psql_q "SELECT string_agg(title, ',' ORDER BY id) FROM pgkafka_join.movies WHERE id > 200")|$(count rejected_messages)"
 check_eq "the waiting rating of the flaky movie is published once" "1	201.5" \
 	"$(kafka_consume rated_movies | cut -f3,4 | grep -P '^201\t' | sed -E 's/.*"rating":([0-9.]+).*/\1/' | sort | uniq -c | sed -E 's/^ *//; s/ /\t/')"
+check_eq "the output topic holds every result once, no id twice" "$(db_ids)" "$(topic_ids)"
+
+# A rating dated further ahead of its message's timestamp than
+# pgkafka_join.future_tolerance (1 day) would stay inside the join window
+# for as much longer: rejected, with the reason.  One dated 20 hours ahead,
+# produced after it on the same partition, is joined.
+ahead=$(date -u -d '+2 days' +%Y-%m-%dT%H:%M:%SZ)
+kafka_produce ratings <<EOF2
+202	{"id": 202, "rating": 301.5, "rated_at": "$ahead"}
+202	{"id": 202, "rating": 302.5, "rated_at": "$(date -u -d '+20 hours' +%Y-%m-%dT%H:%M:%SZ)"}
+EOF2
+wait_for_output 42 120
+check_eq "a rating 20 hours ahead is joined; one 2 days ahead is not stored" "302.5" \
+	"$(psql_q "SELECT string_agg(rating::text, ',' ORDER BY rating) FROM pgkafka_join.ratings WHERE rating > 300")"
+check_eq "it is rejected, saying why" \
+	"{\"id\": 202, \"rating\": 301.5, \"rated_at\": \"$ahead\"}|rated_at is more than pgkafka_join.future_tolerance (1 day) ahead of the message's timestamp" \
+	"$(psql_q "SELECT convert_from(payload, 'UTF8') || '|' || reason FROM pgkafka_join.rejected_messages WHERE topic = 'ratings'")"
 check_eq "the output topic holds every result once, no id twice" "$(db_ids)" "$(topic_ids)"
 check_eq "the worker kept its pid throughout" "$pid" "$(worker_pid)"
 no_worker_exit || fail "the worker exited"

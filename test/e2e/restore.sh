@@ -11,16 +11,21 @@
 #    the rows of every table of the extension, its result sequence and its
 #    monthly partitions.
 # 2. The stream goes on after the dump: Kafka's publish position P moves
-#    beyond it.  The -Fc dump restored on a second cluster, whose worker
-#    runs on the restored database, finds the output topic ahead of
-#    PostgreSQL: state "stopped: the output topic is ahead of PostgreSQL",
-#    the WARNING logged once with P in its DETAIL and the HINT naming
-#    advance_result_ids(P), nothing stored or published meanwhile.  The
-#    check comes before the pause handling, so it is made although the
-#    restored database is paused (the dump was taken while paused).
+#    beyond it.  The -Fc dump restored on a second cluster, with a rating
+#    of movie 1 queued for worker 0's rejoin pass (as a worker that
+#    stopped right after storing it leaves it), finds the output topic
+#    ahead of PostgreSQL: state "stopped: the output topic is ahead of
+#    PostgreSQL", the WARNING logged once with P in its DETAIL and the HINT
+#    naming advance_result_ids(P), the shares ahead recorded in
+#    control.ahead_shares, nothing stored or published meanwhile, the
+#    rejoin pass included (it would number the rating's result below P,
+#    never to be sent).  The check comes before the pause handling, so it
+#    is made although the restored database is paused (the dump was taken
+#    while paused).
 # 3. After advance_result_ids(P) and resume(), the restored database
-#    consumes the ratings after the dump's offsets again and publishes them
-#    with new ids after P, each once; no result id is on the topic twice.
+#    joins the queued rating and consumes the ratings after the dump's
+#    offsets again, and publishes them with new ids after P, each once; no
+#    result id is on the topic twice.
 # 4. PostgreSQL ahead of Kafka: the committed position of the share of the
 #    last result set 5 ids back while the cluster is down; at start the
 #    worker logs that output_position is ahead and publishes after it: no
@@ -64,12 +69,16 @@ ratings() # FIRST LAST [expected]
 }
 
 # One line per table of the extension (row count and an md5 of all columns
-# of all rows, in order), the result sequence and the monthly partitions.
+# of all rows, in order; of control, all but ahead_shares, which the worker
+# writes when it finds the output topic ahead), the result sequence and the
+# monthly partitions.
 fingerprint() # DATABASE
 {
 	local t
-	for t in movies ratings rated_movies input_offsets output_position rejected_messages control; do
-		echo "$t $(PGDATABASE=$1 psql_q "SELECT count(*) || ' ' || md5(coalesce(string_agg(r::text, E'\n' ORDER BY r::text), '')) FROM pgkafka_join.$t r")"
+	for t in movies ratings rated_movies input_offsets output_position rejected_messages rejoins \
+		"(SELECT paused, changed_at, offsets_generation, singleton, kafka_group FROM pgkafka_join.control)"; do
+		[ "${t:0:1}" = "(" ] || t=pgkafka_join.$t
+		echo "$t $(PGDATABASE=$1 psql_q "SELECT count(*) || ' ' || md5(coalesce(string_agg(r::text, E'\n' ORDER BY r::text), '')) FROM $t r")"
 	done
 	echo "rated_movies_id_seq $(PGDATABASE=$1 psql_q "SELECT last_value || ' ' || is_called FROM pgkafka_join.rated_movies_id_seq")"
 	echo "partitions $(PGDATABASE=$1 psql_q "SELECT string_agg(c.relname, ' ' ORDER BY c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent IN ('pgkafka_join.ratings'::regclass, 'pgkafka_join.rated_movies'::regclass)")"
@@ -185,15 +194,24 @@ pg_start "$PG_B" \
 	"pgkafka_join.brokers = '$KAFKA_BOOTSTRAP'" \
 	"pgkafka_join.database = 'restored'" \
 	"pgkafka_join.retry_interval = '1s'"
-psql_q "CREATE DATABASE restored" >/dev/null
-as_postgres "$PG_BIN/pg_restore" --single-transaction --exit-on-error -d restored \
+# restored under another name, and renamed once ready: the worker starts
+# on it then
+psql_q "CREATE DATABASE restoring" >/dev/null
+as_postgres "$PG_BIN/pg_restore" --single-transaction --exit-on-error -d restoring \
 	"$DUMPS/source.dump" >"$DUMPS/restore_b.log" 2>&1 ||
 	fail "pg_restore --single-transaction failed: $(cat "$DUMPS/restore_b.log")"
 ! grep -q ERROR "$DUMPS/restore_b.log" ||
 	fail "pg_restore reported an error: $(grep ERROR "$DUMPS/restore_b.log")"
 pass "pg_restore --single-transaction of the -Fc dump on cluster B: exit status 0, no error"
 check_eq "the restored database keeps the source's Kafka group" "$group" \
-	"$(PGDATABASE=restored psql_q "SELECT kafka_group FROM pgkafka_join.control")"
+	"$(PGDATABASE=restoring psql_q "SELECT kafka_group FROM pgkafka_join.control")"
+# a rating of movie 1 (value 9999) waiting, queued for worker 0's rejoin
+PGDATABASE=restoring psql_q "
+INSERT INTO pgkafka_join.ratings (movie_id, rating, rated_at, kafka_partition, kafka_offset, received_at, joined)
+VALUES (1, 9999, now(), 0, 1000000, now(), false);
+INSERT INTO pgkafka_join.rejoins VALUES (0, '{1}', '{0}', now(), now() - interval '1 month')" >/dev/null
+fingerprint restoring >"$TEST_DIR/restored.fingerprint"
+psql_q "ALTER DATABASE restoring RENAME TO restored" >/dev/null
 
 # Detection is made while paused: the position check precedes the pause.
 wait_for 60 '[ "$(PGDATABASE=restored psql_q "SELECT state, paused FROM pgkafka_join.status")" = "stopped: the output topic is ahead of PostgreSQL|t" ]' ||
@@ -206,8 +224,12 @@ check_eq "its DETAIL gives Kafka's position $P and the dump's last result $D" "1
 	"$(grep -cF "DETAIL:  Results up to id $P were published to Kafka; PostgreSQL numbered results only up to id $D and recorded publishing up to id $D." "$PG_B/server.log" || true)"
 check_eq "its HINT names advance_result_ids($P)" "1" \
 	"$(grep -cF "HINT:  To go on, run SELECT pgkafka_join.advance_result_ids($P):" "$PG_B/server.log" || true)"
-check_eq "nothing was stored while stopped: the restored database equals the dump" \
-	"$(cat "$TEST_DIR/source.fingerprint")" "$(fingerprint restored)"
+check_eq "the shares ahead are recorded: those whose position in Kafka is above $D" \
+	"$(for p in 0 1 2; do o=$(kafka_group_offset "$group.rated_movies" ratings $p)
+	   [ "$o" = none ] || [ "$o" -le "$D" ] || echo $p; done | paste -sd, | sed 's/.*/{&}/')" \
+	"$(PGDATABASE=restored psql_q "SELECT ahead_shares FROM pgkafka_join.control")"
+check_eq "nothing was stored while stopped, by a batch or the rejoin pass: the restored database is unchanged" \
+	"$(cat "$TEST_DIR/restored.fingerprint")" "$(fingerprint restored)"
 check_eq "nothing was published while stopped" "500" "$(output_count)"
 check_eq "Kafka's position did not move" "$P" "$(kafka_position)"
 
@@ -223,20 +245,20 @@ wait_for 30 '[ "$(PGDATABASE=restored psql_q "SELECT state FROM pgkafka_join.sta
 	fail "the worker did not go on to the pause: $(PGDATABASE=restored psql_q "SELECT * FROM pgkafka_join.status")"
 pass "after advance_result_ids the worker goes on (to the pause of the dump)"
 PGDATABASE=restored psql_q "SELECT pgkafka_join.resume()" >/dev/null
-wait_for_output 700
+wait_for_output 701
 wait_for 30 '[ "$(PGDATABASE=restored psql_q "SELECT publish_lag FROM pgkafka_join.status")" = 0 ]' ||
 	fail "B did not publish every result"
 
-check_eq "no result id is on the output topic twice" "700 700" "$(ids_on_topic)"
+check_eq "no result id is on the output topic twice" "701 701" "$(ids_on_topic)"
 PGDATABASE=restored psql_q "SELECT id, movie_id, pgkafka_join.output_value(r) FROM pgkafka_join.rated_movies r WHERE id > $P ORDER BY id" \
 	-F $'\t' >"$TEST_DIR/b_after_p"
 check_eq "the records after id $P are exactly B's results after $P (ids, keys, values)" \
 	"$(cat "$TEST_DIR/b_after_p")" "$(awk -F'\t' -v p="$P" '$1 > p' "$TEST_DIR/topic")"
-check_eq "B's results: the dump's ids 1..$D and 200 new ones after $P, none in between" \
-	"500|$D|0|200|$((P + 200))" \
+check_eq "B's results: the dump's ids 1..$D and 201 new ones after $P, none in between" \
+	"501|$D|0|201|$((P + 201))" \
 	"$(PGDATABASE=restored psql_q "SELECT count(*), count(*) FILTER (WHERE id <= $D), count(*) FILTER (WHERE id > $D AND id <= $P), count(*) FILTER (WHERE id > $P), max(id) FROM pgkafka_join.rated_movies")"
-check_eq "the results after id $P are those of the ratings produced after the dump, once each" \
-	"$(ratings 301 500 expected | LC_ALL=C sort)" \
+check_eq "the results after id $P are those of the queued rating and of the ratings produced after the dump, once each" \
+	"$({ ratings 301 500 expected; printf '1\t9999\n'; } | LC_ALL=C sort)" \
 	"$(awk -F'\t' -v p="$P" '$1 > p' "$TEST_DIR/topic" | ratings_of)"
 check_eq "the records up to id $P are the 500 results of A, once each" \
 	"$(ratings 1 500 expected | LC_ALL=C sort)" \
@@ -256,7 +278,7 @@ check_eq "the position of share $S2 is set 5 ids back" "$((P2 - 5))" \
 	"$(kafka_group_offset "$group.rated_movies" ratings "$S2")"
 pg_start "$PG_B"
 ratings 501 505 | kafka_produce ratings
-wait_for_output 705
+wait_for_output 706
 wait_for 30 '[ "$(PGDATABASE=restored psql_q "SELECT publish_lag FROM pgkafka_join.status")" = 0 ]' ||
 	fail "B did not publish the new results"
 check_eq "the worker logs that output_position is ahead of Kafka, once" "1" \
@@ -264,7 +286,7 @@ check_eq "the worker logs that output_position is ahead of Kafka, once" "1" \
 check_eq "with both positions in its DETAIL" "1" \
 	"$(grep -cF "DETAIL:  Share $S2: recorded in PostgreSQL: $P2; committed in Kafka: $((P2 - 5))." "$PG_B/server.log" || true)"
 check_eq "no result id is on the output topic twice: the 5 results are not published again" \
-	"705 705" "$(ids_on_topic)"
+	"706 706" "$(ids_on_topic)"
 check_eq "the new ratings are published once, after id $P2" \
 	"$(ratings 501 505 expected | LC_ALL=C sort)" \
 	"$(awk -F'\t' -v p="$P2" '$1 > p' "$TEST_DIR/topic" | ratings_of)"
