@@ -15,6 +15,8 @@
  *    maintenance_lock, which no unprivileged role can take, instead of
  *    advisory keys any role could hold.  drop_partitions() called while
  *    another runs says so with an error instead of returning nothing.
+ *  - worker_status() and the status view count rejoined_total, the results
+ *    made by rejoin passes.
  *  - advance_result_ids() renumbers the results of the shares a worker found
  *    ahead (control.ahead_shares) only, so that other workers go on; it
  *    refuses a sequence with a cache, and a position too close to the end
@@ -304,3 +306,73 @@ BEGIN
               FROM pgkafka_join.rated_movies_id_seq);
 END
 $$;
+
+-- rejoined_total in worker_status() and the status view
+DROP VIEW status;
+DROP FUNCTION worker_status();
+CREATE FUNCTION worker_status(OUT worker integer, OUT pid integer, OUT state text,
+                              OUT state_since timestamptz,
+                              OUT last_error text, OUT last_error_at timestamptz,
+                              OUT messages_total bigint, OUT results_total bigint,
+                              OUT published_total bigint,
+                              OUT messages_per_second double precision,
+                              OUT results_per_second double precision,
+                              OUT published_per_second double precision,
+                              OUT published_id bigint,
+                              OUT partitions integer, OUT unlisted_lag bigint,
+                              OUT unlisted_stopped integer,
+                              OUT owned_partitions text, OUT shares integer[],
+                              OUT rejoined_total bigint)
+RETURNS SETOF record
+LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'pgkafka_join_worker_status';
+
+/*
+ * status: one row per join worker (pgkafka_join.workers of them).  Counters
+ * and rates are since the worker started; lag is what the brokers hold
+ * beyond the stored offsets of the worker's partitions, as last seen by the
+ * worker (partitions beyond pgkafka_join.max_partitions included).
+ * publish_lag counts the worker's results not yet recorded as published;
+ * it and pending_ratings (for the whole database) are counted up to
+ * 100000: 100001 means "more".  rejoined_total counts the results of
+ * results_total made by rejoin passes: ratings whose movie another worker
+ * stored at the same moment.
+ */
+CREATE VIEW status AS
+SELECT w.worker, w.pid, w.state, w.state_since,
+       (SELECT paused FROM control) AS paused,
+       w.last_error, w.last_error_at,
+       w.messages_total, w.results_total, w.published_total,
+       round(w.messages_per_second::numeric, 1) AS messages_per_second,
+       round(w.results_per_second::numeric, 1) AS results_per_second,
+       round(w.published_per_second::numeric, 1) AS published_per_second,
+       l.lag + w.unlisted_lag AS input_lag,
+       CASE WHEN w.messages_per_second > 0 AND l.lag + w.unlisted_lag > 0
+            THEN make_interval(secs => round((l.lag + w.unlisted_lag) / w.messages_per_second)) END AS catch_up_estimate,
+       (SELECT count(*) FROM (SELECT 1 FROM ratings r
+                               WHERE NOT r.joined AND r.rated_at >= now() - join_window()
+                               LIMIT 100001) p) AS pending_ratings,
+       w.published_id,
+       (SELECT count(*) FROM (SELECT 1 FROM unnest(w.shares) AS s(share)
+                               LEFT JOIN published_ids() pi USING (share)
+                               CROSS JOIN LATERAL (SELECT 1 FROM rated_movies r
+                                                    WHERE r.share = s.share
+                                                      AND r.id > coalesce(pi.last_id, 0)
+                                                    LIMIT 100001) u
+                               LIMIT 100001) u) AS publish_lag,
+       w.partitions,
+       l.stopped + w.unlisted_stopped AS stopped_partitions,
+       w.owned_partitions,
+       w.rejoined_total
+  FROM worker_status() w,
+       LATERAL (SELECT coalesce(sum(greatest(p.high_watermark - coalesce(io.next_offset, 0), 0)), 0)::bigint AS lag,
+                       count(p.problem)::integer AS stopped
+                  FROM partition_status() p
+                  LEFT JOIN input_offsets io USING (topic, kafka_partition)
+                 WHERE p.worker = w.worker) l
+ ORDER BY w.worker;
+
+REVOKE ALL ON FUNCTION worker_status() FROM PUBLIC;
+REVOKE ALL ON TABLE status FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION worker_status() TO pgkafka_join_reader;
+GRANT SELECT ON status TO pgkafka_join_reader;

@@ -954,7 +954,8 @@ CREATE FUNCTION worker_status(OUT worker integer, OUT pid integer, OUT state tex
                               OUT published_id bigint,
                               OUT partitions integer, OUT unlisted_lag bigint,
                               OUT unlisted_stopped integer,
-                              OUT owned_partitions text, OUT shares integer[])
+                              OUT owned_partitions text, OUT shares integer[],
+                              OUT rejoined_total bigint)
 RETURNS SETOF record
 LANGUAGE C STRICT
 AS 'MODULE_PATHNAME', 'pgkafka_join_worker_status';
@@ -974,7 +975,9 @@ AS 'MODULE_PATHNAME', 'pgkafka_join_partition_status';
  * worker (partitions beyond pgkafka_join.max_partitions included).
  * publish_lag counts the worker's results not yet recorded as published;
  * it and pending_ratings (for the whole database) are counted up to
- * 100000: 100001 means "more".
+ * 100000: 100001 means "more".  rejoined_total counts the results of
+ * results_total made by rejoin passes: ratings whose movie another worker
+ * stored at the same moment.
  */
 CREATE VIEW status AS
 SELECT w.worker, w.pid, w.state, w.state_since,
@@ -1000,7 +1003,8 @@ SELECT w.worker, w.pid, w.state, w.state_since,
                                LIMIT 100001) u) AS publish_lag,
        w.partitions,
        l.stopped + w.unlisted_stopped AS stopped_partitions,
-       w.owned_partitions
+       w.owned_partitions,
+       w.rejoined_total
   FROM worker_status() w,
        LATERAL (SELECT coalesce(sum(greatest(p.high_watermark - coalesce(io.next_offset, 0), 0)), 0)::bigint AS lag,
                        count(p.problem)::integer AS stopped

@@ -1079,7 +1079,10 @@ pkj_ingest_rejoin(List *owned, bool orphans)
 	produced = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	pkj_end_spi();
 	if (produced > 0)
+	{
 		pkj_status_count_batch(0, produced);
+		pkj_status_count_rejoined(produced);
+	}
 	return produced;
 }
 

@@ -178,6 +178,7 @@ extern void pkj_status_wake_worker(void);
 extern void pkj_status_set_state(const char *state);
 extern void pkj_status_set_error(const char *error);
 extern void pkj_status_count_batch(int64 messages, int64 results);
+extern void pkj_status_count_rejoined(int64 results);
 extern void pkj_status_count_published(int64 published, int64 last_id);
 extern void pkj_status_reset_partitions(void);
 extern bool pkj_status_set_partition(const char *topic, int32 partition,

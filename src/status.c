@@ -56,6 +56,7 @@ typedef struct PkjWorkerSlot
 	TimestampTz last_error_at;
 	int64		messages_total;
 	int64		results_total;
+	int64		rejoined_total; /* of those, made by rejoin passes */
 	int64		published_total;
 	int64		published_id;
 	int64		ring_second[RING_SECONDS];
@@ -264,6 +265,18 @@ pkj_status_count_batch(int64 messages, int64 results)
 	SpinLockRelease(&me->mutex);
 }
 
+/*
+ * A rejoin pass joined ratings whose movie another worker stored at the
+ * same moment (counted in results_total too, by the caller)
+ */
+void
+pkj_status_count_rejoined(int64 results)
+{
+	SpinLockAcquire(&me->mutex);
+	me->rejoined_total += results;
+	SpinLockRelease(&me->mutex);
+}
+
 /* Results were published, up to result id last_id */
 void
 pkj_status_count_published(int64 published, int64 last_id)
@@ -444,7 +457,8 @@ static const char *const worker_columns[] = {
 	"worker", "pid", "state", "state_since", "last_error", "last_error_at",
 	"messages_total", "results_total", "published_total", "messages_per_second",
 	"results_per_second", "published_per_second", "published_id", "partitions",
-	"unlisted_lag", "unlisted_stopped", "owned_partitions", "shares"
+	"unlisted_lag", "unlisted_stopped", "owned_partitions", "shares",
+	"rejoined_total"
 };
 
 #define WORKER_COLUMNS lengthof(worker_columns)
@@ -532,6 +546,7 @@ pgkafka_join_worker_status(PG_FUNCTION_ARGS)
 		nulls[16] = copy->worker_pid == 0 && copy->owned[0] == '\0';
 		values[17] = PointerGetDatum(construct_array(shares, copy->nshares, INT4OID,
 													 sizeof(int32), true, TYPALIGN_INT));
+		values[18] = Int64GetDatum(copy->rejoined_total);
 		fill_by_name(desc, worker_columns, WORKER_COLUMNS, values, nulls, out, outnulls);
 		if (single)
 			PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc),

@@ -13,7 +13,7 @@
 . "$(dirname "$0")/setup.sh"
 MOVIES=100
 RATINGS=3000
-CHUNKS=10
+CHUNKS=15
 pkj_setup recreate 3 \
 	"pgkafka_join.batch_size = 50" \
 	"pgkafka_join.batch_delay = '200ms'"
@@ -28,7 +28,7 @@ wait_for 60 "[ \"\$(psql_q 'SELECT count(*) FROM pgkafka_join.movies')\" = $MOVI
 pid=$(psql_q "SELECT pid FROM pgkafka_join.status")
 ext0=$(psql_q "SELECT oid FROM pg_extension WHERE extname = 'pgkafka_join'")
 
-# The ratings, in CHUNKS chunks over about 10 s, in the background;
+# The ratings, in CHUNKS chunks over about 15 s, in the background;
 # rating i is of movie i % MOVIES + 1
 (
 	per=$((RATINGS / CHUNKS))
@@ -43,13 +43,33 @@ producer=$!
 
 stored() { psql_q "SELECT count(*) FROM pgkafka_join.ratings" 2>/dev/null || echo 0; }
 
-# The transaction stays open a second after CREATE EXTENSION, so that the
-# worker, whose batch waits meanwhile for the dropped tables' locks, goes
-# on with that batch of the old extension after the commit.
+# The transaction stays open after CREATE EXTENSION until the worker waits
+# for a lock of the dropped objects, in a step of the old extension (seen
+# in pg_stat_activity, whose snapshot is cleared at each look; most often
+# storing a batch), so that the worker goes on with that step after the
+# commit: the race this test is for happens every time.
 for ((k = 1; k <= 3; k++)); do
-	sleep 2
-	out=$(psql_q "BEGIN; DROP EXTENSION pgkafka_join; CREATE EXTENSION pgkafka_join; SELECT pg_sleep(1); COMMIT;" 2>&1) ||
-		fail "DROP and CREATE EXTENSION failed: $out"
+	sleep 1
+	out=$(psql_q "BEGIN; DROP EXTENSION pgkafka_join; CREATE EXTENSION pgkafka_join;
+	              DO \$\$
+	              BEGIN
+	                  FOR i IN 1..400 LOOP
+	                      PERFORM pg_stat_clear_snapshot();
+	                      PERFORM set_config('pkj_test.waiting_in', a.query, true)
+	                         FROM pg_stat_activity a
+	                        WHERE a.backend_type = 'pgkafka_join worker' AND a.wait_event_type = 'Lock';
+	                      IF FOUND THEN
+	                          RETURN;
+	                      END IF;
+	                      PERFORM pg_sleep(0.05);
+	                  END LOOP;
+	                  RAISE EXCEPTION 'no batch of the worker waited for the dropped tables within 20 s';
+	              END
+	              \$\$;
+	              SELECT current_setting('pkj_test.waiting_in');
+	              COMMIT;" 2>&1) ||
+		fail "recreation $k failed: $out"
+	pass "recreation $k: the worker waited for the dropped objects, $out"
 	echo "# extension dropped and created again ($k) with $(kafka_consume ratings | wc -l) ratings on the topic; the new one stored $(stored) so far"
 done
 wait $producer || fail "producing the ratings failed"
@@ -82,6 +102,6 @@ check_eq "every rating was joined and published once by the extension in place" 
 	"$RATINGS|$RATINGS|0|0" \
 	"$(psql_q "SELECT count(*), count(DISTINCT rating), (SELECT count(*) FROM pgkafka_join.ratings WHERE NOT joined), (SELECT publish_lag FROM pgkafka_join.status) FROM pgkafka_join.rated_movies")"
 
-echo "# batches of an old extension dropped unstored: $(grep -c 'input offsets were reset; consuming from the stored offsets' "$LOG" || true)"
+echo "# steps of an old extension given up: $(grep -c 'dropped a batch unstored: the extension was dropped or created again' "$LOG" || true) batches dropped unstored, $(grep -c 'pgkafka_join worker: ERROR' "$LOG" || true) failed (and retried on the new one)"
 check_eq "the worker kept its pid and never exited" "$pid|0" \
 	"$(psql_q "SELECT pid FROM pgkafka_join.status")|$(grep -cE 'exited with exit code|terminated by signal' "$LOG" || true)"
