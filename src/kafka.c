@@ -320,9 +320,17 @@ pkj_kafka_connect(Oid extension_oid, char **problem)
 		 * 10 ms): at a steady 10,000 ratings/s, answering a fetch for every
 		 * few messages kept the broker busier than everything else, and
 		 * its queue of requests was what the results waited for.
+		 *
+		 * What is fetched ahead lives in the worker's private memory, about
+		 * 300 bytes a message besides its payload: catching up a backlog
+		 * of small messages with a million queued took 400 MB, whatever
+		 * the batch size.  250,000 messages (and 32 MB of payload) are
+		 * a few seconds of work for a worker, and bound that memory to
+		 * about 100 MB however long the backlog.
 		 */
 		const char *const defaults[] = {
-			"queued.min.messages", "1000000",
+			"queued.min.messages", "250000",
+			"queued.max.messages.kbytes", "32768",
 			"fetch.wait.max.ms", "10",
 			"fetch.min.bytes", "100000",
 			NULL

@@ -18,6 +18,10 @@ now_ms=$(($(date +%s) * 1000))
 
 stored() { psql_q "SELECT count(*) FROM pgkafka_join.ratings" ; }
 rejected() { psql_q "SELECT count(*) FROM pgkafka_join.rejected_messages" ; }
+# Results not yet recorded as published, over the three workers: 0 once
+# every result stored so far is on the output topic (a position is recorded
+# only after the Kafka transaction that sent its results committed)
+unpublished() { psql_q "SELECT sum(publish_lag) FROM pgkafka_join.status" ; }
 
 # 1. ratings before any movie, and malformed ratings
 kafka_produce ratings <<EOF2
@@ -46,6 +50,10 @@ kafka_produce movies <<EOF2
 x	
 EOF2
 wait_for_output 1
+# The rating of movie 1 published shows the join of movie 1's waiting
+# ratings made; once nothing waits to be published, a result of the
+# rating older than the window (or of any other) would be on the topic.
+wait_for 60 '[ "$(unpublished)" = 0 ]' || fail "results remain unpublished: $(unpublished)"
 check_eq "the waiting rating inside the window is published with its movie" \
 	"1	{\"id\":1,\"title\":\"One\",\"release_year\":2001,\"rating\":5,\"rated_at\":\"$day_ago\"}" \
 	"$(kafka_consume rated_movies | cut -f3,4)"
@@ -108,7 +116,10 @@ kafka_produce ratings <<EOF2
 3	{"id": 3, "rating": 4.0}
 EOF2
 wait_for 60 '[ "$(stored)" = 6 ]' || fail "the last rating was not stored"
-sleep 2
+# The last rating is stored, and joined or not, in one transaction: once it
+# is stored and nothing waits to be published, a result of it would be on
+# the topic.
+wait_for 60 '[ "$(unpublished)" = 0 ]' || fail "results remain unpublished: $(unpublished)"
 
 check_eq "the output topic holds exactly the three expected rated movies" "$(cat <<'EOF2'
 1	{"id":1,"title":"One (remastered)","release_year":2002,"rating":8}

@@ -23,7 +23,7 @@ N=10000
 LOG=$PG_DIR/server.log
 
 # ratings FIRST COUNT: ratings FIRST.. of movies 1..10; rating i, if odd,
-# in month i % 12 + 1 of 2019 (long outside the join window: not
+# in month (i / 2) % 12 + 1 of 2019 (long outside the join window: not
 # published), if even, rated now (the message's timestamp: published)
 ratings()
 {
@@ -31,7 +31,7 @@ ratings()
 	for ((i = $1; i < $1 + $2; i++)); do
 		if ((i % 2)); then
 			printf '%d\t{"id": %d, "rating": %d, "rated_at": "2019-%02d-15T12:00:00Z"}\n' \
-				$((i % 10 + 1)) $((i % 10 + 1)) "$i" $((i % 12 + 1))
+				$((i % 10 + 1)) $((i % 10 + 1)) "$i" $((i / 2 % 12 + 1))
 		else
 			printf '%d\t{"id": %d, "rating": %d}\n' $((i % 10 + 1)) $((i % 10 + 1)) "$i"
 		fi
