@@ -55,7 +55,9 @@
 # and back, edge cases: a 10,000-byte title, exactly max_message_bytes,
 # nesting of exactly 64, escapes, 3,000 fields, ...), tombstones, and
 # ratings of present, deleted and never seen movies, with rated_at absent,
-# inside the join window, too old or in year 9999, and extreme values.
+# inside the join window, too old or in year 9999 (without a Kafka time
+# stamp: with one, further ahead of it than future_tolerance, they are
+# rejected, as ratings built for that are), and extreme values.
 
 import collections
 import datetime
@@ -279,6 +281,18 @@ def nested_too_deeply(v):
 	return False
 
 
+# A rating whose rated_at is further ahead of its message's Kafka time stamp
+# than pgkafka_join.future_tolerance (1 day) is rejected.  The time stamps
+# are those of the production, which starts at NOW (generate's argument)
+# and ends within PRODUCTION_US of it: rated_at up to NOW + 1 day is
+# accepted, above NOW + 1 day + PRODUCTION_US rejected; in between the
+# outcome is not known, and such a message is dropped.
+FUTURE_TOLERANCE_US = 86400 * 1000000
+PRODUCTION_US = 3600 * 1000000
+FUTURE_REASON = "rated_at is more than pgkafka_join.future_tolerance (1 day) ahead of the message's timestamp"
+NOW_US = None					# set by generate()
+
+
 class Rejected(Exception):
 	def __init__(self, reason):
 		super().__init__(reason)
@@ -490,6 +504,11 @@ def classify(topic, key, value, no_timestamp=False):
 		rating = classify_rating(value)
 		if rating[2] is None and no_timestamp:
 			raise Rejected('rated_at is missing and the message has no timestamp')
+		if rating[2] is not None and not no_timestamp:
+			if rating[2] - NOW_US > FUTURE_TOLERANCE_US + PRODUCTION_US:
+				raise Rejected(FUTURE_REASON)
+			if rating[2] - NOW_US > FUTURE_TOLERANCE_US:
+				raise Uncertain('rated_at near the future tolerance')
 		return 'accepted', ('rating',) + rating
 	except Rejected as e:
 		return 'rejected', e.reason
@@ -1102,9 +1121,11 @@ class Msg:
 
 
 def generate(outdir, partitions, now, dev):
+	global NOW_US
 	r = random.Random(SEED)
 	g = Gen(r, now)
 	now_us = now * 1000000
+	NOW_US = now_us
 	msgs = {'movies': [], 'ratings': []}
 
 	def add(topic, key, value, category, good, intended=None, sort=None, partition=None, no_timestamp=False):
@@ -1252,6 +1273,7 @@ def generate(outdir, partitions, now, dev):
 		else:
 			mid = r.choice(never)
 		x = r.random()
+		far = False
 		if x < 0.65:			# the Kafka timestamp
 			at = None
 		elif x < 0.8:			# inside the window
@@ -1262,11 +1284,12 @@ def generate(outdir, partitions, now, dev):
 			us = r.choice((0, 86400 * 1000000, 946684800 * 1000000, now_us - 40 * 86400 * 1000000,
 						   now_us - 400 * 86400 * 1000000))
 			at = json.dumps(rfc3339_text(g, us)) if r.random() < 0.7 else str(us // 1000)
-		else:					# the far future
+		else:					# the far future: accepted without a Kafka time stamp
 			at = r.choice(('"9999-12-31T23:59:59.999999Z"', '253402300799999', '"9999-12-31T23:59:59+00:00"',
 						   '"9999-12-31 10:00:00-13:59"'))
+			far = True
 		v = g.obj_text(rating_obj(g, mid, text, at))
-		if at is not None and r.random() < 0.05:
+		if at is not None and (far or r.random() < 0.05):
 			m = add('ratings', str(mid).encode(), v, 'good rating (no Kafka time stamp)', True, no_timestamp=True)
 		else:
 			m = add('ratings', str(mid).encode() if r.random() < 0.9 else None, v, 'good rating', True)
@@ -1277,6 +1300,13 @@ def generate(outdir, partitions, now, dev):
 		if got_at is not None and abs(got_at - (now_us - 28 * 86400 * 1000000)) < 2 * 86400 * 1000000:
 			sys.exit('generator: rated_at too close to the window edge')
 		m.published = mid in catalog and inside
+	# ratings dated too far ahead of their Kafka time stamp: rejected
+	for i in range(40):
+		mid = r.choice(rated_movies)
+		us = now_us + r.choice((2 * 86400, 40 * 86400, 400 * 86400)) * 1000000
+		at = r.choice((json.dumps(rfc3339_text(g, us)), str(us // 1000), '"9999-12-31T23:59:59Z"'))
+		add('ratings', str(mid).encode(), g.obj_text(rating_obj(g, mid, '5', at)),
+			'rating dated too far ahead', False, intended=FUTURE_REASON)
 	# a good rating of exactly the size limit
 	v = b'{"id": 1, "rating": 77777.25, "pad": ""}'
 	v = v.replace(b'"pad": ""', b'"pad": "' + b'y' * (MAX_MESSAGE_BYTES - len(v)) + b'"')

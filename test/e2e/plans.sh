@@ -109,7 +109,7 @@ scans=$(catalog_scans "$plans")
 pass "the catalog is read by index lookups only ($scans scans of its partitions)"
 
 # The same functions, free to choose: the check sees the sequential scans.
-for f in "store_movies(bigint[], text[], integer[], integer[])" "join_waiting(bigint[], integer[])"; do
+for f in "store_movies(bigint[], text[], integer[], integer[], timestamptz)" "join_waiting(bigint[], integer[], timestamptz)"; do
 	psql_q "ALTER FUNCTION pgkafka_join.$f RESET enable_hashjoin;
 			ALTER FUNCTION pgkafka_join.$f RESET enable_mergejoin" >/dev/null
 done

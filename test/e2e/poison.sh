@@ -8,8 +8,9 @@
 #		rejected_messages (exact key, payload and offset, the error as the
 #		reason) and stores and publishes everything else exactly once.  An
 #		error that does not come from a message's contents (a lock not
-#		available) is retried, never turned into a rejection.  A rating
-#		dated further ahead than pgkafka_join.future_tolerance is rejected.
+#		available, a result sequence at its end) is retried, never turned
+#		into a rejection.  A rating dated further ahead than
+#		pgkafka_join.future_tolerance is rejected.
 
 . "$(dirname "$0")/setup.sh"
 pkj_setup poison 3
@@ -145,6 +146,32 @@ check_eq "a rating 20 hours ahead is joined; one 2 days ahead is not stored" "30
 check_eq "it is rejected, saying why" \
 	"{\"id\": 202, \"rating\": 301.5, \"rated_at\": \"$ahead\"}|rated_at is more than pgkafka_join.future_tolerance (1 day) ahead of the message's timestamp" \
 	"$(psql_q "SELECT convert_from(payload, 'UTF8') || '|' || reason FROM pgkafka_join.rejected_messages WHERE topic = 'ratings'")"
+
+# A result sequence at its end fails every batch that joins a rating
+# (nextval(), SQLSTATE 2200H, of the "data exception" class): the server's
+# state, not the messages' fault.  Two ratings stored in one batch are
+# retried, never taken one at a time and rejected, until the sequence is
+# set back.
+last_id=$(psql_q "SELECT last_value FROM pgkafka_join.rated_movies_id_seq")
+rejected=$(count rejected_messages)
+errors=$(grep -c 'reached maximum value of sequence' "$log" || true)
+psql_q "SELECT pgkafka_join.pause()" >/dev/null
+psql_q "SELECT setval('pgkafka_join.rated_movies_id_seq', 9223372036854775807)" >/dev/null
+kafka_produce ratings <<'EOF2'
+202	{"id": 202, "rating": 303.5}
+202	{"id": 202, "rating": 304.5}
+EOF2
+psql_q "SELECT pgkafka_join.resume()" >/dev/null
+wait_for 60 '[ "$(grep -c "reached maximum value of sequence" "$log")" -ge $((errors + 3)) ]' ||
+	fail "the worker did not try the batch three times"
+check_eq "while the sequence is at its end, the ratings are neither stored nor rejected" \
+	"0|$rejected" \
+	"$(psql_q "SELECT count(*) FROM pgkafka_join.ratings WHERE rating IN (303.5, 304.5)")|$(count rejected_messages)"
+psql_q "SELECT setval('pgkafka_join.rated_movies_id_seq', $last_id)" >/dev/null
+wait_for_output 44 120
+check_eq "once it is set back, both are stored and published once, none rejected" \
+	"303.5,304.5|$rejected" \
+	"$(psql_q "SELECT string_agg(rating::text, ',' ORDER BY rating) FROM pgkafka_join.rated_movies WHERE rating IN (303.5, 304.5)")|$(count rejected_messages)"
 check_eq "the output topic holds every result once, no id twice" "$(db_ids)" "$(topic_ids)"
 check_eq "the worker kept its pid throughout" "$pid" "$(worker_pid)"
 no_worker_exit || fail "the worker exited"

@@ -12,7 +12,9 @@
 # without seeing the uncommitted rating.  The test checks that the movie's
 # transaction committed while the rating's was still open, then that the
 # rating's worker joined it after its commit: one result, on the output
-# topic once, made by a rejoin pass.
+# topic once, made by a rejoin pass.  Then the race the other way round,
+# with REPEATABLE READ as the database's default isolation level, which
+# the worker must not take for its own transactions.
 
 . "$(dirname "$0")/setup.sh"
 pkj_setup rejoin 3 "pgkafka_join.workers = 3"
@@ -57,3 +59,53 @@ check_eq "rejoined_total counts it, for worker 0 only" "0:1,1:0,2:0" \
 check_eq "the output topic holds it once" \
 	'42	{"id":42,"title":"The Answer","release_year":1979,"rating":4242}' "$(output_without_time)"
 check_eq "the queue is empty" "0" "$(psql_q "SELECT count(*) FROM pgkafka_join.rejoins")"
+
+# --- 2. The other way round, with REPEATABLE READ the database's default
+# isolation level: the movie's transaction has begun (and taken its
+# transaction id) when the rating's commits.  Each statement of the
+# movie's transaction must take its snapshot when it starts: its join then
+# sees the rating, committed meanwhile.  (Were the worker's transactions
+# REPEATABLE READ, the movie's join would use the snapshot taken before the
+# rating committed, and the rating's rejoin pass the one taken before it
+# waited for the movie's transaction: the rating would never be joined.)
+psql_q "ALTER DATABASE postgres SET default_transaction_isolation = 'repeatable read'" >/dev/null
+psql_q >/dev/null <<'SQL'
+CREATE FUNCTION public.slow_movie() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF NEW.id = 43 THEN
+        PERFORM pg_catalog.pg_sleep(5);
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER slow_movie BEFORE INSERT ON pgkafka_join.movies
+    FOR EACH ROW EXECUTE FUNCTION public.slow_movie();
+SQL
+pg_restart "$PG_DIR"
+check_eq "new sessions of the database are REPEATABLE READ" "repeatable read" \
+	"$(psql_q "SHOW transaction_isolation")"
+wait_for 60 '[ "$(psql_q "SELECT string_agg(state, '\'','\'' ORDER BY worker) FROM pgkafka_join.status")" = "consuming,consuming,consuming" ]' ||
+	fail "the three workers are not consuming after the restart: $(psql_q "SELECT worker, state FROM pgkafka_join.status")"
+
+# the movie, on partition 1 (worker 1): its transaction sleeps in the trigger
+printf '43\t{"id": 43, "title": "The Question", "release_year": 1980}\n' | kafka_produce movies -p 1
+wait_for 60 '[ "$(sleeping)" = 1 ]' || fail "the movie's transaction did not reach the trigger"
+pass "worker 1 is storing the movie"
+# its rating, on partition 0 (worker 0), stored and committed meanwhile
+printf '43\t{"id": 43, "rating": 4343}\n' | kafka_produce ratings -p 0
+wait_for 30 '[ "$(psql_q "SELECT count(*) FROM pgkafka_join.ratings WHERE movie_id = 43")" = 1 ]' ||
+	fail "worker 0 did not store the rating"
+check_eq "the rating's transaction committed while the movie's was still open" \
+	"1|0" "$(sleeping)|$(psql_q "SELECT count(*) FROM pgkafka_join.movies WHERE id = 43")"
+
+wait_for_output 2 30
+check_eq "the rating is joined once, when its movie's transaction went on" \
+	"43|The Question|1980|4343|t" \
+	"$(psql_q "SELECT r.movie_id, r.title, r.release_year, r.rating, x.joined
+	             FROM pgkafka_join.rated_movies r JOIN pgkafka_join.ratings x USING (kafka_partition, kafka_offset)
+	            WHERE r.movie_id = 43")"
+check_eq "the output topic holds both results once" \
+	'42	{"id":42,"title":"The Answer","release_year":1979,"rating":4242}
+43	{"id":43,"title":"The Question","release_year":1980,"rating":4343}' "$(output_without_time)"
