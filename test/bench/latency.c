@@ -280,8 +280,8 @@ double_qsort_cmp(const void *a, const void *b)
  * Parsing the records read
  *
  * The values are our own ratings ({"id": N, "rating": R}) or the worker's
- * results ({"id":N,"title":...,"rating":R,"rated_at":"...Z"}, see README
- * "Message formats"), whose titles ("Movie N") hold no quotes: finding
+ * results ({"id":N,"title":...,"rating":R,"rated_at":"...Z"}, see
+ * docs/formats.md), whose titles ("Movie N") hold no quotes: finding
  * "name" then the colon is enough.
  */
 

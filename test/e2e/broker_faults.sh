@@ -25,8 +25,9 @@
 # once (read_committed), the output topic holds exactly the result ids of
 # rated_movies, output_position matches the topic, the tables hold exactly
 # what was produced, and the worker never exited (an exit, or a process
-# terminated by a signal, fails the test: README says neither happens).  The
-# worker's log lines written during each fault are shown, prefixed "# |".
+# terminated by a signal, fails the test: docs/guarantees.md says neither
+# happens).  The worker's log lines written during each fault are shown,
+# prefixed "# |".
 #
 # Takes about 3 minutes (the outage alone is 60 s; OUTAGE=N to change it).
 

@@ -32,7 +32,7 @@
 #		"ok - ..." / "not ok - ..." lines; exits 1 if any check failed.
 #
 # Every message's outcome is computed by a reference classifier written from
-# the README (message formats and rejection reasons; the order in which the
+# docs/formats.md (message formats and rejection reasons; the order in which the
 # checks apply and the nesting pre-scan follow src/message.c), not by
 # calling the extension: a strict JSON parser with PostgreSQL's extra rules
 # (no \u0000, no unpaired surrogate escapes), the nesting pre-scan, the

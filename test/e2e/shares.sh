@@ -69,7 +69,7 @@
 #    output topic from, per partition, the lowest start_offset of the
 #    two servers (0 if one of them has none), skipping records whose
 #    pgkafka_join.id is at most the snapshot's last_id of their
-#    pgkafka_join.share, as README says.  At the end, snapshot plus tail
+#    pgkafka_join.share, as docs/backup.md says.  At the end, snapshot plus tail
 #    must hold every result exactly once.
 
 . "$(dirname "$0")/../lib.sh"

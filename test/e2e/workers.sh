@@ -42,7 +42,7 @@
 #	   (reload) to rated_movies_b, which does not exist; 150 more pairs are
 #	   joined, not published.  Restart with workers = 2 ('0,2,4', '1,3,5'),
 #	   create rated_movies_b.  Publish positions are kept per output topic
-#	   (README: a new output topic receives every result): rated_movies_b
+#	   (docs/scaling.md: a new output topic receives every result): rated_movies_b
 #	   gets every result, the 150 pending ones included, exactly once, and
 #	   rated_movies keeps the 450 it had.  publish_lag, read before
 #	   rated_movies_b exists, must count each worker's results not yet on
