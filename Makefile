@@ -14,7 +14,8 @@ OBJS = \
 	src/worker.o \
 	src/status.o \
 	src/shares.o \
-	src/sql_api.o
+	src/sql_api.o \
+	src/xact.o
 
 EXTENSION = pgkafka_join
 DATA = sql/pgkafka_join--1.0.sql sql/pgkafka_join--1.1.sql sql/pgkafka_join--1.2.sql \

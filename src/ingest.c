@@ -870,7 +870,7 @@ begin_batch(int64 offsets_generation)
 	if (SPI_execute_plan(begin_batch_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not call pgkafka_join.begin_batch()");
 	generation = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	return !isnull && generation == offsets_generation && pkj_lock_extension();
+	return !isnull && generation == offsets_generation && pkj_lock_extension(pkj_kafka.extension_oid);
 }
 
 static void
@@ -1069,7 +1069,7 @@ pkj_ingest_rejoin(List *owned, bool orphans)
 	pkj_begin_spi("joining ratings another worker's movies may have come for");
 	wait_for_other_workers();
 	prepare_plans();
-	if (!pkj_lock_extension())
+	if (!pkj_lock_extension(pkj_kafka.extension_oid))
 	{
 		pkj_abort_spi();
 		return 0;

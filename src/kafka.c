@@ -281,14 +281,17 @@ pkj_transactional_id_value(void)
 
 /*
  * pkj_kafka_connect
- *		Create the consumer and the producer.  Connections are made in the
- *		background by librdkafka; nothing here waits for the brokers.
+ *		Create the consumer and the producer, whose delivery reports go to
+ *		delivery_report (the publisher's: the loop wires it in, so that
+ *		this file calls nothing of the files that call it).  Connections
+ *		are made in the background by librdkafka; nothing here waits for
+ *		the brokers.
  *		Returns false, with *problem set and no handle made, if librdkafka
  *		refuses the properties: the worker waits for a reload instead of
  *		failing at every retry.
  */
 bool
-pkj_kafka_connect(Oid extension_oid, char **problem)
+pkj_kafka_connect(Oid extension_oid, PkjDeliveryReport delivery_report, char **problem)
 {
 	rd_kafka_conf_t *conf;
 	rd_kafka_conf_t *producer_conf;
@@ -378,7 +381,7 @@ pkj_kafka_connect(Oid extension_oid, char **problem)
 			return false;
 		}
 	}
-	rd_kafka_conf_set_dr_msg_cb(producer_conf, pkj_delivery_report);
+	rd_kafka_conf_set_dr_msg_cb(producer_conf, delivery_report);
 
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	pkj_kafka.producer = new_handle(RD_KAFKA_PRODUCER, producer_conf, problem);

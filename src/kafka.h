@@ -54,7 +54,11 @@ extern char pkj_kafka_last_error[512];
 
 extern void pkj_kafka_note_error(const char *error);
 extern char *pkj_transactional_id_value(void);
-extern bool pkj_kafka_connect(Oid extension_oid, char **problem);
+/* a delivery report callback, as rd_kafka_conf_set_dr_msg_cb() takes it */
+typedef void (*PkjDeliveryReport) (rd_kafka_t *rk, const rd_kafka_message_t *msg,
+								   void *opaque);
+extern bool pkj_kafka_connect(Oid extension_oid, PkjDeliveryReport delivery_report,
+							  char **problem);
 extern bool pkj_read_properties_file(List **props, char **content, char **errmsg);
 extern void pkj_kafka_disconnect(void);
 extern bool pkj_kafka_settings_changed(void);
@@ -67,7 +71,7 @@ extern rd_kafka_t *pkj_kafka_group_handle(const char *group, char **problem);
 struct PkjBatch;
 extern void pkj_batch_add(struct PkjBatch *batch, const rd_kafka_message_t *msg);
 
-/* publish.c */
+/* publish.c: the producer's delivery reports, handed to pkj_kafka_connect() */
 extern void pkj_delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg,
 								void *opaque);
 

@@ -13,6 +13,8 @@
  *	  publish.c   new rated movies -> one Kafka transaction
  *	  shares.c    which partitions a worker owns; claims against other servers
  *	  worker.c    launcher and join worker processes, their loop and signals
+ *	  xact.c      the worker's transactions and the lock on the extension,
+ *	              a floor below the files above
  *	  sql_api.c   SQL-callable C functions
  *
  *-------------------------------------------------------------------------
@@ -189,12 +191,17 @@ extern void pkj_status_set_unlisted(int partitions, int64 lag);
 extern int64 pkj_status_total_lag(void);
 extern int64 pkj_status_messages_total(void);
 
-/* ---- worker.c ---- */
+/* ---- xact.c ---- */
 extern MemoryContext pkj_spi_caller_cxt;
 extern void pkj_begin_spi(const char *activity);
 extern void pkj_end_spi(void);
 extern void pkj_abort_spi(void);
-extern bool pkj_lock_extension(void);
+extern void pkj_hold_transaction(void);
+extern void pkj_end_held_transaction(bool commit);
+extern void pkj_forget_transaction(void);
+extern bool pkj_lock_extension(Oid extension);
+
+/* ---- worker.c ---- */
 extern void pkj_register_launcher(void);
 extern PGDLLEXPORT void pkj_launcher_main(Datum arg);
 extern PGDLLEXPORT void pkj_worker_main(Datum arg);

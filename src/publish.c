@@ -673,7 +673,7 @@ fetch_results(MemoryContext cxt, PendingResult **results)
 	int			n;
 
 	pkj_begin_spi("reading results to publish");
-	if (!pkj_lock_extension())
+	if (!pkj_lock_extension(pkj_kafka.extension_oid))
 	{
 		/* replaced since the top of the loop: the loop starts over */
 		pkj_end_spi();
@@ -748,7 +748,7 @@ record_landed(void)
 	Datum		args[5];
 
 	pkj_begin_spi("recording the output position");
-	if (!pkj_lock_extension())
+	if (!pkj_lock_extension(pkj_kafka.extension_oid))
 	{
 		pkj_end_spi();
 		return;

@@ -104,17 +104,6 @@ typedef enum WaitReason
 /* The version of the SQL objects this library works with */
 #define PKJ_SQL_VERSION "1.2"
 
-/* The memory context current before pkj_begin_spi(), restored after */
-MemoryContext pkj_spi_caller_cxt = NULL;
-
-/*
- * While set, pkj_end_spi() leaves its transaction open (spi_held) and the
- * next pkj_begin_spi() goes on in it: the batches stored while new claims
- * are confirmed are one transaction (see store_while_confirming()).
- */
-static bool spi_hold = false;
-static bool spi_held = false;
-
 static WaitReason logged_wait = WAIT_NONE;
 
 /* control.offsets_generation when the partitions were last assigned */
@@ -350,106 +339,6 @@ extension_version(void)
 									  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 	pkj_end_spi();
 	return version;
-}
-
-/*
- * pkj_lock_extension
- *		In the caller's transaction, lock the extension the Kafka handles were
- *		made for against DROP EXTENSION, and say whether it is still the one
- *		installed.  A batch or a publish step that finds it gone (dropped, or
- *		dropped and created again, since the top of the loop) must store
- *		nothing: its offsets and positions belong to the old incarnation.
- */
-bool
-pkj_lock_extension(void)
-{
-	if (!OidIsValid(pkj_kafka.extension_oid))
-		return false;
-	LockDatabaseObject(ExtensionRelationId, pkj_kafka.extension_oid, 0, AccessShareLock);
-	return get_extension_oid("pgkafka_join", true) == pkj_kafka.extension_oid;
-}
-
-/*
- * The worker's commits must be durable: a result is published to Kafka once
- * its transaction committed, and an asynchronous commit lost in a crash
- * would leave the output topic ahead of PostgreSQL (see publish.c).  So a
- * server-wide synchronous_commit = off (or a per-database one) is raised to
- * on for the worker's transactions; local, remote_write and stronger are
- * kept.
- */
-static void
-force_durable_commit(void)
-{
-	if (synchronous_commit < SYNCHRONOUS_COMMIT_LOCAL_FLUSH)
-		(void) set_config_option("synchronous_commit", "on",
-								 PGC_SUSET, PGC_S_SESSION,
-								 GUC_ACTION_LOCAL, true, 0, false);
-}
-
-/*
- * pkj_begin_spi / pkj_end_spi
- *		A transaction of its own, with SPI and a snapshot, around one step of
- *		the worker; activity is what pg_stat_activity shows meanwhile.
- */
-void
-pkj_begin_spi(const char *activity)
-{
-	MemoryContext caller = CurrentMemoryContext;
-
-	SetCurrentStatementStartTimestamp();
-	if (spi_held)
-		spi_held = false;		/* go on in the transaction left open */
-	else
-	{
-		StartTransactionCommand();
-		force_durable_commit();
-	}
-	pkj_spi_caller_cxt = caller;
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	if (activity)
-		pgstat_report_activity(STATE_RUNNING, activity);
-}
-
-void
-pkj_end_spi(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	if (spi_hold)
-		spi_held = true;
-	else
-		CommitTransactionCommand();
-	/* back to the caller's memory, not TopMemoryContext */
-	MemoryContextSwitchTo(pkj_spi_caller_cxt);
-	pgstat_report_activity(STATE_IDLE, NULL);
-}
-
-/* End the transaction pkj_end_spi() left open, if any, and open no more */
-static void
-end_held_transaction(bool commit)
-{
-	spi_hold = false;
-	if (!spi_held)
-		return;
-	spi_held = false;
-	if (commit)
-		CommitTransactionCommand();
-	else
-		AbortCurrentTransaction();
-}
-
-/* Leave the transaction of pkj_begin_spi() without committing it */
-void
-pkj_abort_spi(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	AbortCurrentTransaction();
-	spi_held = false;
-	MemoryContextSwitchTo(pkj_spi_caller_cxt);
-	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
 /* Run one SQL statement without parameters in a transaction of its own */
@@ -1039,7 +928,7 @@ store_while_confirming(void)
 	}
 	pkj_status_set_state("consuming: claims being confirmed");
 
-	spi_hold = true;
+	pkj_hold_transaction();
 	for (;;)
 	{
 		long		wait_ms = pkj_claims_next_ms();
@@ -1064,14 +953,14 @@ store_while_confirming(void)
 		if (!pkj_ingest_batch(w.batch, offsets_generation, &batch_results))
 		{
 			/* the open transaction was aborted with the batch */
-			spi_hold = false;
+			pkj_end_held_transaction(false);
 			batch_dropped();
 			return true;
 		}
 		messages += pkj_batch_count(w.batch);
 		results += batch_results;
 	}
-	end_held_transaction(claim == PKJ_CLAIM_HELD);
+	pkj_end_held_transaction(claim == PKJ_CLAIM_HELD);
 
 	if (claim == PKJ_CLAIM_HELD)
 	{
@@ -1196,7 +1085,7 @@ worker_step(void)
 		}
 		if (logged_wait == WAIT_PROPERTIES_FILE)
 			logged_wait = WAIT_NONE;
-		if (!pkj_kafka_connect(extoid, &problem))
+		if (!pkj_kafka_connect(extoid, pkj_delivery_report, &problem))
 		{
 			pkj_status_set_error(problem);
 			wait_for(WAIT_PROPERTIES, "waiting for valid Kafka properties", problem,
@@ -1459,8 +1348,7 @@ recover_from_error(void)
 	FlushErrorState();
 	RESUME_INTERRUPTS();
 	pgstat_report_activity(STATE_IDLE, NULL);
-	spi_hold = false;
-	spi_held = false;
+	pkj_forget_transaction();
 
 	MemoryContextSwitchTo(w.loop_cxt);
 	pkj_status_set_error(edata->message);
