@@ -19,22 +19,28 @@
 . "$(dirname "$0")/setup.sh"
 pkj_setup rejoin 3 "pgkafka_join.workers = 3"
 
+# slow_row(COLUMN, VALUE): a trigger function that holds the transaction
+# storing a row whose COLUMN is VALUE for 5 s
 psql_q >/dev/null <<'SQL'
-CREATE FUNCTION public.slow_rating() RETURNS trigger
+CREATE FUNCTION public.slow_row() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    IF NEW.rating = 4242 THEN
+    IF pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.->>) TG_ARGV[0] = TG_ARGV[1] THEN
         PERFORM pg_catalog.pg_sleep(5);
     END IF;
     RETURN NEW;
 END
 $$;
 CREATE TRIGGER slow_rating BEFORE INSERT ON pgkafka_join.ratings
-    FOR EACH ROW EXECUTE FUNCTION public.slow_rating();
+    FOR EACH ROW EXECUTE FUNCTION public.slow_row('rating', '4242');
 SQL
-wait_for 60 '[ "$(psql_q "SELECT string_agg(state, '\'','\'' ORDER BY worker) FROM pgkafka_join.status")" = "consuming,consuming,consuming" ]' ||
-	fail "the three workers are not consuming: $(psql_q "SELECT worker, state FROM pgkafka_join.status")"
+all_consuming()
+{
+	wait_for 60 '[ "$(psql_q "SELECT string_agg(state, '\'','\'' ORDER BY worker) FROM pgkafka_join.status")" = "consuming,consuming,consuming" ]' ||
+		fail "the three workers are not consuming: $(psql_q "SELECT worker, state FROM pgkafka_join.status")"
+}
+all_consuming
 
 sleeping() { psql_q "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pgkafka_join worker' AND wait_event = 'PgSleep'"; }
 
@@ -69,25 +75,12 @@ check_eq "the queue is empty" "0" "$(psql_q "SELECT count(*) FROM pgkafka_join.r
 # rating committed, and the rating's rejoin pass the one taken before it
 # waited for the movie's transaction: the rating would never be joined.)
 psql_q "ALTER DATABASE postgres SET default_transaction_isolation = 'repeatable read'" >/dev/null
-psql_q >/dev/null <<'SQL'
-CREATE FUNCTION public.slow_movie() RETURNS trigger
-LANGUAGE plpgsql
-AS $$
-BEGIN
-    IF NEW.id = 43 THEN
-        PERFORM pg_catalog.pg_sleep(5);
-    END IF;
-    RETURN NEW;
-END
-$$;
-CREATE TRIGGER slow_movie BEFORE INSERT ON pgkafka_join.movies
-    FOR EACH ROW EXECUTE FUNCTION public.slow_movie();
-SQL
+psql_q "CREATE TRIGGER slow_movie BEFORE INSERT ON pgkafka_join.movies
+            FOR EACH ROW EXECUTE FUNCTION public.slow_row('id', '43')" >/dev/null
 pg_restart "$PG_DIR"
 check_eq "new sessions of the database are REPEATABLE READ" "repeatable read" \
 	"$(psql_q "SHOW transaction_isolation")"
-wait_for 60 '[ "$(psql_q "SELECT string_agg(state, '\'','\'' ORDER BY worker) FROM pgkafka_join.status")" = "consuming,consuming,consuming" ]' ||
-	fail "the three workers are not consuming after the restart: $(psql_q "SELECT worker, state FROM pgkafka_join.status")"
+all_consuming
 
 # the movie, on partition 1 (worker 1): its transaction sleeps in the trigger
 printf '43\t{"id": 43, "title": "The Question", "release_year": 1980}\n' | kafka_produce movies -p 1

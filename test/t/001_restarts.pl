@@ -32,19 +32,27 @@ sub produce
 	  or die "kcat could not produce to $topic: $stderr";
 }
 
-# The committed records of a topic, as "key<TAB>value" lines, sorted
-sub consume
+# The committed records of a topic, read_committed, as kcat prints them
+# with format $format
+sub read_committed
 {
-	my ($topic) = @_;
+	my ($topic, $format) = @_;
 	my ($stdout, $stderr);
 	IPC::Run::run(
 		[
 			'kcat', '-b', $bootstrap, '-C', '-t', $topic, '-e', '-q',
-			'-X', 'isolation.level=read_committed', '-f', "%k\t%s\n"
+			'-X', 'isolation.level=read_committed', '-f', $format
 		],
 		'>', \$stdout, '2>', \$stderr)
 	  or die "kcat could not consume $topic: $stderr";
-	return join("\n", sort split(/\n/, $stdout));
+	return $stdout;
+}
+
+# The committed records of a topic, as "key<TAB>value" lines, sorted
+sub consume
+{
+	my ($topic) = @_;
+	return join("\n", sort split(/\n/, read_committed($topic, "%k\t%s\n")));
 }
 
 # The records of an output topic, committed ones only, in partition and
@@ -53,14 +61,7 @@ sub consume
 sub records
 {
 	my ($topic) = @_;
-	my ($stdout, $stderr);
-	IPC::Run::run(
-		[
-			'kcat', '-b', $bootstrap, '-C', '-t', $topic, '-e', '-q',
-			'-X', 'isolation.level=read_committed', '-f', "%p\t%o\t%h\t%s\n"
-		],
-		'>', \$stdout, '2>', \$stderr)
-	  or die "kcat could not consume $topic: $stderr";
+	my $stdout = read_committed($topic, "%p\t%o\t%h\t%s\n");
 	my @records;
 	foreach my $line (split(/\n/, $stdout))
 	{
