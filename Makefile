@@ -11,6 +11,7 @@ OBJS = \
 	src/ingest.o \
 	src/join.o \
 	src/publish.o \
+	src/launcher.o \
 	src/worker.o \
 	src/status.o \
 	src/shares.o \

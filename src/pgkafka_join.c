@@ -4,9 +4,9 @@
  *	  Module entry point: settings and the launcher worker.
  *
  * pgkafka_join must be in shared_preload_libraries: it registers its
- * launcher at server start (see worker.c for the process model).  Loaded
- * any other way it only defines its settings, so that the SQL functions
- * still work, and says that the worker will not run.
+ * launcher at server start (see launcher.c and worker.c for the process
+ * model).  Loaded any other way it only defines its settings, so that the
+ * SQL functions still work, and says that the worker will not run.
  *
  *-------------------------------------------------------------------------
  */

@@ -12,7 +12,8 @@
  *	  join.c      a batch of ratings joined with the catalog and stored
  *	  publish.c   new rated movies -> one Kafka transaction
  *	  shares.c    which partitions a worker owns; claims against other servers
- *	  worker.c    launcher and join worker processes, their loop and signals
+ *	  launcher.c  the launcher, which keeps the join workers running
+ *	  worker.c    the join worker's process, its loop and signals
  *	  xact.c      the worker's transactions and the lock on the extension,
  *	              a floor below the files above
  *	  sql_api.c   SQL-callable C functions
@@ -201,9 +202,11 @@ extern void pkj_end_held_transaction(bool commit);
 extern void pkj_forget_transaction(void);
 extern bool pkj_lock_extension(Oid extension);
 
-/* ---- worker.c ---- */
+/* ---- launcher.c ---- */
 extern void pkj_register_launcher(void);
 extern PGDLLEXPORT void pkj_launcher_main(Datum arg);
+
+/* ---- worker.c ---- */
 extern PGDLLEXPORT void pkj_worker_main(Datum arg);
 
 #endif							/* PGKAFKA_JOIN_H */
