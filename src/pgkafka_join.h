@@ -192,6 +192,26 @@ extern void pkj_status_set_unlisted(int partitions, int64 lag);
 extern int64 pkj_status_total_lag(void);
 extern int64 pkj_status_messages_total(void);
 
+/* What the worker waits for, so that each wait is logged once */
+typedef enum PkjWait
+{
+	PKJ_WAIT_NONE,
+	PKJ_WAIT_BROKERS,
+	PKJ_WAIT_EXTENSION,
+	PKJ_WAIT_PROPERTIES_FILE,
+	PKJ_WAIT_PROPERTIES,
+	PKJ_WAIT_TOPIC_NAMES,
+	PKJ_WAIT_UPDATE,
+	PKJ_WAIT_UNREACHABLE,
+	PKJ_WAIT_TOPICS,
+	PKJ_WAIT_PARTITIONING,
+	PKJ_WAIT_NO_PARTITIONS
+} PkjWait;
+
+extern bool pkj_wait_begins(PkjWait reason);
+extern void pkj_log_wait(PkjWait reason, const char *msg, const char *hint);
+extern bool pkj_wait_ended(PkjWait reason);
+
 /* ---- xact.c ---- */
 extern MemoryContext pkj_spi_caller_cxt;
 extern void pkj_begin_spi(const char *activity);

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * status.c
- *	  What the join worker is doing, in shared memory, for the status views.
+ *	  What the join worker is doing, in shared memory, for the status views,
+ *	  and what it waits for, in the log, once a wait.
  *
  * One slot per join worker, which is its only writer; any backend may
  * read.  A spinlock guards each slot: writers hold it for a few stores,
@@ -608,4 +609,38 @@ pgkafka_join_partition_status(PG_FUNCTION_ARGS)
 		}
 	}
 	return (Datum) 0;
+}
+
+/*
+ * What this worker last said in the log it waits for: each wait is logged
+ * once, when it begins, and again only after it ended.
+ */
+static PkjWait logged_wait = PKJ_WAIT_NONE;
+
+/* Whether a wait begins, as opposed to goes on: the caller logs it if so */
+bool
+pkj_wait_begins(PkjWait reason)
+{
+	if (logged_wait == reason)
+		return false;
+	logged_wait = reason;
+	return true;
+}
+
+/* Log, once until it ends or another begins, what the worker waits for */
+void
+pkj_log_wait(PkjWait reason, const char *msg, const char *hint)
+{
+	if (pkj_wait_begins(reason))
+		ereport(LOG, (errmsg("%s", msg), hint ? errhint("%s", hint) : 0));
+}
+
+/* The wait is over, if it was the one logged: returns whether it was */
+bool
+pkj_wait_ended(PkjWait reason)
+{
+	if (logged_wait != reason)
+		return false;
+	logged_wait = PKJ_WAIT_NONE;
+	return true;
 }

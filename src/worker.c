@@ -70,26 +70,8 @@
 /* How often it logs progress while catching up a backlog */
 #define PROGRESS_LOG_MS 10000
 
-/* What the worker waits for, so that each wait is logged once */
-typedef enum WaitReason
-{
-	WAIT_NONE,
-	WAIT_BROKERS,
-	WAIT_EXTENSION,
-	WAIT_PROPERTIES_FILE,
-	WAIT_PROPERTIES,
-	WAIT_TOPIC_NAMES,
-	WAIT_UPDATE,
-	WAIT_UNREACHABLE,
-	WAIT_TOPICS,
-	WAIT_PARTITIONING,
-	WAIT_NO_PARTITIONS
-} WaitReason;
-
 /* The version of the SQL objects this library works with */
 #define PKJ_SQL_VERSION "1.2"
-
-static WaitReason logged_wait = WAIT_NONE;
 
 /* control.offsets_generation when the partitions were last assigned */
 static int64 offsets_generation = -1;
@@ -105,16 +87,6 @@ wait_latch(long timeout_ms)
 					 timeout_ms, PG_WAIT_EXTENSION);
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
-}
-
-/* Log, once until it changes, what the worker is waiting for */
-static void
-log_wait(WaitReason reason, const char *msg, const char *hint)
-{
-	if (logged_wait == reason)
-		return;
-	logged_wait = reason;
-	ereport(LOG, (errmsg("%s", msg), hint ? errhint("%s", hint) : 0));
 }
 
 /* The worker's loop state, below; what concerns the partitions it owns */
@@ -190,17 +162,15 @@ refresh_ownership(void)
 	if (nmovies < 0 || nratings < 0)
 	{
 		pkj_status_set_state("waiting for the brokers");
-		log_wait(WAIT_UNREACHABLE, psprintf("pgkafka_join cannot reach the Kafka brokers: %s",
-											pkj_kafka_last_error),
-				 "Check pgkafka_join.brokers and pgkafka_join.kafka_properties.");
+		pkj_log_wait(PKJ_WAIT_UNREACHABLE,
+					 psprintf("pgkafka_join cannot reach the Kafka brokers: %s",
+							  pkj_kafka_last_error),
+					 "Check pgkafka_join.brokers and pgkafka_join.kafka_properties.");
 		return false;
 	}
-	if (logged_wait == WAIT_UNREACHABLE)
-	{
-		/* say so, and log the next outage again */
+	/* say so, and log the next outage again */
+	if (pkj_wait_ended(PKJ_WAIT_UNREACHABLE))
 		ereport(LOG, (errmsg("pgkafka_join reaches the Kafka brokers again")));
-		logged_wait = WAIT_NONE;
-	}
 	if (nmovies == pkj_kafka.assigned_movies && nratings == pkj_kafka.assigned_ratings &&
 		owned != NIL)
 		return true;
@@ -209,10 +179,10 @@ refresh_ownership(void)
 	if (nmovies == 0 || nratings == 0)
 	{
 		pkj_status_set_state("waiting for topics");
-		log_wait(WAIT_TOPICS,
-				 psprintf("pgkafka_join is waiting for topic \"%s\" to exist",
-						  nmovies == 0 ? pkj_kafka.movies_topic : pkj_kafka.ratings_topic),
-				 "Create the topic, or set pgkafka_join.movies_topic and pgkafka_join.ratings_topic.");
+		pkj_log_wait(PKJ_WAIT_TOPICS,
+					 psprintf("pgkafka_join is waiting for topic \"%s\" to exist",
+							  nmovies == 0 ? pkj_kafka.movies_topic : pkj_kafka.ratings_topic),
+					 "Create the topic, or set pgkafka_join.movies_topic and pgkafka_join.ratings_topic.");
 		if (nmovies == 0 && nratings == 0)
 			return false;
 	}
@@ -223,18 +193,18 @@ refresh_ownership(void)
 		assigned = false;
 		pkj_status_reset_partitions();
 		pkj_status_set_state("waiting: topics not co-partitioned");
-		if (logged_wait != WAIT_PARTITIONING)
+		if (pkj_wait_begins(PKJ_WAIT_PARTITIONING))
 			ereport(WARNING,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("pgkafka_join cannot join topics \"%s\" (%d partitions) and \"%s\" (%d partitions): they are not co-partitioned",
 							pkj_kafka.movies_topic, nmovies, pkj_kafka.ratings_topic, nratings),
 					 errdetail("Nothing is consumed until both input topics have the same number of partitions."),
 					 errhint("As for a Kafka Streams join, both topics need the same number of partitions, both keyed by the movie id with the same partitioner.")));
-		logged_wait = WAIT_PARTITIONING;
 		return false;
 	}
-	if (logged_wait == WAIT_PARTITIONING || (logged_wait == WAIT_TOPICS && nmovies > 0 && nratings > 0))
-		logged_wait = WAIT_NONE;
+	pkj_wait_ended(PKJ_WAIT_PARTITIONING);
+	if (nmovies > 0 && nratings > 0)
+		pkj_wait_ended(PKJ_WAIT_TOPICS);
 
 	mine = pkj_owned_partitions(Max(nmovies, nratings), &beyond);
 	if (beyond != NIL && !logged_beyond)
@@ -265,9 +235,9 @@ refresh_ownership(void)
 	if (owned == NIL)
 	{
 		pkj_status_set_state("idle: no partition to own");
-		log_wait(WAIT_NO_PARTITIONS,
-				 psprintf("pgkafka_join worker %d has no partition to own", pkj_worker_index),
-				 "The server owns fewer partitions than pgkafka_join.workers.");
+		pkj_log_wait(PKJ_WAIT_NO_PARTITIONS,
+					 psprintf("pgkafka_join worker %d has no partition to own", pkj_worker_index),
+					 "The server owns fewer partitions than pgkafka_join.workers.");
 		return false;
 	}
 	ereport(LOG,
@@ -684,10 +654,10 @@ static struct
  * Returns after retry_interval, or earlier when the latch is set.
  */
 static void
-wait_for(WaitReason reason, const char *state, const char *msg, const char *hint)
+wait_for(PkjWait reason, const char *state, const char *msg, const char *hint)
 {
 	pkj_status_set_state(state);
-	log_wait(reason, msg, hint);
+	pkj_log_wait(reason, msg, hint);
 	wait_latch(pkj_retry_interval);
 }
 
@@ -839,7 +809,7 @@ worker_step(void)
 	if (pkj_brokers[0] == '\0')
 	{
 		disconnect();
-		wait_for(WAIT_BROKERS, "idle: no brokers set",
+		wait_for(PKJ_WAIT_BROKERS, "idle: no brokers set",
 				 "pgkafka_join is idle: pgkafka_join.brokers is empty",
 				 "Set pgkafka_join.brokers in postgresql.conf and reload.");
 		return;
@@ -849,7 +819,7 @@ worker_step(void)
 		strcmp(pkj_movies_topic, pkj_ratings_topic) == 0)
 	{
 		disconnect();
-		wait_for(WAIT_TOPIC_NAMES, "waiting for distinct topics",
+		wait_for(PKJ_WAIT_TOPIC_NAMES, "waiting for distinct topics",
 				 psprintf("pgkafka_join is waiting: the movies, ratings and output topics must be three different topics (\"%s\", \"%s\", \"%s\")",
 						  pkj_movies_topic, pkj_ratings_topic, pkj_output_topic),
 				 "Publishing to an input topic would feed results back as input; set pgkafka_join.output_topic to a topic of its own and reload.");
@@ -859,15 +829,15 @@ worker_step(void)
 	if (!OidIsValid(extoid))
 	{
 		disconnect();
-		wait_for(WAIT_EXTENSION, "waiting for the extension",
+		wait_for(PKJ_WAIT_EXTENSION, "waiting for the extension",
 				 psprintf("pgkafka_join is waiting for the extension in database \"%s\"",
 						  pkj_database),
 				 "Run CREATE EXTENSION pgkafka_join in that database.");
 		return;
 	}
-	if (logged_wait == WAIT_BROKERS || logged_wait == WAIT_EXTENSION ||
-		logged_wait == WAIT_TOPIC_NAMES)
-		logged_wait = WAIT_NONE;
+	pkj_wait_ended(PKJ_WAIT_BROKERS);
+	pkj_wait_ended(PKJ_WAIT_EXTENSION);
+	pkj_wait_ended(PKJ_WAIT_TOPIC_NAMES);
 
 	if (pkj_kafka.consumer != NULL && pkj_kafka.extension_oid != extoid)
 	{
@@ -883,34 +853,31 @@ worker_step(void)
 		version = extension_version();
 		if (version == NULL || strcmp(version, PKJ_SQL_VERSION) != 0)
 		{
-			wait_for(WAIT_UPDATE, "waiting for ALTER EXTENSION UPDATE",
+			wait_for(PKJ_WAIT_UPDATE, "waiting for ALTER EXTENSION UPDATE",
 					 psprintf("pgkafka_join is waiting: the extension's objects are version %s, this library needs version %s",
 							  version ? version : "(none)", PKJ_SQL_VERSION),
 					 psprintf("Run ALTER EXTENSION pgkafka_join UPDATE TO '%s' in database \"%s\".",
 							  PKJ_SQL_VERSION, pkj_database));
 			return;
 		}
-		if (logged_wait == WAIT_UPDATE)
-			logged_wait = WAIT_NONE;
+		pkj_wait_ended(PKJ_WAIT_UPDATE);
 
 		if (!pkj_read_properties_file(&file_props, &file_content, &problem))
 		{
 			pkj_status_set_error(problem);
-			wait_for(WAIT_PROPERTIES_FILE, "waiting for the properties file", problem,
+			wait_for(PKJ_WAIT_PROPERTIES_FILE, "waiting for the properties file", problem,
 					 "Fix the file or pgkafka_join.kafka_properties_file and reload.");
 			return;
 		}
-		if (logged_wait == WAIT_PROPERTIES_FILE)
-			logged_wait = WAIT_NONE;
+		pkj_wait_ended(PKJ_WAIT_PROPERTIES_FILE);
 		if (!pkj_kafka_connect(extoid, pkj_delivery_report, &problem))
 		{
 			pkj_status_set_error(problem);
-			wait_for(WAIT_PROPERTIES, "waiting for valid Kafka properties", problem,
+			wait_for(PKJ_WAIT_PROPERTIES, "waiting for valid Kafka properties", problem,
 					 "Fix pgkafka_join.kafka_properties or pgkafka_join.kafka_properties_file and reload.");
 			return;
 		}
-		if (logged_wait == WAIT_PROPERTIES)
-			logged_wait = WAIT_NONE;
+		pkj_wait_ended(PKJ_WAIT_PROPERTIES);
 		w.next_metadata = 0;
 		w.next_publish = 0;
 		w.more_to_publish = true;
