@@ -594,7 +594,7 @@ ratings_in_window(Rows *ratings, TimestampTz cutoff)
  * window as this batch did.
  */
 static void
-queue_rejoin(Rows *ratings, TimestampTz cutoff)
+queue_rejoin(int worker, Rows *ratings, TimestampTz cutoff)
 {
 	Rows		queued;
 	static const Oid types[] = {INT8OID, INT4OID};
@@ -611,7 +611,7 @@ queue_rejoin(Rows *ratings, TimestampTz cutoff)
 		rows_set(&queued, row, 0, ratings->columns[0].values[i]);
 		rows_set(&queued, row, 1, ratings->columns[3].values[i]);
 	}
-	args[0] = Int32GetDatum(pkj_worker_index);
+	args[0] = Int32GetDatum(worker);
 	args[1] = column_array(&queued, 0);
 	args[2] = column_array(&queued, 1);
 	args[3] = TimestampTzGetDatum(cutoff);
@@ -891,12 +891,12 @@ ingest_error_callback(void *arg)
  *		once it is.  An error aborts the transaction whole and the batch is
  *		consumed again from the stored offsets.  Returns false, storing
  *		nothing (and aborting a transaction held open), if ingest is paused
- *		or the offsets were reset since the partitions were assigned with
- *		offsets_generation (see pause() and reset_offsets() in SQL); the
+ *		or the offsets were reset since the worker's partitions were
+ *		assigned (see pause() and reset_offsets() in SQL); the
  *		caller then looks at control again.
  */
 bool
-pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
+pkj_ingest_batch(PkjWorker *worker, PkjBatch *batch, int64 *results)
 {
 	ErrorContextCallback errcallback;
 	Rows		offsets;
@@ -923,7 +923,7 @@ pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 	pkj_begin_spi("storing a batch");
 
 	old = MemoryContextSwitchTo(batch->cxt);
-	if (!begin_batch(offsets_generation))
+	if (!begin_batch(worker->offsets_generation))
 	{
 		MemoryContextSwitchTo(old);
 		pkj_abort_spi();
@@ -957,7 +957,7 @@ pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
 		/* some wait inside the window: another worker may store their movie now */
 		if (pkj_workers > 1 && joined < in_window)
 		{
-			queue_rejoin(&batch->ratings, cutoff);
+			queue_rejoin(worker->index, &batch->ratings, cutoff);
 			batch->rejoin = true;
 		}
 	}
@@ -984,7 +984,7 @@ pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation, int64 *results)
  *		nothing, under the same conditions as pkj_ingest_batch().
  */
 bool
-pkj_ingest_reject_single(PkjBatch *batch, int64 offsets_generation, const char *reason)
+pkj_ingest_reject_single(PkjWorker *worker, PkjBatch *batch, const char *reason)
 {
 	MemoryContext caller = MemoryContextSwitchTo(batch->cxt);
 	Rows		offsets;
@@ -996,7 +996,7 @@ pkj_ingest_reject_single(PkjBatch *batch, int64 offsets_generation, const char *
 
 	pkj_begin_spi("rejecting a message that could not be stored");
 	MemoryContextSwitchTo(batch->cxt);
-	if (!begin_batch(offsets_generation))
+	if (!begin_batch(worker->offsets_generation))
 	{
 		pkj_abort_spi();
 		MemoryContextSwitchTo(caller);
@@ -1047,21 +1047,21 @@ wait_for_other_workers(void)
  *		worker (re)connects.  Returns the number of results produced.
  */
 int64
-pkj_ingest_rejoin(List *owned, bool orphans)
+pkj_ingest_rejoin(PkjWorker *worker, bool orphans)
 {
 	Datum		args[3];
 	Datum	   *elems;
-	int			n = list_length(owned);
+	int			n = list_length(worker->owned);
 	int			lbs[1] = {1};
 	int64		produced;
 	bool		isnull;
 
-	if (owned == NIL)
+	if (worker->owned == NIL)
 		return 0;
 	elems = palloc(n * sizeof(Datum));
 	for (int i = 0; i < n; i++)
-		elems[i] = Int32GetDatum(list_nth_int(owned, i));
-	args[0] = Int32GetDatum(pkj_worker_index);
+		elems[i] = Int32GetDatum(list_nth_int(worker->owned, i));
+	args[0] = Int32GetDatum(worker->index);
 	args[1] = PointerGetDatum(construct_md_array(elems, NULL, 1, &n, lbs, INT4OID,
 												 sizeof(int32), true, TYPALIGN_INT));
 	args[2] = BoolGetDatum(orphans);

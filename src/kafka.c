@@ -281,7 +281,8 @@ pkj_transactional_id_value(void)
 
 /*
  * pkj_kafka_connect
- *		Create the consumer and the producer, whose delivery reports go to
+ *		Create the consumer and the producer of worker number "worker",
+ *		whose delivery reports go to
  *		delivery_report (the publisher's: the loop wires it in, so that
  *		this file calls nothing of the files that call it).  Connections
  *		are made in the background by librdkafka; nothing here waits for
@@ -291,13 +292,14 @@ pkj_transactional_id_value(void)
  *		failing at every retry.
  */
 bool
-pkj_kafka_connect(Oid extension_oid, PkjDeliveryReport delivery_report, char **problem)
+pkj_kafka_connect(Oid extension_oid, int worker, PkjDeliveryReport delivery_report,
+				  char **problem)
 {
 	rd_kafka_conf_t *conf;
 	rd_kafka_conf_t *producer_conf;
 	/* worker 0 keeps the id of a single worker; the others add their number */
-	char	   *txn_id = pkj_worker_index == 0 ? pkj_transactional_id_value() :
-		psprintf("%s-%d", pkj_transactional_id_value(), pkj_worker_index);
+	char	   *txn_id = worker == 0 ? pkj_transactional_id_value() :
+		psprintf("%s-%d", pkj_transactional_id_value(), worker);
 	char	   *group_id = read_kafka_group();
 	List	   *file_props;
 	char	   *file_content;

@@ -57,8 +57,8 @@ extern char *pkj_transactional_id_value(void);
 /* a delivery report callback, as rd_kafka_conf_set_dr_msg_cb() takes it */
 typedef void (*PkjDeliveryReport) (rd_kafka_t *rk, const rd_kafka_message_t *msg,
 								   void *opaque);
-extern bool pkj_kafka_connect(Oid extension_oid, PkjDeliveryReport delivery_report,
-							  char **problem);
+extern bool pkj_kafka_connect(Oid extension_oid, int worker,
+							  PkjDeliveryReport delivery_report, char **problem);
 extern bool pkj_read_properties_file(List **props, char **content, char **errmsg);
 extern void pkj_kafka_disconnect(void);
 extern bool pkj_kafka_settings_changed(void);

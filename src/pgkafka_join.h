@@ -106,6 +106,22 @@ extern void pkj_format_result(StringInfo buf, int64 movie_id, const char *title,
 							  bool has_release_year, int32 release_year,
 							  float8 rating, TimestampTz rated_at);
 
+/* ---- the join worker, as its roles see it ---- */
+
+/*
+ * What the roles need to know of the worker they run in.  The loop
+ * (worker.c) keeps the one instance and passes it down; no file reaches
+ * back for it.
+ */
+typedef struct PkjWorker
+{
+	int			index;			/* 0 .. pgkafka_join.workers - 1 */
+	List	   *owned;			/* partitions owned, in TopMemoryContext */
+	bool		assigned;		/* the consumer has them, at the stored offsets */
+	bool		rejoined;		/* rejoins left over were run since connecting */
+	int64		offsets_generation; /* control's, when they were assigned */
+} PkjWorker;
+
 /* ---- ingest.c ---- */
 typedef struct PkjBatch PkjBatch;
 
@@ -116,11 +132,10 @@ extern bool pkj_batch_full(PkjBatch *batch);
 
 /* The most bytes of keys and values one batch holds */
 #define PKJ_BATCH_MAX_BYTES ((Size) 256 * 1024 * 1024)
-extern bool pkj_ingest_batch(PkjBatch *batch, int64 offsets_generation,
-							 int64 *results);
-extern bool pkj_ingest_reject_single(PkjBatch *batch, int64 offsets_generation,
+extern bool pkj_ingest_batch(PkjWorker *worker, PkjBatch *batch, int64 *results);
+extern bool pkj_ingest_reject_single(PkjWorker *worker, PkjBatch *batch,
 									 const char *reason);
-extern int64 pkj_ingest_rejoin(List *owned, bool orphans);
+extern int64 pkj_ingest_rejoin(PkjWorker *worker, bool orphans);
 extern bool pkj_batch_queued_rejoin(PkjBatch *batch);
 extern bool pkj_batch_storing_contents(PkjBatch *batch);
 
@@ -143,8 +158,7 @@ typedef enum PkjClaim
 	PKJ_CLAIM_REFUSED			/* another server owns some of them */
 } PkjClaim;
 
-extern int	pkj_worker_index;
-extern List *pkj_owned_partitions(int npartitions, List **beyond);
+extern List *pkj_owned_partitions(int worker, int npartitions, List **beyond);
 extern bool pkj_partitions_split(void);
 extern char *pkj_partitions_text(List *partitions);
 extern PkjClaim pkj_claims_hold(List *owned);

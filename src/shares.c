@@ -54,9 +54,6 @@
 /* Kafka calls of the claims give up after this long */
 #define CLAIM_TIMEOUT_MS 5000
 
-/* This worker's number, 0 .. pgkafka_join.workers - 1 */
-int			pkj_worker_index = 0;
-
 /* The topic whose partitions the claims are written on (the ratings topic) */
 static char claim_topic[256];
 
@@ -73,12 +70,12 @@ static struct
 
 /*
  * pkj_owned_partitions
- *		The partitions this worker owns, given the partition count of the
- *		input topics; those pgkafka_join.partitions lists beyond the count go
- *		to *beyond.
+ *		The partitions worker number "worker" owns, given the partition
+ *		count of the input topics; those pgkafka_join.partitions lists beyond
+ *		the count go to *beyond.
  */
 List *
-pkj_owned_partitions(int npartitions, List **beyond)
+pkj_owned_partitions(int worker, int npartitions, List **beyond)
 {
 	List	   *server = NIL;
 	List	   *owned = NIL;
@@ -98,7 +95,7 @@ pkj_owned_partitions(int npartitions, List **beyond)
 	{
 		int			p = lfirst_int(lc);
 
-		if (position++ % pkj_workers != pkj_worker_index)
+		if (position++ % pkj_workers != worker)
 			continue;
 		if (p < npartitions)
 			owned = lappend_int(owned, p);

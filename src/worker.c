@@ -73,9 +73,6 @@
 /* The version of the SQL objects this library works with */
 #define PKJ_SQL_VERSION "1.2"
 
-/* control.offsets_generation when the partitions were last assigned */
-static int64 offsets_generation = -1;
-
 /*
  * Sleep on the latch.  A reload (SIGHUP) sets it too; the caller's loop
  * processes it, the worker's comparing the Kafka settings before and after.
@@ -89,10 +86,8 @@ wait_latch(long timeout_ms)
 	CHECK_FOR_INTERRUPTS();
 }
 
-/* The worker's loop state, below; what concerns the partitions it owns */
-static List *owned = NIL;		/* partitions owned, in TopMemoryContext */
-static bool assigned = false;	/* the consumer has them, at the stored offsets */
-static bool rejoined = false;	/* rejoins left over were run since connecting */
+/* What the roles need to know of this worker (the loop's state is below) */
+static PkjWorker worker = {.offsets_generation = -1};
 
 /* The oid of the extension in this database, InvalidOid if not installed */
 static Oid
@@ -172,7 +167,7 @@ refresh_ownership(void)
 	if (pkj_wait_ended(PKJ_WAIT_UNREACHABLE))
 		ereport(LOG, (errmsg("pgkafka_join reaches the Kafka brokers again")));
 	if (nmovies == pkj_kafka.assigned_movies && nratings == pkj_kafka.assigned_ratings &&
-		owned != NIL)
+		worker.owned != NIL)
 		return true;
 
 	/* one topic may come later: the other is consumed meanwhile */
@@ -190,7 +185,7 @@ refresh_ownership(void)
 	{
 		/* consume nothing: a rating and its movie could be anywhere */
 		rd_kafka_assign(pkj_kafka.consumer, NULL);
-		assigned = false;
+		worker.assigned = false;
 		pkj_status_reset_partitions();
 		pkj_status_set_state("waiting: topics not co-partitioned");
 		if (pkj_wait_begins(PKJ_WAIT_PARTITIONING))
@@ -206,7 +201,7 @@ refresh_ownership(void)
 	if (nmovies > 0 && nratings > 0)
 		pkj_wait_ended(PKJ_WAIT_TOPICS);
 
-	mine = pkj_owned_partitions(Max(nmovies, nratings), &beyond);
+	mine = pkj_owned_partitions(worker.index, Max(nmovies, nratings), &beyond);
 	if (beyond != NIL && !logged_beyond)
 		ereport(WARNING,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -218,31 +213,31 @@ refresh_ownership(void)
 
 	/* what changes with the partitions owned */
 	old = MemoryContextSwitchTo(TopMemoryContext);
-	list_free(owned);
-	owned = list_copy(mine);
-	shares = list_copy(owned);
-	if (pkj_worker_index == 0)
+	list_free(worker.owned);
+	worker.owned = list_copy(mine);
+	shares = list_copy(worker.owned);
+	if (worker.index == 0)
 		shares = lcons_int(-1, shares); /* results made before 1.1 */
 	MemoryContextSwitchTo(old);
 	pkj_publisher_set_shares(shares);
-	pkj_status_set_owned(pkj_partitions_text(owned), shares);
+	pkj_status_set_owned(pkj_partitions_text(worker.owned), shares);
 	pkj_claims_reset();
 	pkj_claims_set_topic(nratings > 0 ? pkj_kafka.ratings_topic : pkj_kafka.movies_topic);
-	assigned = false;
+	worker.assigned = false;
 	pkj_kafka.assigned_movies = nmovies;
 	pkj_kafka.assigned_ratings = nratings;
 
-	if (owned == NIL)
+	if (worker.owned == NIL)
 	{
 		pkj_status_set_state("idle: no partition to own");
 		pkj_log_wait(PKJ_WAIT_NO_PARTITIONS,
-					 psprintf("pgkafka_join worker %d has no partition to own", pkj_worker_index),
+					 psprintf("pgkafka_join worker %d has no partition to own", worker.index),
 					 "The server owns fewer partitions than pgkafka_join.workers.");
 		return false;
 	}
 	ereport(LOG,
 			(errmsg("pgkafka_join worker %d owns partitions %s of \"%s\" and \"%s\"",
-					pkj_worker_index, pkj_partitions_text(owned),
+					worker.index, pkj_partitions_text(worker.owned),
 					pkj_kafka.movies_topic, pkj_kafka.ratings_topic),
 			 errdetail("The topics have %d partitions; this server owns %s, shared among %d workers.",
 					   Max(nmovies, nratings), pkj_partitions_split() ? pkj_partitions : "all",
@@ -264,8 +259,8 @@ assign_partitions(void)
 	bool		isnull0;
 	ListCell   *lc;
 
-	parts = rd_kafka_topic_partition_list_new(2 * list_length(owned));
-	foreach(lc, owned)
+	parts = rd_kafka_topic_partition_list_new(2 * list_length(worker.owned));
+	foreach(lc, worker.owned)
 	{
 		/* a topic that does not exist yet is assigned when it does */
 		if (pkj_kafka.assigned_movies > 0)
@@ -281,8 +276,9 @@ assign_partitions(void)
 	if (SPI_execute("SELECT offsets_generation FROM pgkafka_join.control", true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not read pgkafka_join.control");
-	offsets_generation = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-													 SPI_tuptable->tupdesc, 1, &isnull0));
+	worker.offsets_generation = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+															SPI_tuptable->tupdesc, 1,
+															&isnull0));
 	if (SPI_execute("SELECT topic, kafka_partition, next_offset FROM pgkafka_join.input_offsets",
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pgkafka_join.input_offsets");
@@ -310,7 +306,7 @@ assign_partitions(void)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
 				 errmsg("could not assign the input partitions: %s", rd_kafka_err2str(err))));
-	assigned = true;
+	worker.assigned = true;
 }
 
 /*
@@ -469,17 +465,17 @@ forget_handles(void)
 	pkj_kafka_disconnect();
 	pkj_publisher_reset();
 	pkj_claims_reset();
-	list_free(owned);
-	owned = NIL;
-	assigned = false;
-	rejoined = false;
+	list_free(worker.owned);
+	worker.owned = NIL;
+	worker.assigned = false;
+	worker.rejoined = false;
 }
 
 /* Assign the partitions again, from the stored offsets, before the next batch */
 static void
 force_reassign(void)
 {
-	assigned = false;
+	worker.assigned = false;
 	if (pkj_kafka.assignment)
 		rd_kafka_topic_partition_list_destroy(pkj_kafka.assignment);
 	pkj_kafka.assignment = NULL;
@@ -584,7 +580,7 @@ update_paused_partition_status(void)
 	{
 		ListCell   *lc;
 
-		foreach(lc, owned)
+		foreach(lc, worker.owned)
 		{
 			int			p = lfirst_int(lc);
 			int64_t		low,
@@ -723,7 +719,7 @@ store_while_confirming(void)
 
 		if (wait_ms == 0)
 		{
-			claim = pkj_claims_hold(owned);
+			claim = pkj_claims_hold(worker.owned);
 			break;
 		}
 		if (ConfigReloadPending)
@@ -737,7 +733,7 @@ store_while_confirming(void)
 		consume_batch(w.batch, wait_ms, pkj_batch_size);
 		if (pkj_batch_count(w.batch) == 0)
 			continue;
-		if (!pkj_ingest_batch(w.batch, offsets_generation, &batch_results))
+		if (!pkj_ingest_batch(&worker, w.batch, &batch_results))
 		{
 			/* the open transaction was aborted with the batch */
 			pkj_end_held_transaction(false);
@@ -870,7 +866,7 @@ worker_step(void)
 			return;
 		}
 		pkj_wait_ended(PKJ_WAIT_PROPERTIES_FILE);
-		if (!pkj_kafka_connect(extoid, pkj_delivery_report, &problem))
+		if (!pkj_kafka_connect(extoid, worker.index, pkj_delivery_report, &problem))
 		{
 			pkj_status_set_error(problem);
 			wait_for(PKJ_WAIT_PROPERTIES, "waiting for valid Kafka properties", problem,
@@ -896,7 +892,7 @@ worker_step(void)
 	}
 
 	/* which partitions this worker owns, and whether it may consume them */
-	if (now >= w.next_metadata || owned == NIL)
+	if (now >= w.next_metadata || worker.owned == NIL)
 	{
 		if (!refresh_ownership())
 		{
@@ -906,7 +902,7 @@ worker_step(void)
 		}
 		w.next_metadata = TimestampTzPlusMilliseconds(now, METADATA_REFRESH_MS);
 	}
-	switch (pkj_claims_hold(owned))
+	switch (pkj_claims_hold(worker.owned))
 	{
 		case PKJ_CLAIM_HELD:
 			break;
@@ -921,7 +917,7 @@ worker_step(void)
 			 */
 			if (pkj_claims_confirming() && !w.paused)
 			{
-				if (!assigned)
+				if (!worker.assigned)
 					assign_partitions();
 				if (w.isolate_remaining == 0 && store_while_confirming())
 					return;
@@ -965,14 +961,14 @@ worker_step(void)
 			return;
 		}
 	}
-	if (!rejoined)
+	if (!worker.rejoined)
 	{
 		/*
 		 * what this worker left to join before it stopped, and, for worker
 		 * 0, what workers that no longer exist left
 		 */
-		(void) pkj_ingest_rejoin(owned, pkj_worker_index == 0);
-		rejoined = true;
+		(void) pkj_ingest_rejoin(&worker, worker.index == 0);
+		worker.rejoined = true;
 		w.more_to_publish = true;
 	}
 
@@ -998,7 +994,7 @@ worker_step(void)
 		return;
 	}
 
-	if (!assigned)
+	if (!worker.assigned)
 		assign_partitions();
 
 	pkj_status_set_state(w.isolate_remaining > 0 ? "consuming one message at a time" : "consuming");
@@ -1009,7 +1005,7 @@ worker_step(void)
 				  w.isolate_remaining > 0 ? 1 : pkj_batch_size);
 	if (pkj_batch_count(w.batch) > 0)
 	{
-		if (!pkj_ingest_batch(w.batch, offsets_generation, &results))
+		if (!pkj_ingest_batch(&worker, w.batch, &results))
 		{
 			batch_dropped();
 			return;
@@ -1018,7 +1014,7 @@ worker_step(void)
 		if (w.isolate_remaining > 0)
 			w.isolate_remaining--;
 		if (pkj_batch_queued_rejoin(w.batch))
-			results += pkj_ingest_rejoin(owned, false);
+			results += pkj_ingest_rejoin(&worker, false);
 		if (results > 0)
 			w.more_to_publish = true;
 	}
@@ -1035,7 +1031,7 @@ worker_step(void)
 			enter_pause();
 			return;
 		}
-		if (generation != offsets_generation)
+		if (generation != worker.offsets_generation)
 		{
 			restart_kafka("pgkafka_join input offsets were reset; consuming from the stored offsets");
 			return;
@@ -1145,7 +1141,7 @@ recover_from_error(void)
 
 		PG_TRY();
 		{
-			if (pkj_ingest_reject_single(w.batch, offsets_generation, reason))
+			if (pkj_ingest_reject_single(&worker, w.batch, reason))
 			{
 				ereport(LOG,
 						(errmsg("pgkafka_join rejected a message that could not be stored"),
@@ -1197,10 +1193,10 @@ pkj_worker_main(Datum arg)
 	mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
 	mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
 #endif
-	memcpy(&pkj_worker_index, MyBgworkerEntry->bgw_extra, sizeof(pkj_worker_index));
+	memcpy(&worker.index, MyBgworkerEntry->bgw_extra, sizeof(worker.index));
 	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(arg), InvalidOid, 0);
-	pgstat_report_appname(psprintf("pgkafka_join worker %d", pkj_worker_index));
-	pkj_status_worker_started(pkj_worker_index);
+	pgstat_report_appname(psprintf("pgkafka_join worker %d", worker.index));
+	pkj_status_worker_started(worker.index);
 
 	/*
 	 * Nothing a non-superuser can create is found by name: the worker runs
