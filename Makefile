@@ -8,6 +8,7 @@ OBJS = \
 	src/guc.o \
 	src/message.o \
 	src/kafka.o \
+	src/consume.o \
 	src/ingest.o \
 	src/join.o \
 	src/publish.o \

@@ -8,6 +8,7 @@
  *	  message.c   parse one Kafka message value into a movie or a rating,
  *	              or say why it is rejected; never throws on bad input
  *	  kafka.c     librdkafka handles: consumer, transactional producer
+ *	  consume.c   fill a batch from the consumer; input partitions' status
  *	  ingest.c    one batch of consumed messages -> one transaction
  *	  join.c      a batch of ratings joined with the catalog and stored
  *	  publish.c   new rated movies -> one Kafka transaction
@@ -138,6 +139,11 @@ extern bool pkj_ingest_reject_single(PkjWorker *worker, PkjBatch *batch,
 extern int64 pkj_ingest_rejoin(PkjWorker *worker, bool orphans);
 extern bool pkj_batch_queued_rejoin(PkjBatch *batch);
 extern bool pkj_batch_storing_contents(PkjBatch *batch);
+
+/* ---- consume.c ---- */
+extern void pkj_consume_batch(PkjBatch *batch, long timeout_ms, int limit);
+extern void pkj_consume_report(void);
+extern void pkj_consume_report_paused(List *owned);
 
 /* ---- join.c ---- */
 extern TimestampTz pkj_join_cutoff(void);
