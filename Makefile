@@ -15,7 +15,7 @@ OBJS = \
 	src/launcher.o \
 	src/worker.o \
 	src/status.o \
-	src/shares.o \
+	src/ownership.o \
 	src/sql_api.o \
 	src/xact.o
 

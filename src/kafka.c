@@ -267,7 +267,7 @@ read_kafka_group(void)
  * pkj_transactional_id_value
  *		The transactional id of the publisher of worker 0 (worker i > 0 adds
  *		"-i"), which also names the server in the claims of its partitions
- *		(see shares.c).  Unique per cluster and database unless set
+ *		(see ownership.c).  Unique per cluster and database unless set
  *		explicitly.
  */
 char *
@@ -484,7 +484,7 @@ pkj_kafka_disconnect(void)
  *		consumer of that group that joins no group and consumes nothing, made
  *		on first use, destroyed with the others.  The publish positions of
  *		the shares (see publish.c) and the claims of the partitions (see
- *		shares.c) are kept in groups of their own.  NULL, with *problem set,
+ *		ownership.c) are kept in groups of their own.  NULL, with *problem set,
  *		if librdkafka refuses the properties.
  */
 rd_kafka_t *

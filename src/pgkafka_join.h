@@ -12,7 +12,7 @@
  *	  ingest.c    one batch of consumed messages -> one transaction
  *	  join.c      a batch of ratings joined with the catalog and stored
  *	  publish.c   new rated movies -> one Kafka transaction
- *	  shares.c    which partitions a worker owns; claims against other servers
+ *	  ownership.c which partitions a worker owns; claims against other servers
  *	  launcher.c  the launcher, which keeps the join workers running
  *	  worker.c    the join worker's process, its loop and signals
  *	  xact.c      the worker's transactions and the lock on the extension,
@@ -156,7 +156,7 @@ extern int64 pkj_store_ratings(int count, const Datum *movie_ids,
 							   const Datum *ratings, const Datum *rated_ats,
 							   const Datum *partitions, const Datum *offsets);
 
-/* ---- shares.c ---- */
+/* ---- ownership.c ---- */
 typedef enum PkjClaim
 {
 	PKJ_CLAIM_HELD,				/* the worker owns its partitions */

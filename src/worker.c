@@ -137,7 +137,7 @@ run_sql(const char *sql, const char *activity)
 
 /*
  * Learn the input topics' partition count and which partitions this worker
- * owns (see shares.c); done at start and whenever the metadata is refreshed.
+ * owns (see ownership.c); done at start and whenever the metadata is refreshed.
  * Returns false, with the state set and the reason logged once, if there is
  * nothing to consume: brokers unreachable, a topic missing, topics not
  * co-partitioned, no partition left for this worker.
@@ -470,7 +470,7 @@ batch_dropped(void)
 }
 
 /*
- * While this server's new claims wait to be read back (see shares.c), store
+ * While this server's new claims wait to be read back (see ownership.c), store
  * what is consumed in one transaction left open: committed once the claims
  * hold, so that a server keeping its partitions has not lost the wait;
  * aborted if they do not, so that a server refused them has stored nothing
@@ -543,7 +543,7 @@ store_while_confirming(void)
 	}
 
 	/*
-	 * Refused (said once by shares.c), or the brokers did not answer the
+	 * Refused (said once by ownership.c), or the brokers did not answer the
 	 * read-back: nothing consumed meanwhile was kept.
 	 */
 	if (messages > 0)
@@ -719,7 +719,7 @@ worker_step(void)
 			wait_latch(Min(pkj_retry_interval, pkj_claims_next_ms() + 10));
 			return;
 		case PKJ_CLAIM_REFUSED:
-			/* said once by shares.c; tried again after retry_interval */
+			/* said once by ownership.c; tried again after retry_interval */
 			disconnect();
 			pkj_status_set_state("refused: partitions owned by another server");
 			wait_latch(pkj_retry_interval);

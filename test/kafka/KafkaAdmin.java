@@ -38,7 +38,7 @@
  *	claim-after GROUP TOPIC PARTITIONS OWNER
  *		Wait until GROUP has committed an offset with metadata on every
  *		partition 0 .. PARTITIONS - 1 of TOPIC (a server's claims of them,
- *		see src/shares.c), then at once commit on each the current time in
+ *		see src/ownership.c), then at once commit on each the current time in
  *		milliseconds with OWNER as metadata, as a server named OWNER
  *		claiming them would.  Prints "watching" once the group could be
  *		read, then the metadata it found.  Gives up after 60 s.

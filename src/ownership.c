@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * shares.c
+ * ownership.c
  *	  Which input partitions a join worker owns, and the claims that keep
  *	  two servers from owning the same one.
  *
