@@ -484,8 +484,8 @@ pkj_kafka_disconnect(void)
  *		consumer of that group that joins no group and consumes nothing, made
  *		on first use, destroyed with the others.  The publish positions of
  *		the shares (see publish.c) and the claims of the partitions (see
- *		ownership.c) are kept in groups of their own.  NULL, with *problem set,
- *		if librdkafka refuses the properties.
+ *		ownership.c) are kept in groups of their own.  NULL, with *problem
+ *		set, if librdkafka refuses the properties.
  */
 rd_kafka_t *
 pkj_kafka_group_handle(const char *group, char **problem)

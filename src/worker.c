@@ -135,180 +135,6 @@ run_sql(const char *sql, const char *activity)
 	pkj_end_spi();
 }
 
-/*
- * Learn the input topics' partition count and which partitions this worker
- * owns (see ownership.c); done at start and whenever the metadata is refreshed.
- * Returns false, with the state set and the reason logged once, if there is
- * nothing to consume: brokers unreachable, a topic missing, topics not
- * co-partitioned, no partition left for this worker.
- */
-static bool
-refresh_ownership(void)
-{
-	int			nmovies = pkj_kafka_partition_count(pkj_kafka.consumer, pkj_kafka.movies_topic, 5000);
-	int			nratings = nmovies < 0 ? -1 :
-		pkj_kafka_partition_count(pkj_kafka.consumer, pkj_kafka.ratings_topic, 5000);
-	List	   *beyond;
-	List	   *mine;
-	List	   *shares;
-	MemoryContext old;
-	static bool logged_beyond = false;
-
-	if (nmovies < 0 || nratings < 0)
-	{
-		pkj_status_set_state("waiting for the brokers");
-		pkj_log_wait(PKJ_WAIT_UNREACHABLE,
-					 psprintf("pgkafka_join cannot reach the Kafka brokers: %s",
-							  pkj_kafka_last_error),
-					 "Check pgkafka_join.brokers and pgkafka_join.kafka_properties.");
-		return false;
-	}
-	/* say so, and log the next outage again */
-	if (pkj_wait_ended(PKJ_WAIT_UNREACHABLE))
-		ereport(LOG, (errmsg("pgkafka_join reaches the Kafka brokers again")));
-	if (nmovies == pkj_kafka.assigned_movies && nratings == pkj_kafka.assigned_ratings &&
-		worker.owned != NIL)
-		return true;
-
-	/* one topic may come later: the other is consumed meanwhile */
-	if (nmovies == 0 || nratings == 0)
-	{
-		pkj_status_set_state("waiting for topics");
-		pkj_log_wait(PKJ_WAIT_TOPICS,
-					 psprintf("pgkafka_join is waiting for topic \"%s\" to exist",
-							  nmovies == 0 ? pkj_kafka.movies_topic : pkj_kafka.ratings_topic),
-					 "Create the topic, or set pgkafka_join.movies_topic and pgkafka_join.ratings_topic.");
-		if (nmovies == 0 && nratings == 0)
-			return false;
-	}
-	else if (nmovies != nratings)
-	{
-		/* consume nothing: a rating and its movie could be anywhere */
-		rd_kafka_assign(pkj_kafka.consumer, NULL);
-		worker.assigned = false;
-		pkj_status_reset_partitions();
-		pkj_status_set_state("waiting: topics not co-partitioned");
-		if (pkj_wait_begins(PKJ_WAIT_PARTITIONING))
-			ereport(WARNING,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("pgkafka_join cannot join topics \"%s\" (%d partitions) and \"%s\" (%d partitions): they are not co-partitioned",
-							pkj_kafka.movies_topic, nmovies, pkj_kafka.ratings_topic, nratings),
-					 errdetail("Nothing is consumed until both input topics have the same number of partitions."),
-					 errhint("As for a Kafka Streams join, both topics need the same number of partitions, both keyed by the movie id with the same partitioner.")));
-		return false;
-	}
-	pkj_wait_ended(PKJ_WAIT_PARTITIONING);
-	if (nmovies > 0 && nratings > 0)
-		pkj_wait_ended(PKJ_WAIT_TOPICS);
-
-	mine = pkj_owned_partitions(worker.index, Max(nmovies, nratings), &beyond);
-	if (beyond != NIL && !logged_beyond)
-		ereport(WARNING,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("pgkafka_join.partitions lists partitions %s, which topics \"%s\" and \"%s\" do not have",
-						pkj_partitions_text(beyond), pkj_kafka.movies_topic, pkj_kafka.ratings_topic),
-				 errdetail("The topics have %d partitions; those listed beyond are consumed once the topics have them.",
-						   Max(nmovies, nratings))));
-	logged_beyond = beyond != NIL;
-
-	/* what changes with the partitions owned */
-	old = MemoryContextSwitchTo(TopMemoryContext);
-	list_free(worker.owned);
-	worker.owned = list_copy(mine);
-	shares = list_copy(worker.owned);
-	if (worker.index == 0)
-		shares = lcons_int(-1, shares); /* results made before 1.1 */
-	MemoryContextSwitchTo(old);
-	pkj_publisher_set_shares(shares);
-	pkj_status_set_owned(pkj_partitions_text(worker.owned), shares);
-	pkj_claims_reset();
-	pkj_claims_set_topic(nratings > 0 ? pkj_kafka.ratings_topic : pkj_kafka.movies_topic);
-	worker.assigned = false;
-	pkj_kafka.assigned_movies = nmovies;
-	pkj_kafka.assigned_ratings = nratings;
-
-	if (worker.owned == NIL)
-	{
-		pkj_status_set_state("idle: no partition to own");
-		pkj_log_wait(PKJ_WAIT_NO_PARTITIONS,
-					 psprintf("pgkafka_join worker %d has no partition to own", worker.index),
-					 "The server owns fewer partitions than pgkafka_join.workers.");
-		return false;
-	}
-	ereport(LOG,
-			(errmsg("pgkafka_join worker %d owns partitions %s of \"%s\" and \"%s\"",
-					worker.index, pkj_partitions_text(worker.owned),
-					pkj_kafka.movies_topic, pkj_kafka.ratings_topic),
-			 errdetail("The topics have %d partitions; this server owns %s, shared among %d workers.",
-					   Max(nmovies, nratings), pkj_partitions_split() ? pkj_partitions : "all",
-					   pkj_workers)));
-	return true;
-}
-
-/*
- * Assign the partitions this worker owns, of both input topics, at the
- * offsets stored in PostgreSQL (the beginning where none is stored).  Always
- * between batches, so the stored offsets are exactly where consumption
- * stands.
- */
-static void
-assign_partitions(void)
-{
-	rd_kafka_topic_partition_list_t *parts;
-	rd_kafka_resp_err_t err;
-	bool		isnull0;
-	ListCell   *lc;
-
-	parts = rd_kafka_topic_partition_list_new(2 * list_length(worker.owned));
-	foreach(lc, worker.owned)
-	{
-		/* a topic that does not exist yet is assigned when it does */
-		if (pkj_kafka.assigned_movies > 0)
-			rd_kafka_topic_partition_list_add(parts, pkj_kafka.movies_topic, lfirst_int(lc))->offset =
-				RD_KAFKA_OFFSET_BEGINNING;
-		if (pkj_kafka.assigned_ratings > 0)
-			rd_kafka_topic_partition_list_add(parts, pkj_kafka.ratings_topic, lfirst_int(lc))->offset =
-				RD_KAFKA_OFFSET_BEGINNING;
-	}
-
-	/* the stored offsets */
-	pkj_begin_spi("reading the input offsets");
-	if (SPI_execute("SELECT offsets_generation FROM pgkafka_join.control", true, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "could not read pgkafka_join.control");
-	worker.offsets_generation = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-															SPI_tuptable->tupdesc, 1,
-															&isnull0));
-	if (SPI_execute("SELECT topic, kafka_partition, next_offset FROM pgkafka_join.input_offsets",
-					true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read pgkafka_join.input_offsets");
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		char	   *topic = SPI_getvalue(tup, desc, 1);
-		int32		partition = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-		int64		offset = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
-		rd_kafka_topic_partition_t *tp = rd_kafka_topic_partition_list_find(parts, topic, partition);
-
-		if (tp)
-			tp->offset = offset;
-	}
-	pkj_end_spi();
-
-	pkj_status_reset_partitions();
-	err = rd_kafka_assign(pkj_kafka.consumer, parts);
-	if (pkj_kafka.assignment)
-		rd_kafka_topic_partition_list_destroy(pkj_kafka.assignment);
-	pkj_kafka.assignment = parts;
-	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("could not assign the input partitions: %s", rd_kafka_err2str(err))));
-	worker.assigned = true;
-}
-
 /* What pgkafka_join.control says: paused, and the offsets generation */
 static void
 read_control(bool *paused, int64 *generation)
@@ -350,16 +176,6 @@ forget_handles(void)
 	worker.rejoined = false;
 }
 
-/* Assign the partitions again, from the stored offsets, before the next batch */
-static void
-force_reassign(void)
-{
-	worker.assigned = false;
-	if (pkj_kafka.assignment)
-		rd_kafka_topic_partition_list_destroy(pkj_kafka.assignment);
-	pkj_kafka.assignment = NULL;
-}
-
 /*
  * Start consuming afresh from the stored offsets, after resume() or
  * reset_offsets(): new Kafka handles, made as at start-up.  (Assigning the
@@ -378,7 +194,7 @@ static void
 enter_pause(void)
 {
 	rd_kafka_assign(pkj_kafka.consumer, NULL);
-	force_reassign();
+	pkj_force_reassign(&worker);
 	pkj_status_reset_partitions();
 	ereport(LOG, (errmsg("pgkafka_join ingest is paused"),
 				  errhint("SELECT pgkafka_join.resume() resumes it from the stored offsets.")));
@@ -470,13 +286,13 @@ batch_dropped(void)
 }
 
 /*
- * While this server's new claims wait to be read back (see ownership.c), store
- * what is consumed in one transaction left open: committed once the claims
- * hold, so that a server keeping its partitions has not lost the wait;
- * aborted if they do not, so that a server refused them has stored nothing
- * (its next attempt starts from new Kafka handles, at the stored offsets).
- * As before any batch, where publishing stands is learnt first.  Returns
- * false, having done nothing, if the brokers cannot tell that yet.
+ * While this server's new claims wait to be read back (see ownership.c),
+ * store what is consumed in one transaction left open: committed once the
+ * claims hold, so that a server keeping its partitions has not lost the
+ * wait; aborted if they do not, so that a server refused them has stored
+ * nothing (its next attempt starts from new Kafka handles, at the stored
+ * offsets).  As before any batch, where publishing stands is learnt first.
+ * Returns false, having done nothing, if the brokers cannot tell that yet.
  */
 static bool
 store_while_confirming(void)
@@ -683,7 +499,7 @@ worker_step(void)
 	/* which partitions this worker owns, and whether it may consume them */
 	if (now >= w.next_metadata || worker.owned == NIL)
 	{
-		if (!refresh_ownership())
+		if (!pkj_refresh_ownership(&worker))
 		{
 			pkj_kafka_serve_producer();
 			wait_latch(pkj_retry_interval);
@@ -707,7 +523,7 @@ worker_step(void)
 			if (pkj_claims_confirming() && !w.paused)
 			{
 				if (!worker.assigned)
-					assign_partitions();
+					pkj_assign_partitions(&worker);
 				if (w.isolate_remaining == 0 && store_while_confirming())
 					return;
 			}
@@ -784,7 +600,7 @@ worker_step(void)
 	}
 
 	if (!worker.assigned)
-		assign_partitions();
+		pkj_assign_partitions(&worker);
 
 	pkj_status_set_state(w.isolate_remaining > 0 ? "consuming one message at a time" : "consuming");
 	/* an open Kafka transaction is committed as soon as nothing waits */
