@@ -9,16 +9,28 @@
  * in pgkafka_join.database, each a dynamic background worker.
  *
  * The join worker is the single writer of the extension's tables.  It owns
- * the librdkafka handles (kafka.c) and runs one loop:
+ * the librdkafka handles (kafka.c) and runs one loop, worker_step(), whose
+ * steps call the file of their role:
  *
- *	  1. wait for the extension, for pgkafka_join.brokers, for the topics;
- *	  2. consume what has arrived, up to batch_size messages (batch_delay
- *	     can make it wait longer for more);
- *	  3. store them, with their offsets, in one transaction (ingest.c);
- *	  4. commit the Kafka transaction started at the previous turn, and
- *	     start one with the new results (publish.c): librdkafka sends its
- *	     records while the next batch is consumed and stored; if nothing
- *	     has arrived meanwhile, it is committed at once.
+ *	  1. ready_to_run: a reload applied; the extension, pgkafka_join.brokers
+ *	     and the topics waited for; the Kafka handles made (kafka.c);
+ *	  2. may_consume: the partitions it owns known and its claims holding
+ *	     (ownership.c), where publishing stands known (publish.c), what it
+ *	     left to join before it stopped joined (ingest.c);
+ *	  3. store_batch: consume what has arrived, up to batch_size messages
+ *	     (consume.c), and store them with their offsets in one transaction
+ *	     (ingest.c, join.c);
+ *	  4. publish_results: commit the Kafka transaction started at the
+ *	     previous turn, and start one with the new results (publish.c):
+ *	     librdkafka sends its records while the next batch is consumed and
+ *	     stored; if nothing has arrived meanwhile, it is committed at once;
+ *	  5. report: the input partitions in the status views (consume.c,
+ *	     status.c).
+ *
+ * This file holds the loop's own state (struct w) and the worker's
+ * (PkjWorker, passed down to the roles); it decides what to do next and
+ * when to wait.  What is done is in the files of the roles, which never
+ * call back up into it.
  *
  * All state a restart needs is in PostgreSQL (input offsets, results) or in
  * Kafka (the publish position), written atomically with what it describes;
@@ -378,19 +390,13 @@ store_while_confirming(void)
 }
 
 /*
- * One turn of the worker's loop: make sure of what it needs, store one
- * batch, publish what is new.  Returns early (to be called again) whenever
- * it has to wait.
+ * A reload: the settings read again, the Kafka handles dropped if the
+ * settings they were made with changed.  Handles left unusable by an
+ * unfinished transaction are dropped too.
  */
 static void
-worker_step(void)
+apply_reload(void)
 {
-	TimestampTz now;
-	int64		results = 0;
-	Oid			extoid;
-	char	   *version;
-	PkjPosition position;
-
 	if (ConfigReloadPending)
 	{
 		ConfigReloadPending = false;
@@ -406,14 +412,22 @@ worker_step(void)
 	}
 	if (pkj_kafka.must_reconnect)
 		disconnect();
+}
 
+/*
+ * Whether the settings give the worker something to do: brokers, and three
+ * distinct topics.  Returns false, having waited, if not.
+ */
+static bool
+settings_usable(void)
+{
 	if (pkj_brokers[0] == '\0')
 	{
 		disconnect();
 		wait_for(PKJ_WAIT_BROKERS, "idle: no brokers set",
 				 "pgkafka_join is idle: pgkafka_join.brokers is empty",
 				 "Set pgkafka_join.brokers in postgresql.conf and reload.");
-		return;
+		return false;
 	}
 	if (strcmp(pkj_output_topic, pkj_movies_topic) == 0 ||
 		strcmp(pkj_output_topic, pkj_ratings_topic) == 0 ||
@@ -424,8 +438,73 @@ worker_step(void)
 				 psprintf("pgkafka_join is waiting: the movies, ratings and output topics must be three different topics (\"%s\", \"%s\", \"%s\")",
 						  pkj_movies_topic, pkj_ratings_topic, pkj_output_topic),
 				 "Publishing to an input topic would feed results back as input; set pgkafka_join.output_topic to a topic of its own and reload.");
-		return;
+		return false;
 	}
+	return true;
+}
+
+/*
+ * Make the Kafka handles for extension extoid, once its objects are of the
+ * version this library needs and librdkafka takes the properties.  Returns
+ * false, having waited, if not.
+ */
+static bool
+connect_kafka(Oid extoid)
+{
+	List	   *file_props;
+	char	   *file_content;
+	char	   *problem;
+	char	   *version = extension_version();
+
+	if (version == NULL || strcmp(version, PKJ_SQL_VERSION) != 0)
+	{
+		wait_for(PKJ_WAIT_UPDATE, "waiting for ALTER EXTENSION UPDATE",
+				 psprintf("pgkafka_join is waiting: the extension's objects are version %s, this library needs version %s",
+						  version ? version : "(none)", PKJ_SQL_VERSION),
+				 psprintf("Run ALTER EXTENSION pgkafka_join UPDATE TO '%s' in database \"%s\".",
+						  PKJ_SQL_VERSION, pkj_database));
+		return false;
+	}
+	pkj_wait_ended(PKJ_WAIT_UPDATE);
+
+	if (!pkj_read_properties_file(&file_props, &file_content, &problem))
+	{
+		pkj_status_set_error(problem);
+		wait_for(PKJ_WAIT_PROPERTIES_FILE, "waiting for the properties file", problem,
+				 "Fix the file or pgkafka_join.kafka_properties_file and reload.");
+		return false;
+	}
+	pkj_wait_ended(PKJ_WAIT_PROPERTIES_FILE);
+	if (!pkj_kafka_connect(extoid, worker.index, pkj_delivery_report, &problem))
+	{
+		pkj_status_set_error(problem);
+		wait_for(PKJ_WAIT_PROPERTIES, "waiting for valid Kafka properties", problem,
+				 "Fix pgkafka_join.kafka_properties or pgkafka_join.kafka_properties_file and reload.");
+		return false;
+	}
+	pkj_wait_ended(PKJ_WAIT_PROPERTIES);
+	w.next_metadata = 0;
+	w.next_publish = 0;
+	w.more_to_publish = true;
+	w.paused = ingest_paused();
+	if (w.paused)
+		enter_pause();
+	return true;
+}
+
+/*
+ * Step 1: what the worker needs before anything else: a reload applied,
+ * usable settings, the extension, Kafka handles made for it.  Returns
+ * false, having waited, if one of them is missing.
+ */
+static bool
+ready_to_run(void)
+{
+	Oid			extoid;
+
+	apply_reload();
+	if (!settings_usable())
+		return false;
 	extoid = extension_oid();
 	if (!OidIsValid(extoid))
 	{
@@ -434,7 +513,7 @@ worker_step(void)
 				 psprintf("pgkafka_join is waiting for the extension in database \"%s\"",
 						  pkj_database),
 				 "Run CREATE EXTENSION pgkafka_join in that database.");
-		return;
+		return false;
 	}
 	pkj_wait_ended(PKJ_WAIT_BROKERS);
 	pkj_wait_ended(PKJ_WAIT_EXTENSION);
@@ -445,72 +524,55 @@ worker_step(void)
 		/* dropped and created again since the handles were made */
 		disconnect();
 	}
-	if (pkj_kafka.consumer == NULL)
+	if (pkj_kafka.consumer == NULL && !connect_kafka(extoid))
+		return false;
+	return true;
+}
+
+/* Monthly partitions of ratings and results, made ahead of time */
+static void
+make_partitions_ahead(TimestampTz now)
+{
+	if (now < w.next_partitions)
+		return;
+	run_sql(psprintf("SELECT pgkafka_join.create_partitions(now() - pgkafka_join.join_window(), "
+					 "now() + interval '%d months')", pkj_premake_months),
+			"creating partitions ahead");
+	w.next_partitions = TimestampTzPlusMilliseconds(now, PARTITION_CHECK_MS);
+}
+
+/*
+ * Which partitions this worker owns, learnt again every
+ * METADATA_REFRESH_MS.  Returns false, having waited, if it has none to
+ * consume.
+ */
+static bool
+owns_partitions(TimestampTz now)
+{
+	if (now < w.next_metadata && worker.owned != NIL)
+		return true;
+	if (!pkj_refresh_ownership(&worker))
 	{
-		List	   *file_props;
-		char	   *file_content;
-		char	   *problem;
-
-		version = extension_version();
-		if (version == NULL || strcmp(version, PKJ_SQL_VERSION) != 0)
-		{
-			wait_for(PKJ_WAIT_UPDATE, "waiting for ALTER EXTENSION UPDATE",
-					 psprintf("pgkafka_join is waiting: the extension's objects are version %s, this library needs version %s",
-							  version ? version : "(none)", PKJ_SQL_VERSION),
-					 psprintf("Run ALTER EXTENSION pgkafka_join UPDATE TO '%s' in database \"%s\".",
-							  PKJ_SQL_VERSION, pkj_database));
-			return;
-		}
-		pkj_wait_ended(PKJ_WAIT_UPDATE);
-
-		if (!pkj_read_properties_file(&file_props, &file_content, &problem))
-		{
-			pkj_status_set_error(problem);
-			wait_for(PKJ_WAIT_PROPERTIES_FILE, "waiting for the properties file", problem,
-					 "Fix the file or pgkafka_join.kafka_properties_file and reload.");
-			return;
-		}
-		pkj_wait_ended(PKJ_WAIT_PROPERTIES_FILE);
-		if (!pkj_kafka_connect(extoid, worker.index, pkj_delivery_report, &problem))
-		{
-			pkj_status_set_error(problem);
-			wait_for(PKJ_WAIT_PROPERTIES, "waiting for valid Kafka properties", problem,
-					 "Fix pgkafka_join.kafka_properties or pgkafka_join.kafka_properties_file and reload.");
-			return;
-		}
-		pkj_wait_ended(PKJ_WAIT_PROPERTIES);
-		w.next_metadata = 0;
-		w.next_publish = 0;
-		w.more_to_publish = true;
-		w.paused = ingest_paused();
-		if (w.paused)
-			enter_pause();
+		pkj_kafka_serve_producer();
+		wait_latch(pkj_retry_interval);
+		return false;
 	}
+	w.next_metadata = TimestampTzPlusMilliseconds(now, METADATA_REFRESH_MS);
+	return true;
+}
 
-	now = GetCurrentTimestamp();
-	if (now >= w.next_partitions)
-	{
-		run_sql(psprintf("SELECT pgkafka_join.create_partitions(now() - pgkafka_join.join_window(), "
-						 "now() + interval '%d months')", pkj_premake_months),
-				"creating partitions ahead");
-		w.next_partitions = TimestampTzPlusMilliseconds(now, PARTITION_CHECK_MS);
-	}
-
-	/* which partitions this worker owns, and whether it may consume them */
-	if (now >= w.next_metadata || worker.owned == NIL)
-	{
-		if (!pkj_refresh_ownership(&worker))
-		{
-			pkj_kafka_serve_producer();
-			wait_latch(pkj_retry_interval);
-			return;
-		}
-		w.next_metadata = TimestampTzPlusMilliseconds(now, METADATA_REFRESH_MS);
-	}
+/*
+ * Whether this server's claims on the partitions hold (see ownership.c).
+ * Returns false, having waited (or stored while new claims are confirmed),
+ * if they do not yet.
+ */
+static bool
+claims_hold(void)
+{
 	switch (pkj_claims_hold(worker.owned))
 	{
 		case PKJ_CLAIM_HELD:
-			break;
+			return true;
 		case PKJ_CLAIM_PENDING:
 
 			/*
@@ -525,7 +587,7 @@ worker_step(void)
 				if (!worker.assigned)
 					pkj_assign_partitions(&worker);
 				if (w.isolate_remaining == 0 && store_while_confirming())
-					return;
+					return false;
 			}
 			/* a server refused looks again, refused until it owns them */
 			pkj_status_set_state(pkj_claims_refused() ?
@@ -533,39 +595,56 @@ worker_step(void)
 								 "waiting: claiming partitions");
 			pkj_kafka_serve_producer();
 			wait_latch(Min(pkj_retry_interval, pkj_claims_next_ms() + 10));
-			return;
+			return false;
 		case PKJ_CLAIM_REFUSED:
 			/* said once by ownership.c; tried again after retry_interval */
 			disconnect();
 			pkj_status_set_state("refused: partitions owned by another server");
 			wait_latch(pkj_retry_interval);
-			return;
+			return false;
 	}
-	/*
-	 * Where publishing stands, before anything is stored, a rejoin pass
-	 * included, once per connection: if the output topic is ahead of
-	 * PostgreSQL, results made now would be numbered at or below the
-	 * published position of their share, and never sent.  So nothing is
-	 * stored until the brokers have told it.
-	 */
-	if (!pkj_publisher_position_known())
+	return false;
+}
+
+/*
+ * Where publishing stands, before anything is stored, a rejoin pass
+ * included, once per connection: if the output topic is ahead of
+ * PostgreSQL, results made now would be numbered at or below the published
+ * position of their share, and never sent.  So nothing is stored until the
+ * brokers have told it.  Returns false, having waited, until they have.
+ */
+static bool
+publish_position_known(TimestampTz now)
+{
+	PkjPosition position = PKJ_POSITION_UNKNOWN;
+
+	if (pkj_publisher_position_known())
+		return true;
+	if (now >= w.next_publish)
 	{
-		position = PKJ_POSITION_UNKNOWN;
-		if (now >= w.next_publish)
-		{
-			position = pkj_publisher_position();
-			if (position == PKJ_POSITION_UNKNOWN)
-				w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
-		}
-		if (position != PKJ_POSITION_KNOWN)
-		{
-			if (position == PKJ_POSITION_UNKNOWN)
-				pkj_status_set_state("waiting for the publish position");
-			pkj_kafka_serve_producer();
-			wait_latch(Min(pkj_retry_interval, pkj_claims_next_ms() + 10));
-			return;
-		}
+		position = pkj_publisher_position();
+		if (position == PKJ_POSITION_UNKNOWN)
+			w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
 	}
+	if (position == PKJ_POSITION_KNOWN)
+		return true;
+	if (position == PKJ_POSITION_UNKNOWN)
+		pkj_status_set_state("waiting for the publish position");
+	pkj_kafka_serve_producer();
+	wait_latch(Min(pkj_retry_interval, pkj_claims_next_ms() + 10));
+	return false;
+}
+
+/*
+ * Step 2: whether this worker may consume: the partitions it owns known,
+ * its claims holding, where publishing stands known, and what it left to
+ * join before it stopped joined.  Returns false, having waited, if not.
+ */
+static bool
+may_consume(TimestampTz now)
+{
+	if (!owns_partitions(now) || !claims_hold() || !publish_position_known(now))
+		return false;
 	if (!worker.rejoined)
 	{
 		/*
@@ -576,28 +655,47 @@ worker_step(void)
 		worker.rejoined = true;
 		w.more_to_publish = true;
 	}
+	return true;
+}
 
-	if (w.paused)
+/*
+ * While ingest is paused: publish what was stored before, show the lag
+ * growing, and resume from the stored offsets once resume() was called.
+ */
+static void
+while_paused(TimestampTz now)
+{
+	if (ingest_paused())
 	{
-		if (ingest_paused())
+		pkj_status_set_state("paused");
+		/* results stored before the pause are still published */
+		if (now >= w.next_publish && pkj_publish(w.loop_cxt) < 0)
+			w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
+		if (now >= w.next_status)
 		{
-			pkj_status_set_state("paused");
-			/* results stored before the pause are still published */
-			if (now >= w.next_publish && pkj_publish(w.loop_cxt) < 0)
-				w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
-			if (now >= w.next_status)
-			{
-				pkj_consume_report_paused(worker.owned);
-				w.next_status = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
-			}
-			wait_latch(Min(pkj_retry_interval, pkj_claims_next_ms() + 10));
-			pkj_kafka_serve_producer();
-			return;
+			pkj_consume_report_paused(worker.owned);
+			w.next_status = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
 		}
-		w.paused = false;
-		restart_kafka("pgkafka_join ingest resumes from the stored offsets");
+		wait_latch(Min(pkj_retry_interval, pkj_claims_next_ms() + 10));
+		pkj_kafka_serve_producer();
 		return;
 	}
+	w.paused = false;
+	restart_kafka("pgkafka_join ingest resumes from the stored offsets");
+}
+
+/*
+ * Step 3: consume one batch and store it (ingest.c), with the rejoins it
+ * queued.  An empty batch looks whether pause() or reset_offsets() woke the
+ * worker.  Returns false if the turn ends here: the batch was dropped, or
+ * ingest paused, or the offsets reset.
+ */
+static bool
+store_batch(TimestampTz now)
+{
+	int64		results = 0;
+	bool		paused;
+	int64		generation;
 
 	if (!worker.assigned)
 		pkj_assign_partitions(&worker);
@@ -613,7 +711,7 @@ worker_step(void)
 		if (!pkj_ingest_batch(&worker, w.batch, &results))
 		{
 			batch_dropped();
-			return;
+			return false;
 		}
 		pkj_status_count_batch(pkj_batch_count(w.batch), results);
 		if (w.isolate_remaining > 0)
@@ -622,37 +720,39 @@ worker_step(void)
 			results += pkj_ingest_rejoin(&worker, false);
 		if (results > 0)
 			w.more_to_publish = true;
+		return true;
 	}
-	else
+
+	/* idle: pause() or reset_offsets() may have woken us */
+	read_control(&paused, &generation);
+	if (paused)
 	{
-		bool		paused;
-		int64		generation;
-
-		/* idle: pause() or reset_offsets() may have woken us */
-		read_control(&paused, &generation);
-		if (paused)
-		{
-			w.paused = true;
-			enter_pause();
-			return;
-		}
-		if (generation != worker.offsets_generation)
-		{
-			restart_kafka("pgkafka_join input offsets were reset; consuming from the stored offsets");
-			return;
-		}
-		/* look for results stored by other means (SQL calls) */
-		w.more_to_publish = true;
+		w.paused = true;
+		enter_pause();
+		return false;
 	}
+	if (generation != worker.offsets_generation)
+	{
+		restart_kafka("pgkafka_join input offsets were reset; consuming from the stored offsets");
+		return false;
+	}
+	/* look for results stored by other means (SQL calls) */
+	w.more_to_publish = true;
+	return true;
+}
 
-	/*
-	 * Publishing overlaps storing while a backlog is caught up: the Kafka
-	 * transaction started after the previous batch has been sending its
-	 * records while this one was consumed and stored.  Commit it, then
-	 * start one with what is new.  A failing publisher is tried again after
-	 * retry_interval; meanwhile ingest goes on at full speed.
-	 */
-	now = GetCurrentTimestamp();
+/*
+ * Step 4: publish (publish.c).  Publishing overlaps storing while a backlog
+ * is caught up: the Kafka transaction started after the previous batch has
+ * been sending its records while this one was consumed and stored.  Commit
+ * it, then start one with what is new.  A failing publisher is tried again
+ * after retry_interval; meanwhile ingest goes on at full speed.
+ */
+static void
+publish_results(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
 	if (pkj_publish_pending() && pkj_publish_finish() < 0)
 		w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
 	if (w.more_to_publish && now >= w.next_publish)
@@ -678,8 +778,14 @@ worker_step(void)
 			w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
 	}
 	pkj_kafka_serve_producer();
+}
 
-	now = GetCurrentTimestamp();
+/* Step 5: the input partitions in the status views, progress in the log */
+static void
+report(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
 	if (now >= w.next_status)
 	{
 		pkj_consume_report();
@@ -689,6 +795,31 @@ worker_step(void)
 	{
 		log_progress(&w.progress_total);
 		w.next_progress = TimestampTzPlusMilliseconds(now, PROGRESS_LOG_MS);
+	}
+}
+
+/*
+ * One turn of the worker's loop, in named steps: make sure of what it
+ * needs, make sure it may consume, store one batch, publish what is new,
+ * report.  Returns early (to be called again) whenever it has to wait.
+ */
+static void
+worker_step(void)
+{
+	TimestampTz now;
+
+	if (!ready_to_run())
+		return;
+	now = GetCurrentTimestamp();
+	make_partitions_ahead(now);
+	if (!may_consume(now))
+		return;
+	if (w.paused)
+		while_paused(now);
+	else if (store_batch(now))
+	{
+		publish_results();
+		report();
 	}
 }
 
