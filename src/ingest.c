@@ -514,18 +514,6 @@ pkj_batch_add(PkjBatch *batch, const rd_kafka_message_t *msg)
 	MemoryContextSwitchTo(old);
 }
 
-static SPIPlanPtr
-prepare(const char *sql, int nargs, const Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, unconstify(Oid *, argtypes));
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
-			 sql, SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
 static void
 prepare_plans(void)
 {
@@ -539,19 +527,19 @@ prepare_plans(void)
 
 	if (store_movies_plan != NULL)
 		return;
-	begin_batch_plan = prepare("SELECT pgkafka_join.begin_batch()", 0, NULL);
-	store_movies_plan = prepare("SELECT pgkafka_join.store_movies($1, $2, $3, $4)",
-								4, movies_args);
-	join_waiting_plan = prepare("SELECT pgkafka_join.join_waiting($1, $2)",
-								2, join_args);
-	store_rejected_plan = prepare("SELECT pgkafka_join.store_rejected($1, $2, $3, $4, $5, $6)",
-								  6, rejected_args);
-	store_offsets_plan = prepare("SELECT pgkafka_join.store_offsets($1, $2, $3)",
-								 3, offsets_args);
-	queue_rejoin_plan = prepare("SELECT pgkafka_join.queue_rejoin($1, $2, $3, $4)",
-								4, queue_args);
-	run_rejoins_plan = prepare("SELECT pgkafka_join.run_rejoins($1, $2, $3)",
-							   3, run_args);
+	begin_batch_plan = pkj_keep_plan("SELECT pgkafka_join.begin_batch()", 0, NULL);
+	store_movies_plan = pkj_keep_plan("SELECT pgkafka_join.store_movies($1, $2, $3, $4)",
+									  4, movies_args);
+	join_waiting_plan = pkj_keep_plan("SELECT pgkafka_join.join_waiting($1, $2)",
+									  2, join_args);
+	store_rejected_plan = pkj_keep_plan("SELECT pgkafka_join.store_rejected($1, $2, $3, $4, $5, $6)",
+										6, rejected_args);
+	store_offsets_plan = pkj_keep_plan("SELECT pgkafka_join.store_offsets($1, $2, $3)",
+									   3, offsets_args);
+	queue_rejoin_plan = pkj_keep_plan("SELECT pgkafka_join.queue_rejoin($1, $2, $3, $4)",
+									  4, queue_args);
+	run_rejoins_plan = pkj_keep_plan("SELECT pgkafka_join.run_rejoins($1, $2, $3)",
+									 3, run_args);
 }
 
 /* The movie ids and shares of a batch's movies, for join_waiting() */

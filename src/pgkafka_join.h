@@ -27,6 +27,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "utils/timestamp.h"
@@ -244,6 +245,7 @@ extern void pkj_hold_transaction(void);
 extern void pkj_end_held_transaction(bool commit);
 extern void pkj_forget_transaction(void);
 extern bool pkj_lock_extension(Oid extension);
+extern SPIPlanPtr pkj_keep_plan(const char *sql, int nargs, const Oid *argtypes);
 
 /* ---- launcher.c ---- */
 extern void pkj_register_launcher(void);

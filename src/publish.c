@@ -327,18 +327,6 @@ give_up_for_reload(void)
 	return -1;
 }
 
-static SPIPlanPtr
-keep_plan(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
-			 sql, SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
 /*
  * What PostgreSQL knows of the positions: the highest id output_position
  * says was published, per share (into Share.published), and the highest id
@@ -352,12 +340,12 @@ stored_positions(int64 *handed_out)
 	pkj_begin_spi("reading the output positions");
 	if (position_plan == NULL)
 	{
-		position_plan = keep_plan("SELECT share, last_id FROM pgkafka_join.published_ids()",
-								  0, NULL);
-		handed_out_plan = keep_plan("SELECT CASE WHEN is_called THEN last_value "
-									"ELSE last_value - 1 END "
-									"FROM pgkafka_join.rated_movies_id_seq",
-									0, NULL);
+		position_plan = pkj_keep_plan("SELECT share, last_id FROM pgkafka_join.published_ids()",
+									  0, NULL);
+		handed_out_plan = pkj_keep_plan("SELECT CASE WHEN is_called THEN last_value "
+										"ELSE last_value - 1 END "
+										"FROM pgkafka_join.rated_movies_id_seq",
+										0, NULL);
 	}
 	if (SPI_execute_plan(position_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pgkafka_join.output_position");
@@ -407,14 +395,14 @@ record_ahead_shares(const bool *ahead)
 											  true, TYPALIGN_INT));
 	pkj_begin_spi("recording the shares ahead of PostgreSQL");
 	if (ahead_plan == NULL)
-		ahead_plan = keep_plan("UPDATE pgkafka_join.control c "
-							   "SET ahead_shares = n.shares "
-							   "FROM (SELECT NULLIF(ARRAY(SELECT DISTINCT s FROM unnest("
-							   "  ARRAY(SELECT s FROM unnest(c0.ahead_shares) s WHERE s <> ALL ($1)) "
-							   "  OPERATOR(pg_catalog.||) $2) s ORDER BY s), '{}') AS shares "
-							   "FROM pgkafka_join.control c0) n "
-							   "WHERE c.ahead_shares IS DISTINCT FROM n.shares",
-							   2, argtypes);
+		ahead_plan = pkj_keep_plan("UPDATE pgkafka_join.control c "
+								   "SET ahead_shares = n.shares "
+								   "FROM (SELECT NULLIF(ARRAY(SELECT DISTINCT s FROM unnest("
+								   "  ARRAY(SELECT s FROM unnest(c0.ahead_shares) s WHERE s <> ALL ($1)) "
+								   "  OPERATOR(pg_catalog.||) $2) s ORDER BY s), '{}') AS shares "
+								   "FROM pgkafka_join.control c0) n "
+								   "WHERE c.ahead_shares IS DISTINCT FROM n.shares",
+								   2, argtypes);
 	if (SPI_execute_plan(ahead_plan, args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update pgkafka_join.control");
 	pkj_end_spi();
@@ -681,17 +669,17 @@ fetch_results(MemoryContext cxt, PendingResult **results)
 		return 0;
 	}
 	if (fetch_plan == NULL)
-		fetch_plan = keep_plan("SELECT r.id, r.share, r.movie_id, r.title, r.release_year, "
-							   "r.rating, r.rated_at "
-							   "FROM unnest($1, $2) WITH ORDINALITY AS s(share, after, turn) "
-							   "CROSS JOIN LATERAL "
-							   "(SELECT r.id, r.share, r.movie_id, r.title, r.release_year, "
-							   "r.rating, r.rated_at "
-							   "FROM pgkafka_join.rated_movies r "
-							   "WHERE r.share = s.share AND r.id > s.after "
-							   "ORDER BY r.id LIMIT $3) r "
-							   "LIMIT $3",
-							   3, argtypes);
+		fetch_plan = pkj_keep_plan("SELECT r.id, r.share, r.movie_id, r.title, r.release_year, "
+								   "r.rating, r.rated_at "
+								   "FROM unnest($1, $2) WITH ORDINALITY AS s(share, after, turn) "
+								   "CROSS JOIN LATERAL "
+								   "(SELECT r.id, r.share, r.movie_id, r.title, r.release_year, "
+								   "r.rating, r.rated_at "
+								   "FROM pgkafka_join.rated_movies r "
+								   "WHERE r.share = s.share AND r.id > s.after "
+								   "ORDER BY r.id LIMIT $3) r "
+								   "LIMIT $3",
+								   3, argtypes);
 	for (int i = 0; i < nshares; i++)
 	{
 		Share	   *sh = &shares[(first_share + i) % nshares];
@@ -754,14 +742,14 @@ record_landed(void)
 		return;
 	}
 	if (record_plan == NULL)
-		record_plan = keep_plan("INSERT INTO pgkafka_join.output_position AS op "
-								"(topic, kafka_partition, share, next_offset, last_id, updated_at) "
-								"VALUES ($1, $2, $3, $4, $5, now()) "
-								"ON CONFLICT (topic, kafka_partition, share) DO UPDATE "
-								"SET next_offset = greatest(op.next_offset, excluded.next_offset), "
-								"last_id = greatest(op.last_id, excluded.last_id), "
-								"updated_at = excluded.updated_at",
-								5, argtypes);
+		record_plan = pkj_keep_plan("INSERT INTO pgkafka_join.output_position AS op "
+									"(topic, kafka_partition, share, next_offset, last_id, updated_at) "
+									"VALUES ($1, $2, $3, $4, $5, now()) "
+									"ON CONFLICT (topic, kafka_partition, share) DO UPDATE "
+									"SET next_offset = greatest(op.next_offset, excluded.next_offset), "
+									"last_id = greatest(op.last_id, excluded.last_id), "
+									"updated_at = excluded.updated_at",
+									5, argtypes);
 	args[0] = CStringGetTextDatum(pkj_kafka.output_topic);
 	for (int i = 0; i < nlanded; i++)
 	{

@@ -159,3 +159,20 @@ pkj_forget_transaction(void)
 	spi_hold = false;
 	spi_held = false;
 }
+
+/*
+ * pkj_keep_plan
+ *		Prepare a statement with SPI and keep its plan for the life of the
+ *		process; in a transaction begun by pkj_begin_spi().
+ */
+SPIPlanPtr
+pkj_keep_plan(const char *sql, int nargs, const Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, unconstify(Oid *, argtypes));
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
