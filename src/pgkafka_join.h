@@ -3,21 +3,26 @@
  * pgkafka_join.h
  *	  Declarations shared by the files of pgkafka_join.
  *
- * The data path, one file a role:
- *	  guc.c       settings (pgkafka_join.*) and their checks
- *	  message.c   parse one Kafka message value into a movie or a rating,
- *	              or say why it is rejected; never throws on bad input
- *	  kafka.c     librdkafka handles: consumer, transactional producer
+ * One file a role, read top-down: each calls only files below it in this
+ * list (test/call_graph checks it).
+ *	  pgkafka_join.c  the module's entry point: settings, the launcher
+ *	  sql_api.c   SQL-callable C functions
+ *	  launcher.c  the launcher, which keeps the join workers running
+ *	  worker.c    the join worker's process and its loop, in named steps
  *	  consume.c   fill a batch from the consumer; input partitions' status
  *	  ingest.c    one batch of consumed messages -> one transaction
- *	  join.c      a batch of ratings joined with the catalog and stored
+ *	  ownership.c which partitions a worker owns; claims against other
+ *	              servers; assigning them at the stored offsets
  *	  publish.c   new rated movies -> one Kafka transaction
- *	  ownership.c which partitions a worker owns; claims against other servers
- *	  launcher.c  the launcher, which keeps the join workers running
- *	  worker.c    the join worker's process, its loop and signals
- *	  xact.c      the worker's transactions and the lock on the extension,
- *	              a floor below the files above
- *	  sql_api.c   SQL-callable C functions
+ *	  kafka.c     librdkafka handles: consumer, transactional producer
+ *	  message.c   parse one Kafka message value into a movie or a rating,
+ *	              or say why it is rejected; never throws on bad input
+ *	  status.c    what the worker does, in shared memory for the views, and
+ *	              what it waits for, in the log
+ *	  join.c      a batch of ratings joined with the catalog and stored
+ *	  guc.c       settings (pgkafka_join.*) and their checks
+ *	  xact.c      the worker's transactions, SPI plans and the lock on the
+ *	              extension
  *
  *-------------------------------------------------------------------------
  */
