@@ -280,6 +280,97 @@ pkj_transactional_id_value(void)
 }
 
 /*
+ * The consumer's configuration: the properties of the settings and of the
+ * file (props), on top of our defaults, under the settings no property may
+ * change.  NULL, with *problem set, if librdkafka refuses one.
+ */
+static rd_kafka_conf_t *
+consumer_conf(const char *group, List *props, char **problem)
+{
+	/*
+	 * librdkafka 2.0 stops fetching while its queue holds
+	 * queued.min.messages and looks again only up to a second later;
+	 * the default of 100000 starves a worker that stores faster.  With
+	 * the default fetch.wait.max.ms (500 ms), a lone rating on a quiet
+	 * stream was seen to wait up to a second before the worker got it
+	 * (a fetch held by the broker for want of data, not answered when
+	 * the data came).  10 ms bounds that wait, for an empty fetch per
+	 * 10 ms on an idle stream.  A fetch waits for 100 kB (or those
+	 * 10 ms): at a steady 10,000 ratings/s, answering a fetch for every
+	 * few messages kept the broker busier than everything else, and
+	 * its queue of requests was what the results waited for.
+	 *
+	 * What is fetched ahead lives in the worker's private memory, about
+	 * 300 bytes a message besides its payload: catching up a backlog
+	 * of small messages with a million queued took 400 MB, whatever
+	 * the batch size.  250,000 messages (and 32 MB of payload) are
+	 * a few seconds of work for a worker, and bound that memory to
+	 * about 100 MB however long the backlog.
+	 */
+	const char *const defaults[] = {
+		"queued.min.messages", "250000",
+		"queued.max.messages.kbytes", "32768",
+		"fetch.wait.max.ms", "10",
+		"fetch.min.bytes", "100000",
+		NULL
+	};
+	const char *const reserved[] = {
+		"group.id", group,
+		"enable.auto.commit", "false",
+		"enable.auto.offset.store", "false",
+		"isolation.level", "read_committed",
+		"enable.partition.eof", "false",
+		"auto.offset.reset", "error",
+		NULL
+	};
+
+	return make_conf("consumer", defaults, reserved, props, problem);
+}
+
+/* The producer's configuration, as consumer_conf() makes the consumer's */
+static rd_kafka_conf_t *
+producer_conf(const char *transactional_id, List *props, char **problem)
+{
+	/*
+	 * A transaction begun right after the previous one committed adds
+	 * its partitions while the brokers still write the previous one's
+	 * markers: they answer CONCURRENT_TRANSACTIONS, and librdkafka
+	 * tries again after retry.backoff.ms.  The default, 100 ms, then
+	 * made every commit take 100 ms at a steady rate; 10 ms keeps the
+	 * latency of a result in tens of milliseconds.
+	 */
+	const char *const defaults[] = {
+		"linger.ms", "5",
+		"retry.backoff.ms", "10",
+		NULL
+	};
+	const char *const reserved[] = {
+		"transactional.id", transactional_id,
+		"enable.idempotence", "true",
+		"partitioner", "murmur2_random",
+		NULL
+	};
+
+	return make_conf("producer", defaults, reserved, props, problem);
+}
+
+/*
+ * The settings the handles are made with, kept to tell a reload that
+ * changes them (pkj_kafka_settings_changed()); in TopMemoryContext.
+ */
+static void
+remember_settings(const char *file_content)
+{
+	pkj_kafka.brokers = pstrdup(pkj_brokers);
+	pkj_kafka.properties = pstrdup(pkj_kafka_properties);
+	pkj_kafka.properties_file = pstrdup(pkj_kafka_properties_file);
+	pkj_kafka.properties_file_content = pstrdup(file_content);
+	pkj_kafka.movies_topic = pstrdup(pkj_movies_topic);
+	pkj_kafka.ratings_topic = pstrdup(pkj_ratings_topic);
+	pkj_kafka.output_topic = pstrdup(pkj_output_topic);
+}
+
+/*
  * pkj_kafka_connect
  *		Create the consumer and the producer of worker number "worker",
  *		whose delivery reports go to
@@ -296,7 +387,7 @@ pkj_kafka_connect(Oid extension_oid, int worker, PkjDeliveryReport delivery_repo
 				  char **problem)
 {
 	rd_kafka_conf_t *conf;
-	rd_kafka_conf_t *producer_conf;
+	rd_kafka_conf_t *producer;
 	/* worker 0 keeps the id of a single worker; the others add their number */
 	char	   *txn_id = worker == 0 ? pkj_transactional_id_value() :
 		psprintf("%s-%d", pkj_transactional_id_value(), worker);
@@ -311,82 +402,19 @@ pkj_kafka_connect(Oid extension_oid, int worker, PkjDeliveryReport delivery_repo
 	if (!pkj_read_properties_file(&file_props, &file_content, problem))
 		return false;
 
-	/* consumer */
+	conf = consumer_conf(group_id, file_props, problem);
+	if (conf == NULL)
+		return false;
+	producer = producer_conf(txn_id, file_props, problem);
+	if (producer == NULL)
 	{
-		/*
-		 * librdkafka 2.0 stops fetching while its queue holds
-		 * queued.min.messages and looks again only up to a second later;
-		 * the default of 100000 starves a worker that stores faster.  With
-		 * the default fetch.wait.max.ms (500 ms), a lone rating on a quiet
-		 * stream was seen to wait up to a second before the worker got it
-		 * (a fetch held by the broker for want of data, not answered when
-		 * the data came).  10 ms bounds that wait, for an empty fetch per
-		 * 10 ms on an idle stream.  A fetch waits for 100 kB (or those
-		 * 10 ms): at a steady 10,000 ratings/s, answering a fetch for every
-		 * few messages kept the broker busier than everything else, and
-		 * its queue of requests was what the results waited for.
-		 *
-		 * What is fetched ahead lives in the worker's private memory, about
-		 * 300 bytes a message besides its payload: catching up a backlog
-		 * of small messages with a million queued took 400 MB, whatever
-		 * the batch size.  250,000 messages (and 32 MB of payload) are
-		 * a few seconds of work for a worker, and bound that memory to
-		 * about 100 MB however long the backlog.
-		 */
-		const char *const defaults[] = {
-			"queued.min.messages", "250000",
-			"queued.max.messages.kbytes", "32768",
-			"fetch.wait.max.ms", "10",
-			"fetch.min.bytes", "100000",
-			NULL
-		};
-		const char *const reserved[] = {
-			"group.id", group_id,
-			"enable.auto.commit", "false",
-			"enable.auto.offset.store", "false",
-			"isolation.level", "read_committed",
-			"enable.partition.eof", "false",
-			"auto.offset.reset", "error",
-			NULL
-		};
-
-		conf = make_conf("consumer", defaults, reserved, file_props, problem);
-		if (conf == NULL)
-			return false;
+		rd_kafka_conf_destroy(conf);
+		return false;
 	}
-	/* producer */
-	{
-		/*
-		 * A transaction begun right after the previous one committed adds
-		 * its partitions while the brokers still write the previous one's
-		 * markers: they answer CONCURRENT_TRANSACTIONS, and librdkafka
-		 * tries again after retry.backoff.ms.  The default, 100 ms, then
-		 * made every commit take 100 ms at a steady rate; 10 ms keeps the
-		 * latency of a result in tens of milliseconds.
-		 */
-		const char *const defaults[] = {
-			"linger.ms", "5",
-			"retry.backoff.ms", "10",
-			NULL
-		};
-		const char *const reserved[] = {
-			"transactional.id", txn_id,
-			"enable.idempotence", "true",
-			"partitioner", "murmur2_random",
-			NULL
-		};
-
-		producer_conf = make_conf("producer", defaults, reserved, file_props, problem);
-		if (producer_conf == NULL)
-		{
-			rd_kafka_conf_destroy(conf);
-			return false;
-		}
-	}
-	rd_kafka_conf_set_dr_msg_cb(producer_conf, delivery_report);
+	rd_kafka_conf_set_dr_msg_cb(producer, delivery_report);
 
 	old = MemoryContextSwitchTo(TopMemoryContext);
-	pkj_kafka.producer = new_handle(RD_KAFKA_PRODUCER, producer_conf, problem);
+	pkj_kafka.producer = new_handle(RD_KAFKA_PRODUCER, producer, problem);
 	if (pkj_kafka.producer == NULL)
 	{
 		rd_kafka_conf_destroy(conf);
@@ -416,13 +444,7 @@ pkj_kafka_connect(Oid extension_oid, int worker, PkjDeliveryReport delivery_repo
 	pkj_kafka.transactions_ready = false;
 	pkj_kafka.extension_oid = extension_oid;
 
-	pkj_kafka.brokers = pstrdup(pkj_brokers);
-	pkj_kafka.properties = pstrdup(pkj_kafka_properties);
-	pkj_kafka.properties_file = pstrdup(pkj_kafka_properties_file);
-	pkj_kafka.properties_file_content = pstrdup(file_content);
-	pkj_kafka.movies_topic = pstrdup(pkj_movies_topic);
-	pkj_kafka.ratings_topic = pstrdup(pkj_ratings_topic);
-	pkj_kafka.output_topic = pstrdup(pkj_output_topic);
+	remember_settings(file_content);
 	pkj_kafka.assigned_movies = 0;
 	pkj_kafka.assigned_ratings = 0;
 
