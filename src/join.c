@@ -507,6 +507,117 @@ pkj_copy_movies(int count, const int *rows, const Datum *ids, const Datum *title
 }
 
 /*
+ * The rights pkj_store_ratings() needs on the catalog, checked as the
+ * executor would: it reads the catalog's index directly.
+ */
+static void
+check_catalog_access(Oid movies, Oid sequence)
+{
+	if (!OidIsValid(movies) || !OidIsValid(sequence))
+		elog(ERROR, "pgkafka_join.movies or pgkafka_join.rated_movies_id_seq is missing");
+	if (pg_class_aclcheck(movies, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, "movies");
+	if (check_enable_rls(movies, InvalidOid, false) == RLS_ENABLED)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot join ratings with \"movies\" under row-level security"),
+				 errhint("Call the function as a role that bypasses row-level security.")));
+}
+
+/* A movie of the catalog, as a result takes it */
+typedef struct FoundMovie
+{
+	text	   *title;			/* NULL: none */
+	int			title_len;
+	Datum		year;
+	bool		null_year;
+} FoundMovie;
+
+/*
+ * Look movie_id up in the catalog, through the primary key of the
+ * partition that holds it.  Returns whether it is stored, and fills *movie
+ * if so.
+ */
+static inline bool
+lookup_movie(CatalogPart *catalog, int64 movie_id, Snapshot snapshot, FoundMovie *movie)
+{
+	CatalogPart *leaf = catalog_leaf(catalog, movie_id, snapshot);
+	ScanKeyData key;
+	bool		null_title;
+	Datum		d;
+
+	movie->title = NULL;
+	movie->title_len = 0;
+	movie->year = (Datum) 0;
+	movie->null_year = true;
+	if (leaf == NULL)
+		return false;
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(movie_id));
+	index_rescan(leaf->scan, &key, 1, NULL, 0);
+	if (!index_getnext_slot(leaf->scan, ForwardScanDirection, leaf->slot))
+		return false;
+	d = slot_getattr(leaf->slot, leaf->title_att, &null_title);
+	movie->title = null_title ? NULL : DatumGetTextPP(d);
+	movie->title_len = movie->title ? VARSIZE_ANY_EXHDR(movie->title) : 0;
+	movie->year = slot_getattr(leaf->slot, leaf->year_att, &movie->null_year);
+	return true;
+}
+
+/* A row of pgkafka_join.ratings, as pkj_store_ratings() copies it */
+static inline void
+append_rating(StringInfo buf, int64 movie_id, Datum rating, TimestampTz rated_at,
+			  Datum partition, Datum offset, TimestampTz now, bool joined)
+{
+	char	   *p;
+
+	enlargeStringInfo(buf, ROW_BYTES);
+	p = buf->data + buf->len;
+	p = put_int16(p, 7);
+	p = put_field8(p, movie_id);
+	p = put_field8(p, float8_bits(rating));
+	p = put_field8(p, rated_at);
+	p = put_field4(p, DatumGetInt32(partition));
+	p = put_field8(p, DatumGetInt64(offset));
+	p = put_field8(p, now);
+	p = put_int32(p, 1);
+	*p++ = joined ? 1 : 0;
+	buf->len = p - buf->data;
+}
+
+/*
+ * A row of pgkafka_join.rated_movies, as pkj_store_ratings() copies it: a
+ * result of the share of the partition its rating came on
+ */
+static inline void
+append_result(StringInfo buf, int64 id, int64 movie_id, const FoundMovie *movie,
+			  Datum rating, TimestampTz rated_at, TimestampTz now, Datum partition,
+			  Datum offset)
+{
+	char	   *p;
+
+	enlargeStringInfo(buf, ROW_BYTES + movie->title_len);
+	p = buf->data + buf->len;
+	p = put_int16(p, 10);
+	p = put_field8(p, id);
+	p = put_field8(p, movie_id);
+	if (movie->title == NULL)
+		p = put_int32(p, -1);
+	else
+	{
+		p = put_int32(p, movie->title_len);
+		p = put_bytes(p, VARDATA_ANY(movie->title), movie->title_len);
+	}
+	p = movie->null_year ? put_int32(p, -1) : put_field4(p, DatumGetInt32(movie->year));
+	p = put_field8(p, float8_bits(rating));
+	p = put_field8(p, rated_at);
+	p = put_field8(p, now);
+	p = put_field4(p, DatumGetInt32(partition));
+	p = put_field8(p, DatumGetInt64(offset));
+	p = put_field4(p, DatumGetInt32(partition));
+	buf->len = p - buf->data;
+}
+
+/*
  * pkj_store_ratings
  *		Store a batch of ratings, count values in each column, and publish
  *		those whose movie is stored and which are inside the join window,
@@ -541,16 +652,7 @@ pkj_store_ratings(int count, const Datum *movie_ids, const Datum *ratings,
 
 	if (count == 0)
 		return 0;
-	if (!OidIsValid(movies) || !OidIsValid(sequence))
-		elog(ERROR, "pgkafka_join.movies or pgkafka_join.rated_movies_id_seq is missing");
-	if (pg_class_aclcheck(movies, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
-		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, "movies");
-	if (check_enable_rls(movies, InvalidOid, false) == RLS_ENABLED)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("cannot join ratings with \"movies\" under row-level security"),
-				 errhint("Call the function as a role that bypasses row-level security.")));
-
+	check_catalog_access(movies, sequence);
 	create_batch_partitions(count, rated_ats);
 
 	order = palloc(count * sizeof(RatingOrder));
@@ -572,30 +674,8 @@ pkj_store_ratings(int count, const Datum *movie_ids, const Datum *ratings,
 	for (int i = 0; i < count;)
 	{
 		int64		movie_id = order[i].movie_id;
-		CatalogPart *leaf = catalog_leaf(catalog, movie_id, snapshot);
-		bool		found = false;
-		text	   *title = NULL;
-		Datum		year = (Datum) 0;
-		bool		null_year = true;
-		int			title_len = 0;
-
-		if (leaf != NULL)
-		{
-			ScanKeyData key;
-
-			ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(movie_id));
-			index_rescan(leaf->scan, &key, 1, NULL, 0);
-			found = index_getnext_slot(leaf->scan, ForwardScanDirection, leaf->slot);
-		}
-		if (found)
-		{
-			bool		null_title;
-			Datum		d = slot_getattr(leaf->slot, leaf->title_att, &null_title);
-
-			title = null_title ? NULL : DatumGetTextPP(d);
-			title_len = title ? VARSIZE_ANY_EXHDR(title) : 0;
-			year = slot_getattr(leaf->slot, leaf->year_att, &null_year);
-		}
+		FoundMovie	movie;
+		bool		found = lookup_movie(catalog, movie_id, snapshot, &movie);
 
 		/* the movie's ratings, in Kafka order */
 		for (; i < count && order[i].movie_id == movie_id; i++)
@@ -603,21 +683,9 @@ pkj_store_ratings(int count, const Datum *movie_ids, const Datum *ratings,
 			int			row = order[i].row;
 			TimestampTz rated_at = DatumGetTimestampTz(rated_ats[row]);
 			bool		joined = found && rated_at >= cutoff;
-			char	   *p;
 
-			enlargeStringInfo(&stored, ROW_BYTES);
-			p = stored.data + stored.len;
-			p = put_int16(p, 7);
-			p = put_field8(p, movie_id);
-			p = put_field8(p, float8_bits(ratings[row]));
-			p = put_field8(p, rated_at);
-			p = put_field4(p, DatumGetInt32(partitions[row]));
-			p = put_field8(p, DatumGetInt64(offsets[row]));
-			p = put_field8(p, now);
-			p = put_int32(p, 1);
-			*p++ = joined ? 1 : 0;
-			stored.len = p - stored.data;
-
+			append_rating(&stored, movie_id, ratings[row], rated_at,
+						  partitions[row], offsets[row], now, joined);
 			if (!joined)
 				continue;
 			/* nextval()'s own check, made once for the batch */
@@ -628,26 +696,9 @@ pkj_store_ratings(int count, const Datum *movie_ids, const Datum *ratings,
 						 errmsg("permission denied for sequence %s",
 								get_rel_name(sequence))));
 			sequence_checked = true;
-			enlargeStringInfo(&published, ROW_BYTES + title_len);
-			p = published.data + published.len;
-			p = put_int16(p, 10);
-			p = put_field8(p, nextval_internal(sequence, false));
-			p = put_field8(p, movie_id);
-			if (title == NULL)
-				p = put_int32(p, -1);
-			else
-			{
-				p = put_int32(p, title_len);
-				p = put_bytes(p, VARDATA_ANY(title), title_len);
-			}
-			p = null_year ? put_int32(p, -1) : put_field4(p, DatumGetInt32(year));
-			p = put_field8(p, float8_bits(ratings[row]));
-			p = put_field8(p, rated_at);
-			p = put_field8(p, now);
-			p = put_field4(p, DatumGetInt32(partitions[row]));
-			p = put_field8(p, DatumGetInt64(offsets[row]));
-			p = put_field4(p, DatumGetInt32(partitions[row]));
-			published.len = p - published.data;
+			append_result(&published, nextval_internal(sequence, false), movie_id,
+						  &movie, ratings[row], rated_at, now, partitions[row],
+						  offsets[row]);
 			produced++;
 		}
 	}
