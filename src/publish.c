@@ -481,47 +481,42 @@ pkj_publisher_position_known(void)
 }
 
 /*
- * pkj_publisher_position
- *		Make the producer ready for transactions and learn where publishing
- *		stands.  PKJ_POSITION_KNOWN: the shares' positions are exact.
- *		PKJ_POSITION_UNKNOWN: the brokers could not tell yet (logged); try
- *		again later.  PKJ_POSITION_BEHIND: the output topic is ahead of
- *		PostgreSQL; nothing may be stored or published until
- *		advance_result_ids() (logged once, shown in status).
+ * Complete or abort, once per producer, what a previous producer of the
+ * same transactional id left open.  Returns false if the brokers could not
+ * tell yet.
  */
-PkjPosition
-pkj_publisher_position(void)
+static bool
+transactions_ready(void)
 {
 	rd_kafka_error_t *error;
-	rd_kafka_topic_partition_list_t *parts;
-	rd_kafka_resp_err_t err;
-	int64	   *kafka_position;
-	int64		handed_out;
-	int64		ahead = -1;
-	int64		last = -1;
-	bool	   *shares_ahead;
 
-	if (position_known)
-		return PKJ_POSITION_KNOWN;
-
-	/* a previous producer's transaction is completed or aborted first */
-	if (!pkj_kafka.transactions_ready)
+	if (pkj_kafka.transactions_ready)
+		return true;
+	pgstat_report_activity(STATE_RUNNING, "initializing Kafka transactions");
+	error = rd_kafka_init_transactions(pkj_kafka.producer, KAFKA_TIMEOUT_MS);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	if (error)
 	{
-		pgstat_report_activity(STATE_RUNNING, "initializing Kafka transactions");
-		error = rd_kafka_init_transactions(pkj_kafka.producer, KAFKA_TIMEOUT_MS);
-		pgstat_report_activity(STATE_IDLE, NULL);
-		if (error)
-		{
-			check_fatal(error, "initialize transactions");
-			kafka_error_report(LOG, error, "initialize transactions");
-			rd_kafka_error_destroy(error);
-			return PKJ_POSITION_UNKNOWN;
-		}
-		pkj_kafka.transactions_ready = true;
+		check_fatal(error, "initialize transactions");
+		kafka_error_report(LOG, error, "initialize transactions");
+		rd_kafka_error_destroy(error);
+		return false;
 	}
+	pkj_kafka.transactions_ready = true;
+	return true;
+}
 
-	kafka_position = palloc(Max(nshares, 1) * sizeof(int64));
-	err = committed_positions(&parts);
+/*
+ * The publish position committed in Kafka of each share, -1 where none is:
+ * into kafka_position[], one per share.  Returns false, having logged why,
+ * if the brokers could not tell.
+ */
+static bool
+read_kafka_positions(int64 *kafka_position)
+{
+	rd_kafka_topic_partition_list_t *parts;
+	rd_kafka_resp_err_t err = committed_positions(&parts);
+
 	for (int i = 0; i < nshares && err == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
 	{
 		const char *topic;
@@ -540,57 +535,61 @@ pkj_publisher_position(void)
 			kafka_position[i] = tp->offset;
 	}
 	rd_kafka_topic_partition_list_destroy(parts);
-	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-	{
-		pkj_kafka_note_error(rd_kafka_err2str(err));
-		ereport(LOG,
-				(errmsg("could not read the publish positions from Kafka: %s",
-						rd_kafka_err2str(err)),
-				 err == RD_KAFKA_RESP_ERR_UNSTABLE_OFFSET_COMMIT ?
-				 errdetail("A transaction of another producer is still open on them; it ends when its producer starts again or when the brokers time it out (transaction.timeout.ms).") : 0));
-		return PKJ_POSITION_UNKNOWN;
-	}
-	stored_positions(&handed_out);
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		return true;
+	pkj_kafka_note_error(rd_kafka_err2str(err));
+	ereport(LOG,
+			(errmsg("could not read the publish positions from Kafka: %s",
+					rd_kafka_err2str(err)),
+			 err == RD_KAFKA_RESP_ERR_UNSTABLE_OFFSET_COMMIT ?
+			 errdetail("A transaction of another producer is still open on them; it ends when its producer starts again or when the brokers time it out (transaction.timeout.ms).") : 0));
+	return false;
+}
 
-	shares_ahead = palloc(Max(nshares, 1) * sizeof(bool));
+/*
+ * The output topic is ahead of PostgreSQL: results up to id "ahead" were
+ * published, PostgreSQL numbered only up to handed_out.  Say so, once, in
+ * the log and in status.
+ */
+static void
+report_ahead(int64 ahead, int64 handed_out)
+{
+	int64		recorded = 0;
+
 	for (int i = 0; i < nshares; i++)
-	{
-		ahead = Max(ahead, kafka_position[i]);
-		shares_ahead[i] = kafka_position[i] > handed_out;
-	}
-	record_ahead_shares(shares_ahead);
-	if (ahead > handed_out)
-	{
-		int64		recorded = 0;
+		recorded = Max(recorded, shares[i].published);
+	pkj_status_set_state("stopped: the output topic is ahead of PostgreSQL");
+	pkj_status_set_error(psprintf("results up to id " INT64_FORMAT " were published, but PostgreSQL numbered results only up to " INT64_FORMAT,
+								  ahead, handed_out));
+	if (!behind_logged)
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pgkafka_join stopped: the output topic \"%s\" is ahead of PostgreSQL",
+						pkj_kafka.output_topic),
+				 errdetail("Results up to id " INT64_FORMAT " were published to Kafka; PostgreSQL numbered results only up to id " INT64_FORMAT " and recorded publishing up to id " INT64_FORMAT ".  The database lost commits or was restored to an earlier state; new results would be numbered below the published position and never sent.",
+						   ahead, handed_out, recorded),
+				 errhint("To go on, run SELECT pgkafka_join.advance_result_ids(" INT64_FORMAT "): results not known to be published, and those of input consumed again, are then published with new ids.",
+						 ahead)));
+	behind_logged = true;
+}
 
-		for (int i = 0; i < nshares; i++)
-			recorded = Max(recorded, shares[i].published);
-		pkj_status_set_state("stopped: the output topic is ahead of PostgreSQL");
-		pkj_status_set_error(psprintf("results up to id " INT64_FORMAT " were published, but PostgreSQL numbered results only up to " INT64_FORMAT,
-									  ahead, handed_out));
-		if (!behind_logged)
-			ereport(WARNING,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("pgkafka_join stopped: the output topic \"%s\" is ahead of PostgreSQL",
-							pkj_kafka.output_topic),
-					 errdetail("Results up to id " INT64_FORMAT " were published to Kafka; PostgreSQL numbered results only up to id " INT64_FORMAT " and recorded publishing up to id " INT64_FORMAT ".  The database lost commits or was restored to an earlier state; new results would be numbered below the published position and never sent.",
-							   ahead, handed_out, recorded),
-					 errhint("To go on, run SELECT pgkafka_join.advance_result_ids(" INT64_FORMAT "): results not known to be published, and those of input consumed again, are then published with new ids.",
-							 ahead)));
-		behind_logged = true;
-		return PKJ_POSITION_BEHIND;
-	}
+/*
+ * Publishing goes on after the positions: for each share, the higher of
+ * Kafka's and PostgreSQL's record.  The position committed in Kafka is
+ * exact.  PostgreSQL's record can only lag it, unless the group's offsets
+ * expired or were reset on the brokers: those results are on the topic all
+ * the same, so the higher one counts.
+ */
+static void
+adopt_positions(const int64 *kafka_position)
+{
+	int64		last = -1;
+
 	if (behind_logged)
 		ereport(LOG,
 				(errmsg("pgkafka_join publishes again: results are numbered after the position in Kafka")));
 	behind_logged = false;
 
-	/*
-	 * The position committed in Kafka is exact.  PostgreSQL's record can
-	 * only lag it, unless the group's offsets expired or were reset on the
-	 * brokers: those results are on the topic all the same, so the higher
-	 * one counts.
-	 */
 	for (int i = 0; i < nshares; i++)
 	{
 		if (shares[i].published > kafka_position[i] && kafka_position[i] >= 0)
@@ -607,6 +606,48 @@ pkj_publisher_position(void)
 			(errmsg("pgkafka_join publishes to \"%s\" after results %s",
 					pkj_kafka.output_topic, positions_text()),
 			 errdetail("Per share (input partition), the last result id published.")));
+}
+
+/*
+ * pkj_publisher_position
+ *		Make the producer ready for transactions and learn where publishing
+ *		stands.  PKJ_POSITION_KNOWN: the shares' positions are exact.
+ *		PKJ_POSITION_UNKNOWN: the brokers could not tell yet (logged); try
+ *		again later.  PKJ_POSITION_BEHIND: the output topic is ahead of
+ *		PostgreSQL; nothing may be stored or published until
+ *		advance_result_ids() (logged once, shown in status).
+ */
+PkjPosition
+pkj_publisher_position(void)
+{
+	int64	   *kafka_position;
+	int64		handed_out;
+	int64		ahead = -1;
+	bool	   *shares_ahead;
+
+	if (position_known)
+		return PKJ_POSITION_KNOWN;
+	/* a previous producer's transaction is completed or aborted first */
+	if (!transactions_ready())
+		return PKJ_POSITION_UNKNOWN;
+	kafka_position = palloc(Max(nshares, 1) * sizeof(int64));
+	if (!read_kafka_positions(kafka_position))
+		return PKJ_POSITION_UNKNOWN;
+	stored_positions(&handed_out);
+
+	shares_ahead = palloc(Max(nshares, 1) * sizeof(bool));
+	for (int i = 0; i < nshares; i++)
+	{
+		ahead = Max(ahead, kafka_position[i]);
+		shares_ahead[i] = kafka_position[i] > handed_out;
+	}
+	record_ahead_shares(shares_ahead);
+	if (ahead > handed_out)
+	{
+		report_ahead(ahead, handed_out);
+		return PKJ_POSITION_BEHIND;
+	}
+	adopt_positions(kafka_position);
 	return PKJ_POSITION_KNOWN;
 }
 
