@@ -908,32 +908,12 @@ recover_from_error(void)
 }
 
 /*
- * pkj_worker_main
- *		The join worker, in the database the launcher found.
+ * The settings every transaction of the worker runs under, whatever a DBA
+ * set for the server, the database or the role.
  */
-void
-pkj_worker_main(Datum arg)
+static void
+pin_settings(void)
 {
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-#if defined(M_MMAP_THRESHOLD) && defined(M_TRIM_THRESHOLD)
-
-	/*
-	 * Each batch allocates and frees megabytes (parsed messages, COPY's and
-	 * the executor's memory).  By default glibc gives large freed blocks
-	 * back to the kernel, and the next batch faults them in again page by
-	 * page: a fifth of the worker's time while a catalog loads.  Keep them,
-	 * up to a bound.
-	 */
-	mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
-	mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
-#endif
-	memcpy(&worker.index, MyBgworkerEntry->bgw_extra, sizeof(worker.index));
-	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(arg), InvalidOid, 0);
-	pgstat_report_appname(psprintf("pgkafka_join worker %d", worker.index));
-	pkj_status_worker_started(worker.index);
-
 	/*
 	 * Nothing a non-superuser can create is found by name: the worker runs
 	 * as a superuser, and functions or operators planted in a schema of the
@@ -964,6 +944,36 @@ pkj_worker_main(Datum arg)
 	 */
 	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+}
+
+/*
+ * pkj_worker_main
+ *		The join worker, in the database the launcher found.
+ */
+void
+pkj_worker_main(Datum arg)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+#if defined(M_MMAP_THRESHOLD) && defined(M_TRIM_THRESHOLD)
+
+	/*
+	 * Each batch allocates and frees megabytes (parsed messages, COPY's and
+	 * the executor's memory).  By default glibc gives large freed blocks
+	 * back to the kernel, and the next batch faults them in again page by
+	 * page: a fifth of the worker's time while a catalog loads.  Keep them,
+	 * up to a bound.
+	 */
+	mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+	mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
+#endif
+	memcpy(&worker.index, MyBgworkerEntry->bgw_extra, sizeof(worker.index));
+	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(arg), InvalidOid, 0);
+	pgstat_report_appname(psprintf("pgkafka_join worker %d", worker.index));
+	pkj_status_worker_started(worker.index);
+
+	pin_settings();
 
 	w.loop_cxt = AllocSetContextCreate(TopMemoryContext, "pgkafka_join loop",
 									   ALLOCSET_DEFAULT_SIZES);
