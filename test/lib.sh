@@ -453,6 +453,16 @@ kafka_produce()
 	"$BROKER_SH" produce "$KAFKA_DIR" "$@"
 }
 
+# produce_movies_upto N: movies 1 to N, titled "Movie <id>", keyed by their id
+produce_movies_upto()
+{
+	local m
+
+	for ((m = 1; m <= $1; m++)); do
+		printf '%d\t{"id": %d, "title": "Movie %d"}\n' $m $m $m
+	done | kafka_produce movies
+}
+
 kafka_consume()
 {
 	"$BROKER_SH" consume "$KAFKA_DIR" "$@"

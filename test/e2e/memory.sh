@@ -58,9 +58,7 @@ worker_memory()
 	echo "$total $rss"
 }
 
-for ((m = 1; m <= 10; m++)); do
-	printf '%d\t{"id": %d, "title": "Movie %d"}\n' $m $m $m
-done | kafka_produce movies
+produce_movies_upto 10
 wait_for 60 '[ "$(psql_q "SELECT count(*) FROM pgkafka_join.movies")" = 10 ]' ||
 	fail "the movies were not stored"
 

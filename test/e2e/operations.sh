@@ -25,9 +25,7 @@ ratings() # FIRST COUNT: ratings of movies 1..100 with values FIRST.. as "key<TA
 	done
 }
 
-for ((m = 1; m <= 100; m++)); do
-	printf '%d\t{"id": %d, "title": "Movie %d"}\n' $m $m $m
-done | kafka_produce movies
+produce_movies_upto 100
 wait_for 60 '[ "$(psql_q "SELECT count(*) FROM pgkafka_join.movies")" = 100 ]' ||
 	fail "the movies were not stored"
 

@@ -26,9 +26,7 @@ pg_start "$PG_DIR" \
 	"pgkafka_join.batch_size = 100"
 psql_q "CREATE EXTENSION pgkafka_join"
 
-for ((m = 1; m <= 5000; m++)); do
-	printf '%d\t{"id": %d, "title": "Movie %d"}\n' $m $m $m
-done | kafka_produce movies
+produce_movies_upto 5000
 for ((i = 0; i < 500; i++)); do
 	printf '%d\t{"id": %d, "rating": %d}\n' $((i * 10 + 1)) $((i * 10 + 1)) "$i"
 done | kafka_produce ratings

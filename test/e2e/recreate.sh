@@ -20,9 +20,7 @@ pkj_setup recreate 3 \
 
 LOG=$PG_DIR/server.log
 
-for ((m = 1; m <= MOVIES; m++)); do
-	printf '%d\t{"id": %d, "title": "Movie %d"}\n' $m $m $m
-done | kafka_produce movies
+produce_movies_upto "$MOVIES"
 wait_for 60 "[ \"\$(psql_q 'SELECT count(*) FROM pgkafka_join.movies')\" = $MOVIES ]" ||
 	fail "the movies were not stored"
 pid=$(psql_q "SELECT pid FROM pgkafka_join.status")

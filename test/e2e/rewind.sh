@@ -71,9 +71,7 @@ wait_for_all()
 	wait_for_output "$n" 120
 }
 
-for ((m = 1; m <= 20; m++)); do
-	printf '%d\t{"id": %d, "title": "Movie %d"}\n' $m $m $m
-done | kafka_produce movies
+produce_movies_upto 20
 wait_for 60 '[ "$(count movies)" = 20 ]' || fail "the movies were not stored"
 
 # --- 1. rewind over a malformed rating

@@ -74,9 +74,7 @@ wait_turns()
 	wait_for 60 "[ \"\$(sleeps $1)\" -ge $((from + $2)) ]"
 }
 
-for ((m = 1; m <= 10; m++)); do
-	printf '%d\t{"id": %d, "title": "Movie %d"}\n' $m $m $m
-done | kafka_produce movies
+produce_movies_upto 10
 produce_ratings 20
 wait_for_output 20
 check_eq "the stream works: 20 ratings, 20 results" "$(expected_results)" "$(actual_results)"

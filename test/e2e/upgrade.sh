@@ -77,9 +77,7 @@ pg_start "$PG_DIR" \
 	"pgkafka_join.retry_interval = '1s'" \
 	"pgkafka_join.batch_size = 200"
 psql_q "CREATE EXTENSION pgkafka_join VERSION '1.0'"
-for ((m = 1; m <= 100; m++)); do
-	printf '%d\t{"id": %d, "title": "Movie %d"}\n' $m $m $m
-done | kafka_produce movies
+produce_movies_upto 100
 wait_for 60 '[ "$(psql_q "SELECT count(*) FROM pgkafka_join.movies")" = 100 ]' ||
 	fail "1.0 did not store the movies"
 ratings 0 1000 100 | kafka_produce ratings
