@@ -11,6 +11,9 @@
  * are set, so a bad value is refused by "pg_ctl reload" with a message
  * instead of breaking the worker later.
  *
+ * Not here: what the settings do.  The other files read the values, and
+ * never write them.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -33,6 +33,10 @@
  * ratings: every message of a batch is stored at the same commit, and a
  * rating whose movie is stored by that commit is joined by it.
  *
+ * Not here: taking messages off the consumer (consume.c), the join of a
+ * batch's ratings with the catalog (join.c), publishing (publish.c).  This
+ * file decides what goes into a batch's transaction, and in which order.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

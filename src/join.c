@@ -19,8 +19,12 @@
  *	  indexes and fires the triggers a DBA may add, as an INSERT would.
  *
  * Results are numbered by nextval() of rated_movies_id_seq, in the order
- * they are written (its privileges checked once per batch).  Privileges are those of the caller, as for SQL: SELECT
- * on movies, INSERT on ratings and rated_movies, and the sequence's.
+ * they are written (its privileges checked once per batch).  Privileges are
+ * those of the caller, as for SQL: SELECT on movies, INSERT on ratings and
+ * rated_movies, and the sequence's.
+ *
+ * Not here: the batch's transaction, its movies and offsets (ingest.c), and
+ * publishing the results (publish.c).
  *
  *-------------------------------------------------------------------------
  */

@@ -23,6 +23,9 @@
  * position of its own) and kept by pg_dump (a restored database finds the
  * position it has to continue from).
  *
+ * Not here: what is consumed (consume.c), published (publish.c) or claimed
+ * (ownership.c) with these handles.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -52,7 +52,7 @@ pkj_register_launcher(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-/* Sleep on the latch; a reload (SIGHUP), a worker starting or stopping set it */
+/* Sleep on the latch, which a reload and a worker starting or stopping set */
 static void
 launcher_wait(long timeout_ms)
 {

@@ -37,6 +37,9 @@
  * IDENTIFICATION
  *	  src/message.c
  *
+ * Not here: storing anything (ingest.c); this file touches no table and no
+ * Kafka handle.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -18,19 +18,20 @@
  * ------
  * Two servers that own the same partition would both publish its results.
  * Each server claims its partitions in Kafka: the offset of partition p of
- * the ratings topic (of the movies topic while there is no ratings topic), in the group "pgkafka_join.owners.<output topic>", is
- * the owner's clock in milliseconds, and its metadata the owner's identity
- * (the publisher's transactional id before any worker suffix).  The owner
- * writes it again every CLAIM_RENEW_MS.  A worker that finds a partition
- * claimed by another identity watches the claim for CLAIM_LAPSE_MS: if it
- * changes, the other owner is alive and the newcomer refuses (it came
- * second); if not, the claim has lapsed and is taken over.  A worker taking
- * over partitions it did not claim last reads its claims back
- * CLAIM_CONFIRM_MS later, and refuses if another server wrote in between;
- * every renewal checks the same.  Of two servers started at the same
- * moment, the last to write keeps the partitions.  No clock is compared
- * between servers.  Meanwhile the worker stores what it consumes in a
- * transaction it commits only once the claims hold (see worker.c).
+ * the ratings topic (of the movies topic while there is no ratings topic),
+ * in the group "pgkafka_join.owners.<output topic>", is the owner's clock
+ * in milliseconds, and its metadata the owner's identity (the publisher's
+ * transactional id before any worker suffix).  The owner writes it again
+ * every CLAIM_RENEW_MS.  A worker that finds a partition claimed by another
+ * identity watches the claim for CLAIM_LAPSE_MS: if it changes, the other
+ * owner is alive and the newcomer refuses (it came second); if not, the
+ * claim has lapsed and is taken over.  A worker taking over partitions it
+ * did not claim last reads its claims back CLAIM_CONFIRM_MS later, and
+ * refuses if another server wrote in between; every renewal checks the
+ * same.  Of two servers started at the same moment, the last to write keeps
+ * the partitions.  No clock is compared between servers.  Meanwhile the
+ * worker stores what it consumes in a transaction it commits only once the
+ * claims hold (see worker.c).
  *
  * Assignment
  * ----------
@@ -38,6 +39,9 @@
  * in PostgreSQL, between batches, so that consumption starts exactly where
  * the last committed batch ended.  Whether to consume, and what to do with
  * a batch, is the loop's (worker.c).
+ *
+ * Not here: consuming and storing (consume.c, ingest.c), and what the worker
+ * does while it waits for its claims (worker.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -636,7 +640,7 @@ pkj_assign_partitions(PkjWorker *worker)
 	worker->assigned = true;
 }
 
-/* Assign the partitions again, from the stored offsets, before the next batch */
+/* Assign the partitions again, at the stored offsets, before the next batch */
 void
 pkj_force_reassign(PkjWorker *worker)
 {

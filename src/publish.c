@@ -18,25 +18,27 @@
  * "<control.kafka_group>.<output topic>" (a new output topic starts from
  * nothing and receives every result).  Share -1, the results made before
  * version 1.1, keeps the position of 1.0: the offset of the output topic's
- * partition 0 for the group control.kafka_group.  Either the records and the positions commit, or neither does; a
- * read_committed consumer never sees the records of an aborted or fenced
- * transaction.  On start the producer calls init_transactions(), which
- * aborts whatever transaction a previous incarnation with the same
- * transactional id left open, then reads the committed positions back; a
- * position still inside another producer's open transaction (a worker that
- * owned the share before a change of pgkafka_join.workers) is not given
- * until that transaction ends, and is waited for.  So no result is skipped
- * (a position only moves past records that committed) and none is repeated
- * (records only commit with the position past them).
+ * partition 0 for the group control.kafka_group.  Either the records and
+ * the positions commit, or neither does; a read_committed consumer never
+ * sees the records of an aborted or fenced transaction.  On start the
+ * producer calls init_transactions(), which aborts whatever transaction a
+ * previous incarnation with the same transactional id left open, then reads
+ * the committed positions back; a position still inside another producer's
+ * open transaction (a worker that owned the share before a change of
+ * pgkafka_join.workers) is not given until that transaction ends, and is
+ * waited for.  So no result is skipped (a position only moves past records
+ * that committed) and none is repeated (records only commit with the
+ * position past them).
  *
  * A transaction is started once a batch is stored (pkj_publish_start) and
  * committed (pkj_publish_finish) at once when nothing else waits to be
  * stored, or, while a backlog is caught up, after the next batch was
  * consumed and stored: the producer sends its records in the background
- * meanwhile, and only the commit waits for the brokers (see worker_step()).
- * Nothing about exactness changes: a transaction left open when the worker stops or
- * reconnects is aborted by the next producer, and its results are sent
- * again from the committed positions.
+ * meanwhile, and only the commit waits for the brokers (see
+ * publish_results() in worker.c).  Nothing about exactness changes: a
+ * transaction left open when the worker stops or reconnects is aborted by
+ * the next producer, and its results are sent again from the committed
+ * positions.
  *
  * After each commit, output_position in PostgreSQL records, per output
  * partition and share, the offsets the records landed at, from the delivery
@@ -55,6 +57,9 @@
  * worker stores and publishes nothing, says so, and waits for
  * advance_result_ids().  (The worker's own commits are always durable: see
  * force_durable_commit().)
+ *
+ * Not here: making results (ingest.c, join.c), and which shares a worker
+ * publishes (ownership.c sets them).
  *
  *-------------------------------------------------------------------------
  */

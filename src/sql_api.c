@@ -3,6 +3,8 @@
  * sql_api.c
  *	  SQL-callable C functions of pgkafka_join.
  *
+ * Not here: the worker; these run in the caller's session.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -4,12 +4,16 @@
  *	  What the join worker is doing, in shared memory, for the status views,
  *	  and what it waits for, in the log, once a wait.
  *
- * One slot per join worker, which is its only writer; any backend may
- * read.  A spinlock guards each slot: writers hold it for a few stores,
- * readers copy the slot out under it and format outside.  Rates are kept as per-second
- * counts in a ring of 60 slots, so "per second over the last minute" is a
- * sum divided by 60.  Nothing here is needed for correctness: it is lost on
- * restart and rebuilt as the worker runs.
+ * One slot per join worker, which is its only writer; any backend may read.
+ * A spinlock guards each slot: writers hold it for a few stores, readers
+ * copy the slot out under it and format outside.  Rates are kept as
+ * per-second counts in a ring of 60 slots, so "per second over the last
+ * minute" is a sum divided by 60.  Nothing here is needed for correctness:
+ * it is lost on restart and rebuilt as the worker runs.
+ *
+ * Not here: anything a restart needs.  What is shown is measured by the
+ * files that report it (consume.c the input partitions, publish.c the
+ * published results).
  *
  *-------------------------------------------------------------------------
  */

@@ -10,6 +10,8 @@
  * and the settings they run under are pinned once, when the worker starts
  * (see pkj_worker_main()).
  *
+ * Not here: what runs inside the transactions.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
