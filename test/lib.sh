@@ -288,6 +288,58 @@ EOF
 	pg_use "$dir"
 }
 
+# pg_standby PRIMARY_DIR DIR [CONF ...]: make DIR a streaming standby of
+# the running cluster of PRIMARY_DIR (pg_basebackup -R, its settings
+# included), on a port of its own, with the CONF lines added; start it and
+# point psql_q at it.
+pg_standby()
+{
+	local primary dir port sockdir line
+
+	primary=$(cd "$1" && pwd)
+	dir=$2
+	shift 2
+	_pg_mkdir "$dir"
+	dir=$(cd "$dir" && pwd)
+	port=$(free_port)
+	sockdir=$dir
+	if [ ${#sockdir} -gt 80 ]; then
+		sockdir=$(mktemp -d /tmp/pgkj-sock.XXXXXX)
+		chown postgres:postgres "$sockdir"
+	fi
+	echo "$port" >"$dir/port"
+	echo "$sockdir" >"$dir/socketdir"
+	(cd "$dir" && runuser -u postgres -- "$PG_BIN/pg_basebackup" -D "$dir/data" -R \
+		-X stream -c fast -h "$(cat "$primary/socketdir")" -p "$(cat "$primary/port")" \
+		-U postgres) >"$dir/basebackup.log" 2>&1 ||
+		{ cat "$dir/basebackup.log" >&2; _die "pg_basebackup of $primary failed"; }
+	{
+		echo
+		echo "# the standby's own"
+		echo "port = $port"
+		echo "unix_socket_directories = '$sockdir'"
+		for line in "$@"; do
+			echo "$line"
+		done
+	} >>"$dir/data/postgresql.conf"
+	_pg_dirs+=("$dir")
+	if ! (cd "$dir" && runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" \
+			-l "$dir/server.log" -w -t 60 -s start); then
+		tail -n 30 "$dir/server.log" >&2 || true
+		_die "could not start the standby in $dir"
+	fi
+	pg_use "$dir"
+}
+
+# pg_promote DIR: promote the standby of DIR and wait until it is done.
+pg_promote()
+{
+	local dir
+
+	dir=$(cd "$1" && pwd)
+	(cd "$dir" && runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -w -t 60 -s promote)
+}
+
 # pg_use DIR: point psql_q (and psql) at the cluster of DIR.
 pg_use()
 {
