@@ -235,6 +235,21 @@ wait_for()
 #					too long for a socket address)
 #
 
+# _pg_address DIR: choose a free port and a socket directory for the
+# cluster of DIR, written to DIR/port and DIR/socketdir.  (A Unix socket
+# path is limited to 107 bytes: a long DIR gets one in /tmp.)
+_pg_address()
+{
+	local sockdir=$1
+
+	if [ ${#sockdir} -gt 80 ]; then
+		sockdir=$(mktemp -d /tmp/pgkj-sock.XXXXXX)
+		chown postgres:postgres "$sockdir"
+	fi
+	free_port >"$1/port"
+	echo "$sockdir" >"$1/socketdir"
+}
+
 # pg_start DIR [CONF ...]: create the cluster on first use, add the CONF
 # lines (e.g. "pgkafka_join.brokers = '127.0.0.1:9092'") to its
 # postgresql.conf, start it and point psql_q at it.
@@ -247,15 +262,9 @@ pg_start()
 	dir=$(cd "$dir" && pwd)
 
 	if [ ! -f "$dir/data/PG_VERSION" ]; then
-		port=$(free_port)
-		# A Unix socket path is limited to 107 bytes.
-		sockdir=$dir
-		if [ ${#sockdir} -gt 80 ]; then
-			sockdir=$(mktemp -d /tmp/pgkj-sock.XXXXXX)
-			chown postgres:postgres "$sockdir"
-		fi
-		echo "$port" >"$dir/port"
-		echo "$sockdir" >"$dir/socketdir"
+		_pg_address "$dir"
+		port=$(cat "$dir/port")
+		sockdir=$(cat "$dir/socketdir")
 
 		(cd "$dir" && runuser -u postgres -- "$PG_BIN/initdb" -D "$dir/data" \
 			-U postgres -A trust -E UTF8 --no-locale --no-sync) \
@@ -301,14 +310,9 @@ pg_standby()
 	shift 2
 	_pg_mkdir "$dir"
 	dir=$(cd "$dir" && pwd)
-	port=$(free_port)
-	sockdir=$dir
-	if [ ${#sockdir} -gt 80 ]; then
-		sockdir=$(mktemp -d /tmp/pgkj-sock.XXXXXX)
-		chown postgres:postgres "$sockdir"
-	fi
-	echo "$port" >"$dir/port"
-	echo "$sockdir" >"$dir/socketdir"
+	_pg_address "$dir"
+	port=$(cat "$dir/port")
+	sockdir=$(cat "$dir/socketdir")
 	(cd "$dir" && runuser -u postgres -- "$PG_BIN/pg_basebackup" -D "$dir/data" -R \
 		-X stream -c fast -h "$(cat "$primary/socketdir")" -p "$(cat "$primary/port")" \
 		-U postgres) >"$dir/basebackup.log" 2>&1 ||
