@@ -95,12 +95,13 @@ check_eq "the promoted standby accepts writes" "f" "$(psql_q "SELECT pg_is_in_re
 wait_for 60 '[ "$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE backend_type = '"'pgkafka_join worker'"'")" = 1 ]' ||
 	fail "no worker started on the promoted standby"
 pass "the worker starts on the promoted standby, without a restart"
-# what the standby's log says happened, in this order
+# what the standby's log says happened, in this order (its lines name the
+# process type: "[pid] pgkafka_join worker: LOG: ...")
 promoted=$(grep -n "database system is ready to accept connections" "$STANDBY/server.log" | tail -1 | cut -d: -f1)
-first=$(grep -n "pgkafka_join" "$STANDBY/server.log" | head -1 | cut -d: -f1)
+first=$(grep -nE '\] pgkafka_join (launcher|worker): ' "$STANDBY/server.log" | head -1 | cut -d: -f1)
 [ -n "$promoted" ] && [ -n "$first" ] && [ "$first" -gt "$promoted" ] ||
-	fail "the standby's log names pgkafka_join (line ${first:-none}) before its promotion (line ${promoted:-none})"
-pass "the standby's log names pgkafka_join only after its promotion"
+	fail "a pgkafka_join process logged (line ${first:-none}) before the standby's promotion (line ${promoted:-none})"
+pass "the standby's log has lines of pgkafka_join processes only after its promotion"
 
 wait $producer || fail "producing the stream failed"
 # all consumed, stored, joined and published: nothing more can come
