@@ -7,9 +7,10 @@
  * What it owns: taking messages off the consumer's queue (kafka.c made the
  * handles; the partitions are assigned by the ownership steps of
  * worker.c), the wait for more, and the input partitions' high watermarks
- * and positions in the status views.  What it does not: storing the batch
- * (ingest.c), and where consumption starts (the offsets stored in
- * PostgreSQL).
+ * and positions in the status views and in a Kafka consumer group, for
+ * Kafka's own lag tools.  What it does not: storing the batch (ingest.c),
+ * and where consumption starts (the offsets stored in PostgreSQL, which
+ * the group only mirrors).
  *
  *-------------------------------------------------------------------------
  */
@@ -237,4 +238,60 @@ pkj_consume_report_paused(List *owned)
 		}
 		CHECK_FOR_INTERRUPTS();
 	}
+}
+
+/*
+ * pkj_consume_commit_positions
+ *		Commit, to the consumer group pgkafka_join.consumer_group (the
+ *		extension's own, control.kafka_group, by default), the position of
+ *		each assigned partition, so that Kafka's tools (kafka-consumer-groups
+ *		--describe, lag exporters) show how far the worker is.  Called only
+ *		between batches, when every message consumed is stored and
+ *		committed in PostgreSQL: the group never leads PostgreSQL's offsets.
+ *		PostgreSQL's offsets stay the truth: the commit is asynchronous, its
+ *		outcome is not waited for, and nothing is ever read back from the
+ *		group.  A partition not consumed yet has its stored offset, as it
+ *		was assigned at.
+ */
+void
+pkj_consume_commit_positions(void)
+{
+	rd_kafka_topic_partition_list_t *parts;
+	rd_kafka_topic_partition_list_t *commit;
+	rd_kafka_t *rk;
+	char	   *problem;
+
+	if (pkj_kafka.consumer == NULL ||
+		rd_kafka_assignment(pkj_kafka.consumer, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		return;
+	rd_kafka_position(pkj_kafka.consumer, parts);
+	commit = rd_kafka_topic_partition_list_new(parts->cnt);
+	for (int i = 0; i < parts->cnt; i++)
+	{
+		rd_kafka_topic_partition_t *tp = &parts->elems[i];
+		int64		offset = tp->offset;
+
+		if (offset < 0 && pkj_kafka.assignment)
+		{
+			rd_kafka_topic_partition_t *a =
+				rd_kafka_topic_partition_list_find(pkj_kafka.assignment, tp->topic, tp->partition);
+
+			offset = a == NULL ? -1 : a->offset;
+		}
+		if (offset >= 0)
+			rd_kafka_topic_partition_list_add(commit, tp->topic, tp->partition)->offset = offset;
+	}
+	rd_kafka_topic_partition_list_destroy(parts);
+	if (commit->cnt > 0)
+	{
+		rk = pkj_kafka_group_handle(pkj_kafka.input_group, &problem);
+		if (rk == NULL)
+			pkj_kafka_note_error(problem);
+		else
+		{
+			(void) rd_kafka_commit(rk, commit, 1);
+			rd_kafka_poll(rk, 0);	/* its logs */
+		}
+	}
+	rd_kafka_topic_partition_list_destroy(commit);
 }

@@ -40,6 +40,7 @@ int64		pkj_future_tolerance_us = USECS_PER_DAY;
 char	   *pkj_kafka_properties = NULL;
 char	   *pkj_kafka_properties_file = NULL;
 char	   *pkj_transactional_id = NULL;
+char	   *pkj_consumer_group = NULL;
 int			pkj_batch_size = 10000;
 int			pkj_batch_delay = 0;
 int			pkj_retry_interval = 5000;
@@ -515,6 +516,14 @@ pkj_define_gucs(void)
 							   &pkj_transactional_id,
 							   "",
 							   PGC_POSTMASTER, 0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("pgkafka_join.consumer_group",
+							   "Kafka consumer group the worker commits its stored input positions to, for Kafka's lag tools.",
+							   "Empty: the extension's own group, control.kafka_group.",
+							   &pkj_consumer_group,
+							   "",
+							   PGC_SIGHUP, 0,
 							   NULL, NULL, NULL);
 
 	DefineCustomIntVariable("pgkafka_join.batch_size",

@@ -371,6 +371,7 @@ remember_settings(const char *file_content)
 	pkj_kafka.movies_topic = pstrdup(pkj_movies_topic);
 	pkj_kafka.ratings_topic = pstrdup(pkj_ratings_topic);
 	pkj_kafka.output_topic = pstrdup(pkj_output_topic);
+	pkj_kafka.consumer_group = pstrdup(pkj_consumer_group);
 }
 
 /*
@@ -443,6 +444,7 @@ pkj_kafka_connect(Oid extension_oid, int worker, PkjDeliveryReport delivery_repo
 
 	pkj_kafka.cgmd = rd_kafka_consumer_group_metadata_new(group_id);
 	pkj_kafka.shares_group = psprintf("%s.%s", group_id, pkj_output_topic);
+	pkj_kafka.input_group = pstrdup(pkj_consumer_group[0] != '\0' ? pkj_consumer_group : group_id);
 	pkj_kafka.shares_cgmd = rd_kafka_consumer_group_metadata_new(pkj_kafka.shares_group);
 	pkj_kafka.transactions_ready = false;
 	pkj_kafka.extension_oid = extension_oid;
@@ -498,7 +500,9 @@ pkj_kafka_disconnect(void)
 		pfree(pkj_kafka.movies_topic);
 		pfree(pkj_kafka.ratings_topic);
 		pfree(pkj_kafka.output_topic);
+		pfree(pkj_kafka.consumer_group);
 		pfree(pkj_kafka.shares_group);
+		pfree(pkj_kafka.input_group);
 	}
 	memset(&pkj_kafka, 0, sizeof(pkj_kafka));
 }
@@ -568,7 +572,8 @@ pkj_kafka_settings_changed(void)
 		strcmp(pkj_kafka.properties, pkj_kafka_properties) != 0 ||
 		strcmp(pkj_kafka.movies_topic, pkj_movies_topic) != 0 ||
 		strcmp(pkj_kafka.ratings_topic, pkj_ratings_topic) != 0 ||
-		strcmp(pkj_kafka.output_topic, pkj_output_topic) != 0;
+		strcmp(pkj_kafka.output_topic, pkj_output_topic) != 0 ||
+		strcmp(pkj_kafka.consumer_group, pkj_consumer_group) != 0;
 }
 
 /* Empty the wake-up pipe; call before the last check of the queue */

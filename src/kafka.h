@@ -10,8 +10,11 @@
 
 #include <librdkafka/rdkafka.h>
 
-/* Groups whose offsets a worker reads besides its own: positions, claims */
-#define PKJ_GROUP_HANDLES 2
+/*
+ * Groups whose offsets a worker reads or commits besides its own: positions,
+ * claims, the input positions shown to Kafka's lag tools
+ */
+#define PKJ_GROUP_HANDLES 3
 
 typedef struct PkjKafka
 {
@@ -20,6 +23,8 @@ typedef struct PkjKafka
 	int			wakeup[2];		/* pipe written when the queue fills */
 	rd_kafka_t *producer;
 	rd_kafka_consumer_group_metadata_t *cgmd;	/* control.kafka_group */
+	/* the group the input positions are committed to, for lag tools */
+	char	   *input_group;
 	/* the group of the shares' publish positions, per output topic */
 	char	   *shares_group;
 	rd_kafka_consumer_group_metadata_t *shares_cgmd;
@@ -41,6 +46,7 @@ typedef struct PkjKafka
 	char	   *movies_topic;
 	char	   *ratings_topic;
 	char	   *output_topic;
+	char	   *consumer_group;
 
 	/* partitions currently assigned, per input topic */
 	int			assigned_movies;

@@ -49,6 +49,7 @@ extern int64 pkj_future_tolerance_us;
 extern char *pkj_kafka_properties;
 extern char *pkj_kafka_properties_file;
 extern char *pkj_transactional_id;
+extern char *pkj_consumer_group;
 extern int	pkj_batch_size;
 extern int	pkj_batch_delay;
 extern int	pkj_retry_interval;
@@ -150,6 +151,7 @@ extern bool pkj_batch_storing_contents(PkjBatch *batch);
 extern void pkj_consume_batch(PkjBatch *batch, long timeout_ms, int limit);
 extern void pkj_consume_report(void);
 extern void pkj_consume_report_paused(List *owned);
+extern void pkj_consume_commit_positions(void);
 
 /* ---- join.c ---- */
 extern TimestampTz pkj_join_cutoff(void);

@@ -780,7 +780,10 @@ publish_results(void)
 	pkj_kafka_serve_producer();
 }
 
-/* Step 5: the input partitions in the status views, progress in the log */
+/*
+ * Step 5: the input partitions in the status views and in a Kafka consumer
+ * group, progress in the log
+ */
 static void
 report(void)
 {
@@ -789,6 +792,7 @@ report(void)
 	if (now >= w.next_status)
 	{
 		pkj_consume_report();
+		pkj_consume_commit_positions();
 		w.next_status = TimestampTzPlusMilliseconds(now, 1000);
 	}
 	if (now >= w.next_progress)

@@ -504,6 +504,12 @@ kafka_delete_group_offsets()
 	"$BROKER_SH" delete-group-offsets "$KAFKA_DIR" "$@"
 }
 
+# kafka_consumer_groups ARG ...: Kafka's kafka-consumer-groups tool
+kafka_consumer_groups()
+{
+	"$BROKER_SH" consumer-groups "$KAFKA_DIR" "$@"
+}
+
 kafka_produce()
 {
 	"$BROKER_SH" produce "$KAFKA_DIR" "$@"

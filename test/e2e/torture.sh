@@ -185,6 +185,23 @@ worker_phase()
 }
 declare -A phases=()
 
+# The input positions the workers mirror to Kafka (control.kafka_group, for
+# lag tools), read while the server is down, against PostgreSQL's offsets
+# once it is up again: never ahead of them.  "TOPIC:PARTITION OFFSET" lines.
+KGROUP=$(psql_q "SELECT kafka_group FROM pgkafka_join.control")
+group_offsets()
+{
+	kafka_consumer_groups --describe --group "$KGROUP" 2>/dev/null |
+		awk '($2 == "movies" || $2 == "ratings") && $4 != "-" { print $2 ":" $3, $4 }' | sort
+}
+stored_offsets()
+{
+	psql_q "SELECT topic || ':' || kafka_partition, next_offset FROM pgkafka_join.input_offsets" |
+		tr '|' ' ' | sort
+}
+group_read=0
+group_ahead=
+
 kills=0
 restart_time=0
 position_ahead=
@@ -194,6 +211,7 @@ while kill -0 "$driver" 2>/dev/null; do
 	pg_kill "$PG_DIR"
 	kills=$((kills + 1))
 	phases[$phase]=$((${phases[$phase]:-0} + 1))
+	group=$(group_offsets)
 	t0=$(date +%s%N)
 	mapfile -t conf < <(batch_conf)
 	pg_start "$PG_DIR" "${conf[@]}" 2> >(grep -v 'another server might be running' >&2)
@@ -207,6 +225,17 @@ while kill -0 "$driver" 2>/dev/null; do
 		position_ahead="after kill $kills: $ahead"
 		echo "# after kill $kills, pgkafka_join.output_position is ahead of every result ($ahead)"
 	fi
+	if [ -n "$group" ]; then
+		group_read=$((group_read + 1))
+		# PostgreSQL's offsets only grow after the restart: any partition
+		# where the group is still ahead was ahead at the kill
+		ahead=$(join -a1 -e -1 -o 0,1.2,2.2 <(echo "$group") <(stored_offsets) |
+			awk '$2 > $3 { printf "%s%s: group %s, PostgreSQL %s", sep, $1, $2, $3; sep = "; " }')
+		if [ -n "$ahead" ] && [ -z "$group_ahead" ]; then
+			group_ahead="at kill $kills: $ahead"
+			echo "# at kill $kills, the group's input positions were ahead of PostgreSQL's ($ahead)"
+		fi
+	fi
 	[ $kills -lt "$MIN_KILLS" ] || touch "$STOP"
 	if [ $((kills % 10)) = 0 ]; then
 		read -r rounds nmovies nratings <"$STATUS" || true
@@ -218,6 +247,10 @@ pass "$kills kills of the server in the middle of the stream (restart: $((restar
 [ -z "$position_ahead" ] ||
 	fail "pgkafka_join.output_position was ahead of every result $position_ahead"
 pass "after every restart, pgkafka_join.output_position recorded no id above every result"
+[ "$group_read" -gt 0 ] || fail "the consumer group's input positions were never found at a kill"
+[ -z "$group_ahead" ] ||
+	fail "the consumer group's input positions were ahead of PostgreSQL's $group_ahead"
+pass "at $group_read kills, the consumer group's input positions were at or behind PostgreSQL's"
 for phase in "${!phases[@]}"; do
 	echo "#   ${phases[$phase]} kills while the worker was: $phase"
 done

@@ -49,6 +49,10 @@
 #		PARTITIONS - 1 of TOPIC (committed offsets with metadata), then
 #		claim them at once for OWNER; print "watching" once waiting, then
 #		the claimant found.  These last five commands run KafkaAdmin.java.
+#	broker.sh consumer-groups DIR ARG ...
+#		Run Kafka's own kafka-consumer-groups tool (ConsumerGroupCommand,
+#		from the kafka-tools jar) against the broker, with ARG ..., e.g.
+#		--describe --group NAME.
 #	broker.sh produce DIR TOPIC [-p PARTITION] [-x TRANSACTIONAL_ID [--abort]]
 #		Produce the lines of stdin, each "KEY<TAB>VALUE", in order, with an
 #		idempotent producer; returns once all are acknowledged.  An empty
@@ -346,6 +350,17 @@ kafka_admin()
 		"$here/KafkaAdmin.java" "$bs" "$@"
 }
 
+cmd_consumer_groups()
+{
+	local dir=$1 bs
+	shift
+
+	running_pid "$dir" >/dev/null || die "no broker running in $dir"
+	bs=$(bootstrap_of "$dir")
+	java -cp "$KAFKA_LIBS/*" -Dlog4j.configuration="file:$(tool_log4j "$dir")" \
+		org.apache.kafka.tools.consumer.group.ConsumerGroupCommand --bootstrap-server "$bs" "$@"
+}
+
 cmd_delete_records()
 {
 	local dir=$1 topic=$2 partition=$3 offset=$4
@@ -494,6 +509,7 @@ case $cmd in
 	set-group-offset) [ $# -eq 4 ] || usage; cmd_set_group_offset "$dir" "$@" ;;
 	claim-after) [ $# -eq 4 ] || usage; cmd_claim_after "$dir" "$@" ;;
 	delete-group-offsets) [ $# -eq 2 ] || usage; cmd_delete_group_offsets "$dir" "$@" ;;
+	consumer-groups) [ $# -ge 1 ] || usage; cmd_consumer_groups "$dir" "$@" ;;
 	produce) [ $# -ge 1 ] || usage; cmd_produce "$dir" "$@" ;;
 	consume) [ $# -ge 1 ] || usage; cmd_consume "$dir" "$@" ;;
 	*) usage ;;
