@@ -250,6 +250,17 @@ _pg_address()
 	echo "$sockdir" >"$1/socketdir"
 }
 
+# _pg_ctl_start DIR: start the cluster of DIR, logging to DIR/server.log,
+# and wait until it accepts connections
+_pg_ctl_start()
+{
+	if ! (cd "$1" && runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$1/data" \
+			-l "$1/server.log" -w -t 60 -s start); then
+		tail -n 30 "$1/server.log" >&2 || true
+		_die "could not start the cluster in $1"
+	fi
+}
+
 # pg_start DIR [CONF ...]: create the cluster on first use, add the CONF
 # lines (e.g. "pgkafka_join.brokers = '127.0.0.1:9092'") to its
 # postgresql.conf, start it and point psql_q at it.
@@ -289,11 +300,7 @@ EOF
 	# Not registered for cleanup twice.
 	[[ " ${_pg_dirs[*]} " == *" $dir "* ]] || _pg_dirs+=("$dir")
 
-	if ! (cd "$dir" && runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" \
-			-l "$dir/server.log" -w -t 60 -s start); then
-		tail -n 30 "$dir/server.log" >&2 || true
-		_die "could not start the cluster in $dir"
-	fi
+	_pg_ctl_start "$dir"
 	pg_use "$dir"
 }
 
@@ -327,11 +334,7 @@ pg_standby()
 		done
 	} >>"$dir/data/postgresql.conf"
 	_pg_dirs+=("$dir")
-	if ! (cd "$dir" && runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" \
-			-l "$dir/server.log" -w -t 60 -s start); then
-		tail -n 30 "$dir/server.log" >&2 || true
-		_die "could not start the standby in $dir"
-	fi
+	_pg_ctl_start "$dir"
 	pg_use "$dir"
 }
 

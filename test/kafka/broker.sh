@@ -249,8 +249,7 @@ cmd_start()
 
 	# KRaft storage must be formatted once, before the first start.
 	if [ ! -f "$dir/kraft-logs/meta.properties" ]; then
-		java -cp "$KAFKA_LIBS/*" -Dlog4j.configuration="file:$(tool_log4j "$dir")" \
-			kafka.tools.StorageTool format -t "$(random_cluster_id)" \
+		tool_java "$dir" kafka.tools.StorageTool format -t "$(random_cluster_id)" \
 			-c "$dir/server.properties" >"$dir/format.out" 2>&1 ||
 			{ cat "$dir/format.out" >&2; die "could not format $dir/kraft-logs"; }
 	fi
@@ -318,12 +317,10 @@ cmd_create_topic()
 	local dir=$1 name=$2 partitions=$3 bs rc=0 deadline
 	shift 3
 
-	running_pid "$dir" >/dev/null || die "no broker running in $dir"
-	bs=$(bootstrap_of "$dir")
+	bs=$(running_bootstrap "$dir") || exit 1
 	[[ "$partitions" =~ ^[1-9][0-9]*$ ]] || die "invalid partition count \"$partitions\""
 
-	java -cp "$KAFKA_LIBS/*" -Dlog4j.configuration="file:$(tool_log4j "$dir")" \
-		"$here/CreateTopic.java" "$bs" "$name" "$partitions" "$@" || rc=$?
+	tool_java "$dir" "$here/CreateTopic.java" "$bs" "$name" "$partitions" "$@" || rc=$?
 	[ $rc -eq 0 ] || die "could not create topic \"$name\""
 
 	# The controller has accepted the topic; wait until the broker serves
@@ -337,6 +334,23 @@ cmd_create_topic()
 	done
 }
 
+# running_bootstrap DIR: the bootstrap address of the running broker of DIR
+running_bootstrap()
+{
+	running_pid "$1" >/dev/null || die "no broker running in $1"
+	bootstrap_of "$1"
+}
+
+# tool_java DIR ARG ...: java with the broker's class path, logging as the
+# tools of run directory DIR do
+tool_java()
+{
+	local dir=$1
+	shift
+
+	java -cp "$KAFKA_LIBS/*" -Dlog4j.configuration="file:$(tool_log4j "$dir")" "$@"
+}
+
 # kafka_admin DIR COMMAND ARG ...: run KafkaAdmin.java against the broker
 # of run directory DIR.
 kafka_admin()
@@ -344,10 +358,8 @@ kafka_admin()
 	local dir=$1 bs
 	shift
 
-	running_pid "$dir" >/dev/null || die "no broker running in $dir"
-	bs=$(bootstrap_of "$dir")
-	java -cp "$KAFKA_LIBS/*" -Dlog4j.configuration="file:$(tool_log4j "$dir")" \
-		"$here/KafkaAdmin.java" "$bs" "$@"
+	bs=$(running_bootstrap "$dir") || exit 1
+	tool_java "$dir" "$here/KafkaAdmin.java" "$bs" "$@"
 }
 
 cmd_consumer_groups()
@@ -355,10 +367,9 @@ cmd_consumer_groups()
 	local dir=$1 bs
 	shift
 
-	running_pid "$dir" >/dev/null || die "no broker running in $dir"
-	bs=$(bootstrap_of "$dir")
-	java -cp "$KAFKA_LIBS/*" -Dlog4j.configuration="file:$(tool_log4j "$dir")" \
-		org.apache.kafka.tools.consumer.group.ConsumerGroupCommand --bootstrap-server "$bs" "$@"
+	bs=$(running_bootstrap "$dir") || exit 1
+	tool_java "$dir" org.apache.kafka.tools.consumer.group.ConsumerGroupCommand \
+		--bootstrap-server "$bs" "$@"
 }
 
 cmd_delete_records()
