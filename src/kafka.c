@@ -49,6 +49,13 @@ PkjKafka	pkj_kafka = {0};
 /* The last error librdkafka reported, for the log and the status */
 char		pkj_kafka_last_error[512];
 
+/*
+ * The last refusal by a broker (authentication, TLS) reported to error_cb,
+ * until a metadata request succeeds: the reason a request then fails,
+ * which would otherwise read "Broker transport failure" only.
+ */
+static char refusal[512];
+
 /* Remember an error for the log and the status view */
 void
 pkj_kafka_note_error(const char *error)
@@ -81,6 +88,8 @@ static void
 error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
 	pkj_kafka_note_error(reason);
+	if (err == RD_KAFKA_RESP_ERR__AUTHENTICATION || err == RD_KAFKA_RESP_ERR__SSL)
+		strlcpy(refusal, reason, sizeof(refusal));
 
 	/*
 	 * A fatal error of the idempotent/transactional producer cannot be
@@ -604,10 +613,14 @@ pkj_kafka_partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms)
 	rd_kafka_topic_destroy(rkt);
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
-		pkj_kafka_note_error(psprintf("metadata request for topic \"%s\" failed: %s",
-									  topic, rd_kafka_err2str(err)));
+		/* the producer's and groups' reports of the same brokers, if any */
+		pkj_kafka_serve_producer();
+		pkj_kafka_note_error(psprintf("metadata request for topic \"%s\" failed: %s%s%s%s",
+									  topic, rd_kafka_err2str(err),
+									  refusal[0] ? " (" : "", refusal, refusal[0] ? ")" : ""));
 		return -1;
 	}
+	refusal[0] = '\0';
 	if (md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		count = md->topics[0].partition_cnt;
 	rd_kafka_metadata_destroy(md);

@@ -467,6 +467,23 @@ kafka_start()
 	export KAFKA_DIR KAFKA_BOOTSTRAP
 }
 
+# kafka_secure DIR: give the broker of DIR, before kafka_start, a SASL_SSL
+# listener as well (see "secure" in test/kafka/broker.sh); set
+# KAFKA_SECURE_BOOTSTRAP and KAFKA_TLS (its CAs and passwords).
+kafka_secure()
+{
+	"$BROKER_SH" secure "$1"
+	KAFKA_SECURE_BOOTSTRAP=$("$BROKER_SH" secure-bootstrap "$1")
+	KAFKA_TLS=$(cd "$1/tls" && pwd)
+	export KAFKA_SECURE_BOOTSTRAP KAFKA_TLS
+}
+
+# kafka_scram_user NAME PASSWORD: SCRAM-SHA-512 credentials on the broker
+kafka_scram_user()
+{
+	"$BROKER_SH" scram-user "$KAFKA_DIR" "$@"
+}
+
 kafka_stop()
 {
 	"$BROKER_SH" stop "${1:-$KAFKA_DIR}"

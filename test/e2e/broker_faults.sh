@@ -89,24 +89,12 @@ PY
 # Helpers
 #
 
-# Size of the server log now, to show or count what is logged after.
-log_mark() { stat -c %s "$LOG"; }
-# The server log from byte $1 (to byte $2).
-log_since()
-{
-	if [ $# -gt 1 ]; then
-		tail -c +$(($1 + 1)) "$LOG" | head -c $(($2 - $1))
-	else
-		tail -c +$(($1 + 1)) "$LOG"
-	fi
-}
 # The worker's own lines (log_line_prefix '%m [%p] %b: ').
 worker_lines() { grep -E '\] pgkafka_join worker: ' || true; }
 # Exits of the worker, as the postmaster logs them.
 worker_exits() { grep -cE 'background worker "pgkafka_join worker" \(PID [0-9]+\) (exited|was terminated)' || true; }
 # Any server process terminated by a signal (a crash restarts the server).
 worker_signals() { grep -c 'terminated by signal' || true; }
-worker_pid() { psql_q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgkafka_join worker'" 2>/dev/null || true; }
 # Show log lines, indented, at most $1 of them.
 show()
 {

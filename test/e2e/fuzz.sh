@@ -44,9 +44,6 @@ pg_start "$PG_DIR" \
 	"pgkafka_join.batch_delay = '20ms'"
 psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
 
-worker_pid() {
-	psql_q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgkafka_join worker'"
-}
 consumed() {
 	psql_q "SELECT coalesce(sum(next_offset), 0) FROM pgkafka_join.input_offsets WHERE topic = '$1'"
 }

@@ -30,6 +30,24 @@ pkj_setup()
 	psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
 }
 
+# The pid of the (one) join worker, empty when none runs
+worker_pid()
+{
+	psql_q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgkafka_join worker'" 2>/dev/null || true
+}
+
+# Size of the server log of PG_DIR now, to show or count what is logged after.
+log_mark() { stat -c %s "$PG_DIR/server.log"; }
+# The server log from byte $1 (to byte $2).
+log_since()
+{
+	if [ $# -gt 1 ]; then
+		tail -c +$(($1 + 1)) "$PG_DIR/server.log" | head -c $(($2 - $1))
+	else
+		tail -c +$(($1 + 1)) "$PG_DIR/server.log"
+	fi
+}
+
 # The output topic's committed records as "KEY<TAB>VALUE", sorted, with the
 # rated_at field removed from values (it is the Kafka message time when a
 # rating has none of its own).
@@ -37,6 +55,46 @@ output_without_time()
 {
 	kafka_consume rated_movies | cut -f3,4 |
 		sed -E 's/,"rated_at":"[^"]*"//' | LC_ALL=C sort
+}
+
+# The tutorial's movies and ratings (Confluent's movie-ratings join),
+# produced to "movies" and "ratings".
+produce_tutorial()
+{
+	kafka_produce movies <<'EOF'
+294	{"id": 294, "title": "Die Hard", "release_year": 1988}
+354	{"id": 354, "title": "Tree of Life", "release_year": 2011}
+782	{"id": 782, "title": "A Walk in the Clouds", "release_year": 1995}
+128	{"id": 128, "title": "The Big Lebowski", "release_year": 1998}
+780	{"id": 780, "title": "Super Mario Bros.", "release_year": 1993}
+EOF
+	kafka_produce ratings <<'EOF'
+294	{"id": 294, "rating": 8.2}
+294	{"id": 294, "rating": 8.5}
+354	{"id": 354, "rating": 9.9}
+354	{"id": 354, "rating": 9.7}
+782	{"id": 782, "rating": 7.8}
+782	{"id": 782, "rating": 7.7}
+128	{"id": 128, "rating": 8.7}
+128	{"id": 128, "rating": 8.4}
+780	{"id": 780, "rating": 2.1}
+EOF
+}
+
+# The tutorial's nine results, as output_without_time prints them.
+tutorial_results()
+{
+	cat <<'EOF'
+128	{"id":128,"title":"The Big Lebowski","release_year":1998,"rating":8.4}
+128	{"id":128,"title":"The Big Lebowski","release_year":1998,"rating":8.7}
+294	{"id":294,"title":"Die Hard","release_year":1988,"rating":8.2}
+294	{"id":294,"title":"Die Hard","release_year":1988,"rating":8.5}
+354	{"id":354,"title":"Tree of Life","release_year":2011,"rating":9.7}
+354	{"id":354,"title":"Tree of Life","release_year":2011,"rating":9.9}
+780	{"id":780,"title":"Super Mario Bros.","release_year":1993,"rating":2.1}
+782	{"id":782,"title":"A Walk in the Clouds","release_year":1995,"rating":7.7}
+782	{"id":782,"title":"A Walk in the Clouds","release_year":1995,"rating":7.8}
+EOF
 }
 
 output_count()
@@ -59,12 +117,13 @@ wait_for_output()
 # rated_movies' rows, each (share, id) once, and their (movie id, rating)
 # pairs are $TEST_DIR/expected's lines ("movie_id<TAB>rating", sorted, each
 # movie titled "Movie <id>"), each exactly once.  WHAT names the situation
-# in the last check.
+# in the last check.  The output topic is $OUTPUT_TOPIC (default
+# rated_movies).
 check_output_exactly_once()
 {
 	local what=$1 lost extra
 
-	kafka_consume rated_movies -f '%h\t%k\t%s\n' >"$TEST_DIR/output"
+	kafka_consume "${OUTPUT_TOPIC:-rated_movies}" -f '%h\t%k\t%s\n' >"$TEST_DIR/output"
 	check_eq "the output topic carries each (share, id) of rated_movies once, and no other" \
 		"$(psql_q "SELECT string_agg(share || ':' || id, ',' ORDER BY share, id) FROM pgkafka_join.rated_movies")" \
 		"$(python3 -c '

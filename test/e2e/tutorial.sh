@@ -7,38 +7,10 @@
 . "$(dirname "$0")/setup.sh"
 pkj_setup tutorial 3
 
-kafka_produce movies <<'EOF2'
-294	{"id": 294, "title": "Die Hard", "release_year": 1988}
-354	{"id": 354, "title": "Tree of Life", "release_year": 2011}
-782	{"id": 782, "title": "A Walk in the Clouds", "release_year": 1995}
-128	{"id": 128, "title": "The Big Lebowski", "release_year": 1998}
-780	{"id": 780, "title": "Super Mario Bros.", "release_year": 1993}
-EOF2
-kafka_produce ratings <<'EOF2'
-294	{"id": 294, "rating": 8.2}
-294	{"id": 294, "rating": 8.5}
-354	{"id": 354, "rating": 9.9}
-354	{"id": 354, "rating": 9.7}
-782	{"id": 782, "rating": 7.8}
-782	{"id": 782, "rating": 7.7}
-128	{"id": 128, "rating": 8.7}
-128	{"id": 128, "rating": 8.4}
-780	{"id": 780, "rating": 2.1}
-EOF2
+produce_tutorial
 
 wait_for_output 9
-check_eq "the output topic holds the nine rated movies" "$(cat <<'EOF2'
-128	{"id":128,"title":"The Big Lebowski","release_year":1998,"rating":8.4}
-128	{"id":128,"title":"The Big Lebowski","release_year":1998,"rating":8.7}
-294	{"id":294,"title":"Die Hard","release_year":1988,"rating":8.2}
-294	{"id":294,"title":"Die Hard","release_year":1988,"rating":8.5}
-354	{"id":354,"title":"Tree of Life","release_year":2011,"rating":9.7}
-354	{"id":354,"title":"Tree of Life","release_year":2011,"rating":9.9}
-780	{"id":780,"title":"Super Mario Bros.","release_year":1993,"rating":2.1}
-782	{"id":782,"title":"A Walk in the Clouds","release_year":1995,"rating":7.7}
-782	{"id":782,"title":"A Walk in the Clouds","release_year":1995,"rating":7.8}
-EOF2
-)" "$(output_without_time)"
+check_eq "the output topic holds the nine rated movies" "$(tutorial_results)" "$(output_without_time)"
 
 check_eq "rated_movies holds the same nine rows" "$(cat <<'EOF2'
 128|The Big Lebowski|1998|8.4

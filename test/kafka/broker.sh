@@ -15,6 +15,8 @@
 #	DIR/kraft-logs/			topic data and cluster metadata
 #	DIR/broker.log			broker log; DIR/broker.out: JVM stdout/stderr
 #	DIR/broker.pid			process id of the running broker
+#	DIR/secure_port			port of the SASL_SSL listener, if any (see secure)
+#	DIR/tls/				its CAs, certificate and keystore
 #
 # Usage:
 #	broker.sh start DIR
@@ -27,6 +29,19 @@
 #		SIGKILL, as in a crash.
 #	broker.sh bootstrap DIR
 #		Print the bootstrap address.
+#	broker.sh secure DIR
+#		Give the broker of DIR (stopped, or not made yet) a second listener,
+#		SASL_SSL, from its next start on: TLS with a certificate for
+#		127.0.0.1 signed by a CA made here (DIR/tls/ca.pem, the file clients
+#		trust; DIR/tls/other-ca.pem is a CA the broker does not use), and
+#		SASL with the mechanisms SCRAM-SHA-512 (users made with scram-user)
+#		and PLAIN (one user, "plain_joiner", password in DIR/tls/plain.pw).
+#		The PLAINTEXT listener stays, for the tests' own tools.
+#	broker.sh secure-bootstrap DIR
+#		Print the address of the SASL_SSL listener.
+#	broker.sh scram-user DIR NAME PASSWORD
+#		Create SCRAM-SHA-512 credentials for user NAME, or change its
+#		password, with Kafka's own kafka-configs tool (ConfigCommand).
 #	broker.sh create-topic DIR NAME PARTITIONS [KEY=VALUE ...]
 #		Create a topic, replication factor 1, KEY=VALUE being topic
 #		configurations (cleanup.policy=compact, ...).  Waits until every
@@ -146,7 +161,16 @@ while True:
 
 write_config()
 {
-	local dir=$1 port=$2 ctl=$3
+	local dir=$1 port=$2 ctl=$3 listeners advertised protocols
+
+	listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctl"
+	advertised="PLAINTEXT://127.0.0.1:$port"
+	protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+	if [ -f "$dir/secure_port" ]; then
+		listeners+=",SASL_SSL://127.0.0.1:$(cat "$dir/secure_port")"
+		advertised+=",SASL_SSL://127.0.0.1:$(cat "$dir/secure_port")"
+		protocols+=",SASL_SSL:SASL_SSL"
+	fi
 
 	cat >"$dir/server.properties" <<EOF
 # Single-node KRaft cluster for the pgkafka_join end-to-end tests.
@@ -154,11 +178,11 @@ write_config()
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$ctl
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctl
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$listeners
+advertised.listeners=$advertised
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
 log.dirs=$dir/kraft-logs
 
 # Tests create every topic they use, with the partition count they need.
@@ -185,6 +209,10 @@ transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 broker.session.timeout.ms=3000
 broker.heartbeat.interval.ms=500
 EOF
+	if [ -f "$dir/secure_port" ]; then
+		secure_config "$dir" >>"$dir/server.properties"
+	fi
+
 
 	cat >"$dir/log4j.properties" <<EOF
 log4j.rootLogger=INFO, file
@@ -332,6 +360,78 @@ cmd_create_topic()
 			die "topic \"$name\" has no leader for all $partitions partitions after 30s"
 		sleep 0.2
 	done
+}
+
+# The SASL_SSL listener's configuration (see cmd_secure)
+secure_config()
+{
+	local dir=$1
+
+	cat <<EOF
+
+# SASL_SSL listener (broker.sh secure): TLS with the certificate of
+# tls/broker.p12, SASL with SCRAM-SHA-512 and PLAIN.
+sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_plain_joiner="$(cat "$dir/tls/plain.pw")";
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$dir/tls/broker.p12
+ssl.keystore.password=$(cat "$dir/tls/keystore.pw")
+ssl.client.auth=none
+EOF
+}
+
+# new_ca DIR NAME: a self-signed CA, DIR/NAME.pem and its key DIR/NAME.key
+new_ca()
+{
+	openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=$2 of a test broker" \
+		-keyout "$1/$2.key" -out "$1/$2.pem" 2>/dev/null
+}
+
+cmd_secure()
+{
+	local dir=$1 tls
+
+	mkdir -p "$dir"
+	dir=$(cd "$dir" && pwd)
+	! running_pid "$dir" >/dev/null || die "stop the broker of $dir first"
+	command -v openssl >/dev/null || die "openssl not found; run test/install-deps"
+	tls=$dir/tls
+	mkdir -p "$tls"
+	if [ ! -f "$tls/broker.p12" ]; then
+		new_ca "$tls" ca || die "could not make a CA"
+		new_ca "$tls" other-ca || die "could not make a CA"
+		openssl rand -hex 16 >"$tls/keystore.pw"
+		openssl rand -hex 16 >"$tls/plain.pw"
+		# the broker's certificate, for the address clients connect to
+		openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+			-keyout "$tls/broker.key" -out "$tls/broker.csr" 2>/dev/null &&
+			openssl x509 -req -in "$tls/broker.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
+				-CAcreateserial -days 30 -out "$tls/broker.pem" \
+				-extfile <(echo "subjectAltName=IP:127.0.0.1") 2>/dev/null &&
+			openssl pkcs12 -export -in "$tls/broker.pem" -inkey "$tls/broker.key" \
+				-certfile "$tls/ca.pem" -name broker -out "$tls/broker.p12" \
+				-passout "pass:$(cat "$tls/keystore.pw")" ||
+			die "could not make the broker's certificate"
+	fi
+	[ -f "$dir/secure_port" ] || free_port >"$dir/secure_port"
+}
+
+cmd_secure_bootstrap()
+{
+	[ -f "$1/secure_port" ] || die "$1 has no SASL_SSL listener (see broker.sh secure)"
+	echo "127.0.0.1:$(cat "$1/secure_port")"
+}
+
+cmd_scram_user()
+{
+	local dir=$1 name=$2 password=$3 bs
+
+	bs=$(running_bootstrap "$dir") || exit 1
+	tool_java "$dir" kafka.admin.ConfigCommand --bootstrap-server "$bs" --alter \
+		--entity-type users --entity-name "$name" \
+		--add-config "SCRAM-SHA-512=[iterations=4096,password=$password]" >/dev/null ||
+		die "could not set the SCRAM credentials of user \"$name\""
 }
 
 # running_bootstrap DIR: the bootstrap address of the running broker of DIR
@@ -505,7 +605,7 @@ shift 2
 # Absolute paths (the broker's files are located through them).
 if [ -d "$dir" ]; then
 	dir=$(cd "$dir" && pwd)
-elif [ "$cmd" != start ]; then
+elif [ "$cmd" != start ] && [ "$cmd" != secure ]; then
 	die "no run directory $dir"
 fi
 
@@ -521,6 +621,9 @@ case $cmd in
 	claim-after) [ $# -eq 4 ] || usage; cmd_claim_after "$dir" "$@" ;;
 	delete-group-offsets) [ $# -eq 2 ] || usage; cmd_delete_group_offsets "$dir" "$@" ;;
 	consumer-groups) [ $# -ge 1 ] || usage; cmd_consumer_groups "$dir" "$@" ;;
+	secure) [ $# -eq 0 ] || usage; cmd_secure "$dir" ;;
+	secure-bootstrap) [ $# -eq 0 ] || usage; cmd_secure_bootstrap "$dir" ;;
+	scram-user) [ $# -eq 2 ] || usage; cmd_scram_user "$dir" "$@" ;;
 	produce) [ $# -ge 1 ] || usage; cmd_produce "$dir" "$@" ;;
 	consume) [ $# -ge 1 ] || usage; cmd_consume "$dir" "$@" ;;
 	*) usage ;;
