@@ -21,17 +21,34 @@
  * the ratings topic (of the movies topic while there is no ratings topic),
  * in the group "pgkafka_join.owners.<output topic>", is the owner's clock
  * in milliseconds, and its metadata the owner's identity (the publisher's
- * transactional id before any worker suffix).  The owner writes it again
- * every CLAIM_RENEW_MS.  A worker that finds a partition claimed by another
- * identity watches the claim for CLAIM_LAPSE_MS: if it changes, the other
- * owner is alive and the newcomer refuses (it came second); if not, the
- * claim has lapsed and is taken over.  A worker taking over partitions it
- * did not claim last reads its claims back CLAIM_CONFIRM_MS later, and
- * refuses if another server wrote in between; every renewal checks the
- * same.  Of two servers started at the same moment, the last to write keeps
- * the partitions.  No clock is compared between servers.  Meanwhile the
- * worker stores what it consumes in a transaction it commits only once the
- * claims hold (see worker.c).
+ * transactional id before any worker suffix), followed by NO_STATE_MARK
+ * while the server holds nothing of those partitions (no input position
+ * stored).  The owner writes it again every CLAIM_RENEW_MS.  A worker that
+ * finds a partition claimed by another identity watches the claim for
+ * CLAIM_LAPSE_MS: if it changes, the other owner is alive and the newcomer
+ * refuses (it came second); if not, the claim has lapsed.  A lapsed claim
+ * is taken over only if its holder held nothing of the partitions, or this
+ * server holds their state (input positions stored here, as after a move:
+ * see docs/scaling.md); a server holding nothing never takes over
+ * partitions whose state is elsewhere, since it would consume them from
+ * the beginning and publish their results again.  A worker taking over
+ * partitions it did not claim last reads its claims back CLAIM_CONFIRM_MS
+ * later, and refuses if another server wrote in between; every renewal
+ * checks the same.  Of two servers started at the same moment, the last to
+ * write keeps the partitions.  No clock is compared between servers, and
+ * every interval is timed on the monotonic clock, which no clock step
+ * moves.  Meanwhile the worker stores what it consumes in a transaction it
+ * commits only once the claims hold (see worker.c).
+ *
+ * Claims fail closed: an owner whose last good renewal is older than half
+ * the lapse stores and publishes nothing until it renews, whether the
+ * brokers did not answer or the worker itself was stalled (a long batch, a
+ * lock wait, a frozen process).  Every commit of a transaction that wrote
+ * something checks it (claims_guard_commit(), a pre-commit callback), and
+ * so does the publisher before a Kafka commit (pkj_claims_fresh()); a
+ * renewal that is due is made there, so a long step does not fail for
+ * being long.  What this cannot exclude is a stall between that check and
+ * the commit itself: see "Several servers" in docs/guarantees.md.
  *
  * Assignment
  * ----------
@@ -48,12 +65,16 @@
 #include "postgres.h"
 
 #include <stdlib.h>
+#include <time.h>
 
+#include "access/xact.h"
+#include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
 #include "utils/memutils.h"
-#include "utils/timestamp.h"
 
 #include "pgkafka_join.h"
 #include "kafka.h"
@@ -66,20 +87,47 @@
 #define CLAIM_LAPSE_MS 10000
 /* Kafka calls of the claims give up after this long */
 #define CLAIM_TIMEOUT_MS 5000
+/* An owner stores and publishes nothing once its last renewal is this old */
+#define CLAIM_FRESH_MS (CLAIM_LAPSE_MS / 2)
+/* Ends a claim's metadata while its server holds nothing of the partitions */
+#define NO_STATE_MARK "\tholds nothing"
 
 /* The topic whose partitions the claims are written on (the ratings topic) */
 static char claim_topic[256];
 
-/* The state of the claims of the current Kafka handles */
+/* The state of the claims of the current Kafka handles; times: mono_ms() */
 static struct
 {
 	bool		held;			/* claims written and confirmed */
-	TimestampTz confirm_at;		/* read back then; 0: nothing to confirm */
-	TimestampTz renew_at;		/* write again then */
-	TimestampTz watch_until;	/* foreign claims watched until then */
+	int64		confirm_at;		/* read back then; 0: nothing to confirm */
+	int64		renew_at;		/* write again then */
+	int64		renewed_at;		/* the last good renewal was sent then */
+	int64		watch_until;	/* foreign claims watched until then */
 	rd_kafka_topic_partition_list_t *watched;	/* foreign claims as first seen */
+	List	   *owned;			/* the partitions claimed (TopMemoryContext) */
+	bool		holds_state;	/* input positions of them stored here */
 	bool		refused_logged;
+	bool		takeover_refused_logged;	/* said that a lapsed claim is not taken */
+	bool		stale_logged;	/* said that the claims were not renewed */
 } claims;
+
+static bool guard_registered = false;
+
+static void claims_guard_commit(XactEvent event, void *arg);
+
+/*
+ * Milliseconds on the monotonic clock: claims are timed on it, so that a
+ * step of the wall clock (NTP, a DBA) neither skips renewals nor shortens a
+ * watch.
+ */
+static int64
+mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /*
  * pkj_owned_partitions
@@ -216,13 +264,16 @@ write_claims(List *owned)
 	rd_kafka_topic_partition_list_t *parts;
 	rd_kafka_queue_t *queue;
 	rd_kafka_event_t *ev;
-	char	   *me = identity();
-	int64		now_ms = GetCurrentTimestamp() / 1000;
+	char	   *metadata = psprintf("%s%s", identity(), claims.holds_state ? "" : NO_STATE_MARK);
+	static int64 last_written = 0;
+	int64		now_ms = Max(GetCurrentTimestamp() / 1000, last_written + 1);
 	bool		ok = false;
 	ListCell   *lc;
 
 	if (rk == NULL)
 		return false;
+	/* a value that changes at every renewal: watchers compare, never read it */
+	last_written = now_ms;
 	parts = rd_kafka_topic_partition_list_new(list_length(owned));
 	foreach(lc, owned)
 	{
@@ -231,8 +282,8 @@ write_claims(List *owned)
 
 		tp->offset = now_ms;
 		/* librdkafka frees it with the list */
-		tp->metadata = strdup(me);
-		tp->metadata_size = tp->metadata ? strlen(me) : 0;
+		tp->metadata = strdup(metadata);
+		tp->metadata_size = tp->metadata ? strlen(metadata) : 0;
 	}
 	/* asynchronously, so that a broker outage cannot stall the worker */
 	queue = rd_kafka_queue_new(rk);
@@ -258,20 +309,79 @@ write_claims(List *owned)
 	return ok;
 }
 
+/* The length of the identity a claim's metadata names */
+static size_t
+claimant_length(const rd_kafka_topic_partition_t *tp)
+{
+	const char *tab = memchr(tp->metadata, '\t', tp->metadata_size);
+
+	return tab ? tab - (const char *) tp->metadata : tp->metadata_size;
+}
+
 /* Is this claim another server's? */
 static bool
 foreign_claim(const rd_kafka_topic_partition_t *tp, const char *me)
 {
 	return tp->offset >= 0 && tp->metadata_size > 0 &&
-		(tp->metadata_size != strlen(me) || memcmp(tp->metadata, me, tp->metadata_size) != 0);
+		(claimant_length(tp) != strlen(me) || memcmp(tp->metadata, me, strlen(me)) != 0);
 }
 
 /* Is this claim ours? */
 static bool
 own_claim(const rd_kafka_topic_partition_t *tp, const char *me)
 {
-	return tp->offset >= 0 && tp->metadata_size == strlen(me) &&
-		memcmp(tp->metadata, me, tp->metadata_size) == 0;
+	return tp->offset >= 0 && tp->metadata_size > 0 &&
+		claimant_length(tp) == strlen(me) && memcmp(tp->metadata, me, strlen(me)) == 0;
+}
+
+/* Did the claimant say it holds nothing of the partition? */
+static bool
+claimant_holds_nothing(const rd_kafka_topic_partition_t *tp)
+{
+	size_t		mark = strlen(NO_STATE_MARK);
+
+	return tp->metadata_size >= mark &&
+		memcmp((const char *) tp->metadata + tp->metadata_size - mark, NO_STATE_MARK, mark) == 0;
+}
+
+/*
+ * Of the given partitions, those whose input positions this server stores
+ * (a position past the beginning of either input topic)
+ */
+static List *
+partitions_with_state(List *partitions)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, INT4ARRAYOID};
+	Datum		args[3];
+	Datum	   *elems = palloc(Max(list_length(partitions), 1) * sizeof(Datum));
+	List	   *held = NIL;
+	int			n = 0;
+	ListCell   *lc;
+
+	foreach(lc, partitions)
+		elems[n++] = Int32GetDatum(lfirst_int(lc));
+	args[0] = CStringGetTextDatum(pkj_kafka.movies_topic);
+	args[1] = CStringGetTextDatum(pkj_kafka.ratings_topic);
+	args[2] = PointerGetDatum(construct_array(elems, n, INT4OID, sizeof(int32),
+											  true, TYPALIGN_INT));
+	pkj_begin_spi("reading which partitions' state this server holds");
+	if (plan == NULL)
+		plan = pkj_keep_plan("SELECT DISTINCT kafka_partition FROM pgkafka_join.input_offsets "
+							 "WHERE topic IN ($1, $2) AND kafka_partition OPERATOR(pg_catalog.=) ANY ($3) "
+							 "AND next_offset > 0 ORDER BY 1",
+							 3, argtypes);
+	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pgkafka_join.input_offsets");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		held = lappend_int(held, DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+															 SPI_tuptable->tupdesc, 1, &isnull)));
+	}
+	pkj_end_spi();
+	return held;
 }
 
 /*
@@ -290,12 +400,15 @@ void
 pkj_claims_reset(void)
 {
 	bool		refused_logged = claims.refused_logged;
+	bool		takeover_refused_logged = claims.takeover_refused_logged;
 
 	if (claims.watched)
 		rd_kafka_topic_partition_list_destroy(claims.watched);
+	list_free(claims.owned);
 	memset(&claims, 0, sizeof(claims));
 	/* a refusal is said once, not at every retry */
 	claims.refused_logged = refused_logged;
+	claims.takeover_refused_logged = takeover_refused_logged;
 }
 
 /*
@@ -315,7 +428,7 @@ refuse(rd_kafka_topic_partition_list_t *found)
 		{
 			taken = lappend_int(taken, found->elems[i].partition);
 			if (other == NULL)
-				other = pnstrdup(found->elems[i].metadata, found->elems[i].metadata_size);
+				other = pnstrdup(found->elems[i].metadata, claimant_length(&found->elems[i]));
 		}
 	}
 	pkj_status_set_error(psprintf("partitions %s are owned by \"%s\"",
@@ -336,6 +449,84 @@ refuse(rd_kafka_topic_partition_list_t *found)
 }
 
 /*
+ * A lapsed claim is not taken over: its holder held the partitions' state,
+ * and this server does not.  Said once, like a refusal.
+ */
+static PkjClaim
+refuse_takeover(rd_kafka_topic_partition_list_t *found, List *missing)
+{
+	char	   *other = NULL;
+
+	for (int i = 0; i < found->cnt && other == NULL; i++)
+		if (foreign_claim(&found->elems[i], identity()))
+			other = pnstrdup(found->elems[i].metadata, claimant_length(&found->elems[i]));
+	pkj_status_set_error(psprintf("partitions %s were owned by \"%s\", which holds their state; this server holds none of it",
+								  pkj_partitions_text(missing), other ? other : "?"));
+	if (!claims.takeover_refused_logged)
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("pgkafka_join will not take over partitions %s of \"%s\" and \"%s\": their owner stopped, and this server holds none of their state",
+						pkj_partitions_text(missing), pkj_kafka.movies_topic, pkj_kafka.ratings_topic),
+				 errdetail("The claims of server \"%s\" lapsed.  Their input positions, waiting ratings and published results are in that server's database; consuming them from the beginning here would publish their results again.",
+						   other ? other : "?"),
+				 errhint("Start that server again, or move the partitions as docs/scaling.md describes.  To have this server consume them from the beginning and publish their results again, delete their claims from the Kafka group \"%s\".",
+						 claims_group())));
+	claims.refused_logged = true;
+	claims.takeover_refused_logged = true;
+	claims.held = false;
+	rd_kafka_topic_partition_list_destroy(found);
+	return PKJ_CLAIM_REFUSED;
+}
+
+/*
+ * The claims of other servers in "found" lapsed: may this server take them
+ * over?  Yes if their holders held nothing of those partitions, or this
+ * server holds their state.  Otherwise refused (and "found" destroyed).
+ */
+static bool
+may_take_over(rd_kafka_topic_partition_list_t *found, PkjClaim *refused)
+{
+	List	   *needed = NIL;
+	List	   *held;
+	List	   *missing;
+	char	   *me = identity();
+
+	for (int i = 0; i < found->cnt; i++)
+		if (foreign_claim(&found->elems[i], me) && !claimant_holds_nothing(&found->elems[i]))
+			needed = lappend_int(needed, found->elems[i].partition);
+	if (needed == NIL)
+		return true;
+	held = partitions_with_state(needed);
+	missing = list_difference_int(needed, held);
+	if (missing == NIL)
+		return true;
+	*refused = refuse_takeover(found, missing);
+	return false;
+}
+
+/*
+ * The claims could not be renewed: while the last good renewal is recent,
+ * the owner goes on; once it is older than CLAIM_FRESH_MS, it stores and
+ * publishes nothing until it renews (said once).
+ */
+static PkjClaim
+renewal_failed(int64 now)
+{
+	if (!claims.held)
+		return PKJ_CLAIM_PENDING;
+	if (now - claims.renewed_at < CLAIM_FRESH_MS)
+		return PKJ_CLAIM_HELD;
+	if (!claims.stale_logged)
+		ereport(LOG,
+				(errmsg("pgkafka_join stores and publishes nothing until it renews its claims: the last renewal was " INT64_FORMAT " ms ago",
+						now - claims.renewed_at),
+				 errdetail("%s.  After %d s without a renewal another server may take the partitions over.",
+						   pkj_kafka_last_error, CLAIM_LAPSE_MS / 1000)));
+	claims.stale_logged = true;
+	return PKJ_CLAIM_PENDING;
+}
+
+/*
  * pkj_claims_hold
  *		Make sure this worker holds the claims of its partitions: take them,
  *		confirm them, renew them, each when due.  Never waits longer than
@@ -343,31 +534,46 @@ refuse(rd_kafka_topic_partition_list_t *found)
  *
  *		PKJ_CLAIM_HELD: go on consuming and publishing.
  *		PKJ_CLAIM_PENDING: not yet (a foreign claim is being watched, or
- *		ours wait to be confirmed, or the brokers did not answer); call again
- *		soon, consume and publish nothing meanwhile.
+ *		ours wait to be confirmed, or the brokers did not answer and the
+ *		last renewal is too old); call again soon, store and publish nothing
+ *		meanwhile.
  *		PKJ_CLAIM_REFUSED: another server owns some of the partitions
  *		(logged once, shown in status); consume and publish nothing.
  */
 PkjClaim
 pkj_claims_hold(List *owned)
 {
-	TimestampTz now = GetCurrentTimestamp();
+	int64		now = mono_ms();
 	rd_kafka_topic_partition_list_t *found;
 	char	   *me;
 	bool		all_ours = true;
 	bool		any_foreign = false;
+	PkjClaim	refused;
 
 	if (owned == NIL)
 		return PKJ_CLAIM_HELD;
+	if (!guard_registered)
+	{
+		RegisterXactCallback(claims_guard_commit, NULL);
+		guard_registered = true;
+	}
 	if (claims.held && now < claims.renew_at)
 		return PKJ_CLAIM_HELD;
 	if (!claims.held && claims.confirm_at != 0 && now < claims.confirm_at)
 		return PKJ_CLAIM_PENDING;
 	me = identity();
+	if (!equal(claims.owned, owned))
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		list_free(claims.owned);
+		claims.owned = list_copy(owned);
+		MemoryContextSwitchTo(old);
+	}
 
 	found = read_claims(owned);
 	if (found == NULL)
-		return claims.held ? PKJ_CLAIM_HELD : PKJ_CLAIM_PENDING;
+		return renewal_failed(now);
 
 	for (int i = 0; i < found->cnt; i++)
 	{
@@ -385,7 +591,7 @@ pkj_claims_hold(List *owned)
 		if (claims.watched == NULL)
 		{
 			claims.watched = found;
-			claims.watch_until = TimestampTzPlusMilliseconds(now, CLAIM_LAPSE_MS);
+			claims.watch_until = now + CLAIM_LAPSE_MS;
 			return PKJ_CLAIM_PENDING;
 		}
 		for (int i = 0; i < found->cnt; i++)
@@ -403,6 +609,12 @@ pkj_claims_hold(List *owned)
 			rd_kafka_topic_partition_list_destroy(found);
 			return PKJ_CLAIM_PENDING;
 		}
+		if (!may_take_over(found, &refused))
+		{
+			rd_kafka_topic_partition_list_destroy(claims.watched);
+			claims.watched = NULL;
+			return refused;
+		}
 		ereport(LOG,
 				(errmsg("pgkafka_join takes over partitions whose claim lapsed"),
 				 errdetail("The claims of another server were not renewed for %d s.",
@@ -418,25 +630,108 @@ pkj_claims_hold(List *owned)
 		/* read back after CLAIM_CONFIRM_MS: nobody wrote in between */
 		claims.held = true;
 		claims.confirm_at = 0;
+		claims.renewed_at = now;
 	}
 
+	claims.holds_state = partitions_with_state(owned) != NIL;
 	if (!write_claims(owned))
-		return claims.held ? PKJ_CLAIM_HELD : PKJ_CLAIM_PENDING;
-	claims.renew_at = TimestampTzPlusMilliseconds(now, CLAIM_RENEW_MS);
+		return renewal_failed(now);
+	claims.renew_at = now + CLAIM_RENEW_MS;
 	if (!claims.held)
 	{
 		if (all_ours)
 			claims.held = true; /* ours already: taken back at once */
 		else
 		{
-			claims.confirm_at = TimestampTzPlusMilliseconds(now, CLAIM_CONFIRM_MS);
+			claims.confirm_at = now + CLAIM_CONFIRM_MS;
 			return PKJ_CLAIM_PENDING;
 		}
 	}
+	if (claims.stale_logged)
+		ereport(LOG, (errmsg("pgkafka_join renewed its claims and goes on")));
+	else if (claims.renewed_at != 0 && now - claims.renewed_at >= CLAIM_FRESH_MS)
+		ereport(LOG,
+				(errmsg("pgkafka_join renewed its claims late: the last renewal was " INT64_FORMAT " ms ago",
+						now - claims.renewed_at),
+				 errdetail("The worker was stalled, or the brokers slow to answer; nothing was committed on the stale claims.")));
+	claims.renewed_at = now;
+	claims.stale_logged = false;
 	if (claims.refused_logged)
 		ereport(LOG, (errmsg("pgkafka_join owns its partitions again")));
 	claims.refused_logged = false;
+	claims.takeover_refused_logged = false;
 	return PKJ_CLAIM_HELD;
+}
+
+/*
+ * Renew the claims now, from inside a commit: read them (all still ours?),
+ * write them.  No SPI here.
+ */
+static bool
+renew_now(int64 now)
+{
+	rd_kafka_topic_partition_list_t *found = read_claims(claims.owned);
+	bool		ours = found != NULL;
+
+	for (int i = 0; ours && i < found->cnt; i++)
+		ours = own_claim(&found->elems[i], identity());
+	if (found)
+		rd_kafka_topic_partition_list_destroy(found);
+	if (!ours || !write_claims(claims.owned))
+		return false;
+	claims.renewed_at = now;
+	claims.renew_at = now + CLAIM_RENEW_MS;
+	return true;
+}
+
+/*
+ * pkj_claims_fresh
+ *		May the worker commit what it stored or publish now?  True if it
+ *		holds no claims (it stores nothing then: the loop waits for them),
+ *		or its last renewal is younger than CLAIM_FRESH_MS, or a renewal
+ *		made now succeeds.  False: the claims were lost or could not be
+ *		renewed; they stay due, and the worker's next pkj_claims_hold()
+ *		says what became of them.
+ */
+bool
+pkj_claims_fresh(void)
+{
+	int64		now = mono_ms();
+	int64		age = now - claims.renewed_at;
+
+	if (!claims.held || claims.owned == NIL || age < CLAIM_FRESH_MS)
+		return true;
+	if (renew_now(now))
+	{
+		ereport(LOG,
+				(errmsg("pgkafka_join renewed its claims before a commit: the last renewal was " INT64_FORMAT " ms ago", age)));
+		return true;
+	}
+	claims.renew_at = 0;
+	return false;
+}
+
+/*
+ * Pre-commit callback: a transaction of the worker that wrote something
+ * (stored a batch, rejoined, recorded positions) commits only while the
+ * claims are fresh; otherwise it fails, and nothing of it is stored.
+ */
+static void
+claims_guard_commit(XactEvent event, void *arg)
+{
+	int64		age;
+
+	if (event != XACT_EVENT_PRE_COMMIT || !TransactionIdIsValid(GetTopTransactionIdIfAny()))
+		return;
+	age = mono_ms() - claims.renewed_at;
+	if (pkj_claims_fresh())
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_IN_USE),
+			 errmsg("pgkafka_join did not commit: its claims of partitions %s were last renewed " INT64_FORMAT " ms ago, and could not be renewed now",
+					pkj_partitions_text(claims.owned), age),
+			 errdetail("%s.  Another server may have taken the partitions over; nothing of this transaction is stored or published.",
+					   pkj_kafka_last_error)));
 }
 
 /* Are this server's new claims written, waiting to be read back? */
@@ -444,6 +739,13 @@ bool
 pkj_claims_confirming(void)
 {
 	return !claims.held && claims.confirm_at != 0;
+}
+
+/* Does the owner wait to renew claims it could not renew in time? */
+bool
+pkj_claims_renewing(void)
+{
+	return claims.held && claims.stale_logged;
 }
 
 /* Was this server refused its partitions, and not yet given them since? */
@@ -457,11 +759,11 @@ pkj_claims_refused(void)
 long
 pkj_claims_next_ms(void)
 {
-	TimestampTz due = claims.held ? claims.renew_at : claims.confirm_at;
+	int64		due = claims.held ? claims.renew_at : claims.confirm_at;
 
 	if (due == 0)
 		return CLAIM_RENEW_MS;
-	return Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(), due), 0);
+	return (long) Max(due - mono_ms(), 0);
 }
 
 /*
@@ -490,7 +792,7 @@ pkj_refresh_ownership(PkjWorker *worker)
 		pkj_log_wait(PKJ_WAIT_UNREACHABLE,
 					 psprintf("pgkafka_join cannot reach the Kafka brokers: %s",
 							  pkj_kafka_last_error),
-					 "Check pgkafka_join.brokers and pgkafka_join.kafka_properties.");
+					 "Check pgkafka_join.brokers, pgkafka_join.kafka_properties and the credentials in pgkafka_join.kafka_properties_file.");
 		return false;
 	}
 	/* say so, and log the next outage again */

@@ -181,6 +181,8 @@ extern void pkj_claims_set_topic(const char *topic);
 extern long pkj_claims_next_ms(void);
 extern bool pkj_claims_confirming(void);
 extern bool pkj_claims_refused(void);
+extern bool pkj_claims_fresh(void);
+extern bool pkj_claims_renewing(void);
 extern bool pkj_refresh_ownership(PkjWorker *worker);
 extern void pkj_assign_partitions(PkjWorker *worker);
 extern void pkj_force_reassign(PkjWorker *worker);

@@ -592,6 +592,7 @@ claims_hold(void)
 			/* a server refused looks again, refused until it owns them */
 			pkj_status_set_state(pkj_claims_refused() ?
 								 "refused: partitions owned by another server" :
+								 pkj_claims_renewing() ? "waiting: renewing claims" :
 								 "waiting: claiming partitions");
 			pkj_kafka_serve_producer();
 			wait_latch(Min(pkj_retry_interval, pkj_claims_next_ms() + 10));
@@ -669,7 +670,7 @@ while_paused(TimestampTz now)
 	{
 		pkj_status_set_state("paused");
 		/* results stored before the pause are still published */
-		if (now >= w.next_publish && pkj_publish(w.loop_cxt) < 0)
+		if (now >= w.next_publish && pkj_claims_fresh() && pkj_publish(w.loop_cxt) < 0)
 			w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
 		if (now >= w.next_status)
 		{
@@ -753,6 +754,14 @@ publish_results(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
+	/*
+	 * A Kafka transaction commits only while the claims are fresh (see
+	 * ownership.c).  Otherwise it stays open: the next step renews the
+	 * claims, and it commits then, or the worker was refused and drops its
+	 * handles, and the next producer aborts it.
+	 */
+	if (pkj_publish_pending() && !pkj_claims_fresh())
+		return;
 	if (pkj_publish_pending() && pkj_publish_finish() < 0)
 		w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
 	if (w.more_to_publish && now >= w.next_publish)
@@ -774,7 +783,7 @@ publish_results(void)
 		 */
 		if (started > 0 && !w.more_to_publish &&
 			rd_kafka_queue_length(pkj_kafka.queue) == 0 &&
-			pkj_publish_finish() < 0)
+			pkj_claims_fresh() && pkj_publish_finish() < 0)
 			w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
 	}
 	pkj_kafka_serve_producer();

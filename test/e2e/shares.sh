@@ -58,8 +58,9 @@
 #    when F reads its claims back it is refused (WARNING naming
 #    "intruder"), says that it rolled back the messages (more than 0) it
 #    stored meanwhile, and holds nothing (input_offsets, ratings, movies,
-#    rated_movies, rejected_messages empty).  The intruder never renews:
-#    its claim lapses, F takes the partitions over ('consuming', "takes
+#    rated_movies, rejected_messages empty).  The intruder, whose claims
+#    say that it holds nothing of the partitions, never renews: its claim
+#    lapses, F takes the partitions over ('consuming', "takes
 #    over partitions whose claim lapsed") and stores exactly what the
 #    server that kept the partitions in 6. holds, with the same settings
 #    (the same row counts), once both hold the input offsets of A and B.
@@ -640,20 +641,23 @@ pg_use "$PG_A"
 # everything (the same as the server that kept the partitions in 6.)
 kafka_create_topic rated_movies_f 6
 PG_F=$TEST_DIR/pg_f
+TAB_HOLDS_NOTHING=$'\tholds nothing'
 pg_start "$PG_F" "${common[@]}" "pgkafka_join.brokers = ''" "pgkafka_join.workers = 1" \
 	"pgkafka_join.output_topic = 'rated_movies_f'"
 psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
 f_identity=$(psql_q "SELECT 'pgkafka_join-' || system_identifier || '-' || d.oid
                        FROM pg_control_system(), pg_database d WHERE d.datname = current_database()")
 psql_q "ALTER SYSTEM SET pgkafka_join.brokers = '$KAFKA_BOOTSTRAP'" >/dev/null
-kafka_claim_after pgkafka_join.owners.rated_movies_f ratings 6 intruder >"$TEST_DIR/intruder.out" &
+# the intruder's claims say, as a fresh server's do, that it holds nothing
+# of the partitions: once they lapse, they may be taken over
+kafka_claim_after pgkafka_join.owners.rated_movies_f ratings 6 "intruder$TAB_HOLDS_NOTHING" >"$TEST_DIR/intruder.out" &
 intruder=$!
 wait_for 60 'grep -qx watching "$TEST_DIR/intruder.out"' ||
 	fail "the intruding claimant did not start watching the claims"
 psql_q "SELECT pg_reload_conf()" >/dev/null
 wait "$intruder" || fail "the intruding claimant did not claim the partitions"
-check_eq "the intruder claimed partitions 0-5 as soon as F had claimed them" \
-	"$f_identity" "$(sed -n 2p "$TEST_DIR/intruder.out")"
+check_eq "the intruder claimed partitions 0-5 as soon as F had claimed them, F holding nothing of them" \
+	"$f_identity$TAB_HOLDS_NOTHING" "$(sed -n 2p "$TEST_DIR/intruder.out")"
 wait_for 30 '[ "$(psql_q "SELECT state FROM pgkafka_join.status")" = "$REFUSED" ]' ||
 	fail "F was not refused after the intruder's claim: $(psql_q "SELECT state FROM pgkafka_join.status")"
 grep -q 'WARNING: .*another server owns them' "$PG_F/server.log" &&

@@ -1,0 +1,193 @@
+#!/bin/bash
+#
+# takeover.sh
+#		Two servers configured for the same partitions, and an owner that
+#		stops renewing its claims in the middle of a batch: no partition is
+#		taken over by a server that would publish its results again, and an
+#		owner whose claims went stale commits nothing.
+#
+# 1. Server A owns partitions 0-2 and streams 3,000 ratings in 30 chunks;
+#    server B, configured for the same partitions with the same output
+#    topic, is refused while A renews its claims.  After the 9th chunk A's
+#    worker is frozen (SIGSTOP) until B has seen A's claims lapse: B holds
+#    none of the partitions' state (A's claims say A does), so it refuses
+#    to take them over (WARNING "will not take over partitions 0-2"),
+#    stores and publishes nothing.  A, let go on, renews its claims before
+#    it commits anything, and every rating's result is on the output topic
+#    exactly once.
+# 2. Server C, fresh, for partitions 0-2 and another output topic, owns
+#    them (its claims confirmed) before anything arrives; its first batch
+#    is held open by a trigger (waiting on a table of the test), while its
+#    claims say that it holds nothing of the partitions yet.  Server D, fresh too, sees those claims lapse and takes
+#    the partitions over, then publishes every result.  C's batch is let
+#    go only then: its commit fails ("did not commit: its claims ... were
+#    last renewed N ms ago"), C then is refused the partitions, holds
+#    nothing (input_offsets, movies, ratings, rated_movies empty) and
+#    published nothing; the output topic holds D's results, each once.
+
+. "$(dirname "$0")/setup.sh"
+
+MOVIES=300
+RATINGS=3000
+test_init takeover
+kafka_start "$TEST_DIR/kafka"
+for topic in movies ratings rated_movies movies2 ratings2 rated_movies2; do
+	kafka_create_topic $topic 3
+done
+common=("pgkafka_join.database = 'postgres'"
+	"pgkafka_join.retry_interval = '1s'"
+	"pgkafka_join.batch_size = 200"
+	"pgkafka_join.partitions = '0-2'")
+REFUSED='refused: partitions owned by another server'
+
+# on DIR SQL: psql_q against the cluster of DIR (the current one stays)
+on() { local d=$1; shift; (pg_use "$d" && psql_q "$@"); }
+state_of() { on "$1" "SELECT state FROM pgkafka_join.status"; }
+# stored_counts DIR: "input_offsets|movies|ratings|rated_movies" row counts
+stored_counts()
+{
+	on "$1" "SELECT (SELECT count(*) FROM pgkafka_join.input_offsets),
+	                (SELECT count(*) FROM pgkafka_join.movies),
+	                (SELECT count(*) FROM pgkafka_join.ratings),
+	                (SELECT count(*) FROM pgkafka_join.rated_movies)"
+}
+worker_pid_of() { on "$1" "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgkafka_join worker'"; }
+
+#
+# 1. The owner frozen past the lapse; the other server holds none of the state
+#
+PG_A=$TEST_DIR/pg_a
+PG_B=$TEST_DIR/pg_b
+pg_start "$PG_A" "${common[@]}" "pgkafka_join.brokers = '$KAFKA_BOOTSTRAP'"
+psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
+produce_movies_upto "$MOVIES"
+wait_for 60 '[ "$(psql_q "SELECT count(*) FROM pgkafka_join.movies")" = '$MOVIES' ]' ||
+	fail "A did not store the movies"
+pg_start "$PG_B" "${common[@]}" "pgkafka_join.brokers = '$KAFKA_BOOTSTRAP'"
+psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
+pg_use "$PG_A"
+wait_for 60 '[ "$(state_of "$PG_B")" = "$REFUSED" ]' ||
+	fail "B is not refused while A owns the partitions: $(state_of "$PG_B")"
+pass "B, configured for A's partitions, is refused while A renews its claims"
+
+python3 - "$MOVIES" "$RATINGS" "$TEST_DIR" <<'PY'
+import sys
+movies, ratings = map(int, sys.argv[1:3])
+with open(sys.argv[3] + "/ratings", "w") as r, open(sys.argv[3] + "/expected", "w") as e:
+    for n in range(1, ratings + 1):
+        m = n % movies + 1
+        rating = repr(n / 1000).removesuffix(".0")  # as JSON prints it
+        print(f'{m}\t{{"id": {m}, "rating": {rating}}}', file=r)
+        print(f'{m}\t{rating}', file=e)
+PY
+sort -o "$TEST_DIR/expected" "$TEST_DIR/expected"
+split -n l/30 -d "$TEST_DIR/ratings" "$TEST_DIR/chunk."
+(
+	for f in "$TEST_DIR"/chunk.*; do
+		kafka_produce ratings <"$f"
+		echo "$f" >>"$TEST_DIR/chunks_done"
+		sleep 0.3
+	done
+) &
+producer=$!
+wait_for 60 '[ "$(wc -l <"$TEST_DIR/chunks_done" 2>/dev/null || echo 0)" -ge 9 ]' ||
+	fail "the first 9 chunks were not produced"
+a_worker=$(worker_pid_of "$PG_A")
+kill -STOP "$a_worker"
+frozen_at=$SECONDS
+pass "A's worker (pid $a_worker) frozen after the 9th chunk, having stored $(on "$PG_A" "SELECT count(*) FROM pgkafka_join.ratings") ratings"
+wait_for 60 'grep -q "will not take over partitions 0-2" "$PG_B/server.log"' ||
+	{ kill -CONT "$a_worker"; fail "B did not see A's claims lapse"; }
+echo "# B saw A's claims lapse $((SECONDS - frozen_at)) s after A was frozen:"
+grep -A2 'WARNING: .*will not take over partitions 0-2' "$PG_B/server.log" | head -3 | sed 's/^/# | /'
+check_eq "B, holding none of the partitions' state, stored nothing: input_offsets, movies, ratings, rated_movies" \
+	"0|0|0|0" "$(stored_counts "$PG_B")"
+kill -CONT "$a_worker"
+wait $producer || fail "producing the ratings failed"
+wait_for 120 '[ "$(output_count)" -ge '$RATINGS' ]' ||
+	fail "the output topic did not reach $RATINGS records (has $(output_count))"
+sleep 2
+check_output_exactly_once "A frozen past the lapse, B refused"
+check_eq "A's worker is the one frozen, gone on" "$a_worker" "$(worker_pid_of "$PG_A")"
+check_eq "B still refused, stored nothing: state, input_offsets, movies, ratings, rated_movies" \
+	"$REFUSED|0|0|0|0" "$(state_of "$PG_B")|$(stored_counts "$PG_B")"
+grep -qE 'pgkafka_join renewed its claims (late|before a commit): the last renewal was' "$PG_A/server.log" ||
+	fail "A's log does not say that it renewed its stale claims before going on"
+pass "A renewed its stale claims before it committed anything: $(grep -m1 -oE 'renewed its claims (late|before a commit): .*' "$PG_A/server.log")"
+pg_stop "$PG_A"
+pg_stop "$PG_B"
+
+#
+# 2. An owner's first batch held open while another server takes over
+#
+PG_C=$TEST_DIR/pg_c
+PG_D=$TEST_DIR/pg_d
+second=("pgkafka_join.movies_topic = 'movies2'" "pgkafka_join.ratings_topic = 'ratings2'"
+	"pgkafka_join.output_topic = 'rated_movies2'")
+pg_start "$PG_C" "${common[@]}" "${second[@]}" "pgkafka_join.brokers = ''"
+psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
+# hold_first(): holds the transaction that stores the first movie until the
+# test inserts a row into public.go
+psql_q >/dev/null <<'SQL'
+CREATE TABLE public.go (x int);
+CREATE FUNCTION public.hold_first() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    WHILE NOT EXISTS (SELECT FROM public.go) LOOP
+        PERFORM pg_catalog.pg_sleep(0.1);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER hold_first AFTER INSERT ON pgkafka_join.movies
+    FOR EACH STATEMENT EXECUTE FUNCTION public.hold_first();
+SQL
+# C claims the partitions, and confirms its claims, before anything arrives
+psql_q "ALTER SYSTEM SET pgkafka_join.brokers = '$KAFKA_BOOTSTRAP'" >/dev/null
+psql_q "SELECT pg_reload_conf()" >/dev/null
+wait_for 60 '[ "$(state_of "$PG_C")" = consuming ]' || fail "C does not consume: $(state_of "$PG_C")"
+{
+	for ((m = 1; m <= 100; m++)); do
+		printf '%d\t{"id": %d, "title": "Movie %d"}\n' $m $m $m
+	done | kafka_produce movies2
+	for ((n = 1; n <= 500; n++)); do
+		m=$((n % 100 + 1))
+		printf '%d\t{"id": %d, "rating": %d.5}\n' $m $m $((n % 10))
+	done | kafka_produce ratings2
+}
+held() { on "$PG_C" "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pgkafka_join worker' AND wait_event = 'PgSleep'"; }
+wait_for 60 '[ "$(held)" = 1 ]' || fail "C's first batch did not reach the trigger"
+pass "C's first batch is held open, its claims saying that it holds nothing"
+pg_start "$PG_D" "${common[@]}" "${second[@]}" "pgkafka_join.brokers = '$KAFKA_BOOTSTRAP'"
+psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
+d_results() { on "$PG_D" "SELECT count(*) FROM pgkafka_join.rated_movies"; }
+wait_for 60 '[ "$(d_results)" = 500 ]' ||
+	fail "D did not take the partitions over and join the 500 ratings: $(state_of "$PG_D"), $(d_results) results"
+grep -q 'takes over partitions whose claim lapsed' "$PG_D/server.log" ||
+	fail "D's log does not say that it took over a lapsed claim"
+pass "D took over C's lapsed claims, C's first batch still open"
+check_eq "C's batch was still open when D stored everything" 1 "$(held)"
+on "$PG_C" "INSERT INTO public.go VALUES (1)" >/dev/null
+wait_for 30 'grep -q "did not commit: its claims of partitions 0-2 were last renewed" "$PG_C/server.log"' ||
+	fail "C's batch was not refused at its commit"
+echo "# $(grep -m1 'did not commit: its claims' "$PG_C/server.log" | sed 's/.*ERROR: *//')"
+wait_for 30 '[ "$(state_of "$PG_C")" = "$REFUSED" ]' ||
+	fail "C is not refused after its commit failed: $(state_of "$PG_C")"
+check_eq "C, whose claims went stale in its batch, stored nothing: input_offsets, movies, ratings, rated_movies" \
+	"0|0|0|0" "$(stored_counts "$PG_C")"
+wait_for 30 '[ "$(kafka_consume rated_movies2 | wc -l)" -ge 500 ]' ||
+	fail "the output topic did not reach 500 records"
+sleep 2
+check_eq "the output topic holds D's 500 results, each once, and nothing of C" \
+	"$(on "$PG_D" "SELECT string_agg(share || ':' || id, ',' ORDER BY share, id) FROM pgkafka_join.rated_movies")" \
+	"$(kafka_consume rated_movies2 -f '%h\n' |
+		python3 -c '
+import sys
+for line in sys.stdin:
+    h = dict(kv.split("=", 1) for kv in line.strip().split(","))
+    print(h["pgkafka_join.share"] + ":" + h["pgkafka_join.id"])' | sort -t: -k1,1n -k2,2n | paste -sd,)"
+check_eq "no server process crashed (terminated by signal)" "0 0 0 0" \
+	"$(for d in "$PG_A" "$PG_B" "$PG_C" "$PG_D"; do grep -c 'terminated by signal' "$d/server.log" || true; done | paste -sd' ')"
+
+pass "takeover"
