@@ -452,7 +452,8 @@ pkj_kafka_connect(Oid extension_oid, int worker, PkjDeliveryReport delivery_repo
 	rd_kafka_queue_io_event_enable(pkj_kafka.queue, pkj_kafka.wakeup[1], "1", 1);
 
 	pkj_kafka.cgmd = rd_kafka_consumer_group_metadata_new(group_id);
-	pkj_kafka.shares_group = psprintf("%s.%s", group_id, pkj_output_topic);
+	pkj_kafka.shares_group = psprintf("%s.publish-positions.%s", group_id, pkj_output_topic);
+	pkj_kafka.previous_shares_group = psprintf("%s.%s", group_id, pkj_output_topic);
 	pkj_kafka.input_group = pstrdup(pkj_consumer_group[0] != '\0' ? pkj_consumer_group : group_id);
 	pkj_kafka.shares_cgmd = rd_kafka_consumer_group_metadata_new(pkj_kafka.shares_group);
 	pkj_kafka.transactions_ready = false;
@@ -511,6 +512,7 @@ pkj_kafka_disconnect(void)
 		pfree(pkj_kafka.output_topic);
 		pfree(pkj_kafka.consumer_group);
 		pfree(pkj_kafka.shares_group);
+		pfree(pkj_kafka.previous_shares_group);
 		pfree(pkj_kafka.input_group);
 	}
 	memset(&pkj_kafka, 0, sizeof(pkj_kafka));

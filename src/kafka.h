@@ -14,7 +14,7 @@
  * Groups whose offsets a worker reads or commits besides its own: positions,
  * claims, the input positions shown to Kafka's lag tools
  */
-#define PKJ_GROUP_HANDLES 3
+#define PKJ_GROUP_HANDLES 4
 
 typedef struct PkjKafka
 {
@@ -27,6 +27,8 @@ typedef struct PkjKafka
 	char	   *input_group;
 	/* the group of the shares' publish positions, per output topic */
 	char	   *shares_group;
+	/* where versions up to 1.1 kept them, read when shares_group has none */
+	char	   *previous_shares_group;
 	rd_kafka_consumer_group_metadata_t *shares_cgmd;
 	/* handles that read and commit the offsets of other groups */
 	struct

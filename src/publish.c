@@ -15,8 +15,10 @@
  * Those positions are kept in Kafka, in the same Kafka transaction as the
  * records: committed with rd_kafka_send_offsets_to_transaction() as the
  * offset of the ratings topic's partition of the share, for the group
- * "<control.kafka_group>.<output topic>" (a new output topic starts from
- * nothing and receives every result).  Share -1, the results made before
+ * "<control.kafka_group>.publish-positions.<output topic>" (a new output
+ * topic starts from nothing and receives every result; versions up to 1.1
+ * named the group "<control.kafka_group>.<output topic>", which is read for
+ * shares that have no position in the new one yet).  Share -1, the results made before
  * version 1.1, keeps the position of 1.0: the offset of the output topic's
  * partition 0 for the group control.kafka_group.  Either the records and
  * the positions commit, or neither does; a read_committed consumer never
@@ -427,9 +429,60 @@ positions_text(void)
 }
 
 /*
+ * The committed offsets of group "group" for the partitions of "parts"
+ * (into them), through a handle of that group.
+ */
+static rd_kafka_resp_err_t
+group_committed(const char *group, rd_kafka_topic_partition_list_t *parts)
+{
+	char	   *problem;
+	rd_kafka_t *rk = pkj_kafka_group_handle(group, &problem);
+
+	if (rk == NULL)
+	{
+		pkj_kafka_note_error(problem);
+		return RD_KAFKA_RESP_ERR__INVALID_ARG;
+	}
+	return rd_kafka_committed(rk, parts, KAFKA_TIMEOUT_MS);
+}
+
+/*
+ * Shares that have no position in the shares' group yet take the one that
+ * versions up to 1.1 committed to the group named without
+ * "publish-positions" (an upgraded installation's, until its first
+ * transaction after the upgrade).  No transaction commits there any more,
+ * so what it holds is final.
+ */
+static rd_kafka_resp_err_t
+previous_positions(rd_kafka_topic_partition_list_t *parts)
+{
+	rd_kafka_topic_partition_list_t *missing = rd_kafka_topic_partition_list_new(parts->cnt);
+	rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
+
+	for (int i = 0; i < parts->cnt; i++)
+		if (parts->elems[i].err == RD_KAFKA_RESP_ERR_NO_ERROR && parts->elems[i].offset < 0)
+			rd_kafka_topic_partition_list_add(missing, parts->elems[i].topic,
+											  parts->elems[i].partition);
+	if (missing->cnt > 0)
+		err = group_committed(pkj_kafka.previous_shares_group, missing);
+	for (int i = 0; i < missing->cnt && err == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
+	{
+		rd_kafka_topic_partition_t *tp =
+			rd_kafka_topic_partition_list_find(parts, missing->elems[i].topic,
+											   missing->elems[i].partition);
+
+		tp->offset = missing->elems[i].offset;
+		tp->err = missing->elems[i].err;
+	}
+	rd_kafka_topic_partition_list_destroy(missing);
+	return err;
+}
+
+/*
  * The positions committed in Kafka for this worker's shares, into *parts
- * (the caller destroys it): those of shares >= 0 in the shares' group, that
- * of share -1 in control.kafka_group, read by the consumer of that group.
+ * (the caller destroys it): those of shares >= 0 in the shares' group (or,
+ * where it has none, the group of versions up to 1.1), that of share -1 in
+ * control.kafka_group, read by the consumer of that group.
  */
 static rd_kafka_resp_err_t
 committed_positions(rd_kafka_topic_partition_list_t **parts)
@@ -448,16 +501,9 @@ committed_positions(rd_kafka_topic_partition_list_t **parts)
 	}
 	if ((*parts)->cnt > 0)
 	{
-		char	   *problem;
-		rd_kafka_t *rk = pkj_kafka_group_handle(pkj_kafka.shares_group, &problem);
-
-		if (rk == NULL)
-		{
-			pkj_kafka_note_error(problem);
-			err = RD_KAFKA_RESP_ERR__INVALID_ARG;
-		}
-		else
-			err = rd_kafka_committed(rk, *parts, KAFKA_TIMEOUT_MS);
+		err = group_committed(pkj_kafka.shares_group, *parts);
+		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+			err = previous_positions(*parts);
 	}
 	if (err == RD_KAFKA_RESP_ERR_NO_ERROR && legacy->cnt > 0)
 	{

@@ -9,7 +9,10 @@
 #		everything is stored its lag is 0 on every partition; while ingest
 #		is paused, the lag it shows is pgkafka_join.status's input_lag; with
 #		the setting emptied by a reload, the positions go to the extension's
-#		own group, control.kafka_group.
+#		own group, control.kafka_group.  kafka-consumer-groups --list shows
+#		those and the groups of the publish positions
+#		("<kafka_group>.publish-positions.<output topic>", one offset per
+#		share on the ratings topic) and of the claims, nothing else.
 
 . "$(dirname "$0")/setup.sh"
 MOVIES=300
@@ -108,3 +111,14 @@ wait_for 60 '[ "$(describe "$own" | awk '"'"'$5 == "0"'"'"' | wc -l)" = 6 ]' ||
 	fail "the extension's own group $own does not show the 6 input partitions at lag 0: $(describe "$own" | paste -sd,)"
 check_eq "with the setting empty, the positions go to control.kafka_group" \
 	"$(stored | paste -sd,)" "$(describe "$own" | awk '{ print $1, $2, $3 }' | paste -sd,)"
+
+# The groups Kafka's tools list: the input positions' (the setting's, then
+# the extension's own), and those of the publish positions and of the
+# partitions' claims, each named for what it holds
+check_eq "kafka-consumer-groups --list shows the input groups, and the publish positions' and the claims' groups, named for them" \
+	"$(printf '%s\n' "$GROUP" "$own" "$own.publish-positions.rated_movies" pgkafka_join.owners.rated_movies | LC_ALL=C sort | paste -sd,)" \
+	"$(kafka_consumer_groups --list 2>/dev/null | LC_ALL=C sort | paste -sd,)"
+check_eq "the publish positions' group holds one position per share, on the ratings topic" \
+	"ratings 0,ratings 1,ratings 2" \
+	"$(kafka_consumer_groups --describe --group "$own.publish-positions.rated_movies" 2>/dev/null |
+		awk '$2 == "movies" || $2 == "ratings" || $2 == "rated_movies" { print $2, $3 }' | sort | paste -sd,)"

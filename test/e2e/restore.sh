@@ -30,10 +30,15 @@
 #    last result set 5 ids back while the cluster is down; at start the
 #    worker logs that output_position is ahead and publishes after it: no
 #    result is published again, new ones are published once.
+# 5. Upgraded from 1.1: the positions only in 1.1's group,
+#    "<kafka_group>.rated_movies", 5 ids ahead of output_position: taken
+#    from there, nothing published again, the next transaction commits to
+#    the group of 1.2.
 #
 # Kafka's position is per share (input partition): the offset of partition
-# p of the ratings topic in the group "<kafka_group>.rated_movies"; "the
-# position" below is the highest of them.
+# p of the ratings topic in the group
+# "<kafka_group>.publish-positions.rated_movies"; "the position" below is
+# the highest of them.
 
 . "$(dirname "$0")/setup.sh"
 pkj_setup restore 3
@@ -122,7 +127,7 @@ kafka_position()
 	local p o max=0
 
 	for p in 0 1 2; do
-		o=$(kafka_group_offset "$group.rated_movies" ratings $p)
+		o=$(kafka_group_offset "$group.publish-positions.rated_movies" ratings $p)
 		[ "$o" = none ] || [ "$o" -le "$max" ] || max=$o
 	done
 	echo "$max"
@@ -225,7 +230,7 @@ check_eq "its DETAIL gives Kafka's position $P and the dump's last result $D" "1
 check_eq "its HINT names advance_result_ids($P)" "1" \
 	"$(grep -cF "HINT:  To go on, run SELECT pgkafka_join.advance_result_ids($P):" "$PG_B/server.log" || true)"
 check_eq "the shares ahead are recorded: those whose position in Kafka is above $D" \
-	"$(for p in 0 1 2; do o=$(kafka_group_offset "$group.rated_movies" ratings $p)
+	"$(for p in 0 1 2; do o=$(kafka_group_offset "$group.publish-positions.rated_movies" ratings $p)
 	   [ "$o" = none ] || [ "$o" -le "$D" ] || echo $p; done | paste -sd, | sed 's/.*/{&}/')" \
 	"$(PGDATABASE=restored psql_q "SELECT ahead_shares FROM pgkafka_join.control")"
 check_eq "nothing was stored while stopped, by a batch or the rejoin pass: the restored database is unchanged" \
@@ -270,12 +275,12 @@ check_eq "the records up to id $P are the 500 results of A, once each" \
 #
 P2=$(PGDATABASE=restored psql_q "SELECT max(id) FROM pgkafka_join.rated_movies")
 S2=$(PGDATABASE=restored psql_q "SELECT share FROM pgkafka_join.rated_movies WHERE id = $P2")
-wait_for 30 "[ \"\$(PGDATABASE=restored psql_q 'SELECT max(last_id) FROM pgkafka_join.output_position')\" = $P2 ] && [ \"\$(kafka_group_offset '$group.rated_movies' ratings $S2)\" = $P2 ]" ||
+wait_for 30 "[ \"\$(PGDATABASE=restored psql_q 'SELECT max(last_id) FROM pgkafka_join.output_position')\" = $P2 ] && [ \"\$(kafka_group_offset '$group.publish-positions.rated_movies' ratings $S2)\" = $P2 ]" ||
 	fail "the position did not reach result $P2"
 pg_stop "$PG_B"
-kafka_set_group_offset "$group.rated_movies" ratings "$S2" $((P2 - 5))
+kafka_set_group_offset "$group.publish-positions.rated_movies" ratings "$S2" $((P2 - 5))
 check_eq "the position of share $S2 is set 5 ids back" "$((P2 - 5))" \
-	"$(kafka_group_offset "$group.rated_movies" ratings "$S2")"
+	"$(kafka_group_offset "$group.publish-positions.rated_movies" ratings "$S2")"
 pg_start "$PG_B"
 ratings 501 505 | kafka_produce ratings
 wait_for_output 706
@@ -292,3 +297,48 @@ check_eq "the new ratings are published once, after id $P2" \
 	"$(awk -F'\t' -v p="$P2" '$1 > p' "$TEST_DIR/topic" | ratings_of)"
 check_eq "Kafka's position is the last result again" "$((P2 + 5))" \
 	"$(kafka_position)"
+
+#
+# 7. Upgraded from 1.1: the publish positions are only in the group that
+# versions up to 1.1 used, "<kafka_group>.<output topic>", and PostgreSQL's
+# record of the last share is 5 ids behind them.  The worker takes them
+# from there (publishing nothing again), and its next transaction commits
+# them to "<kafka_group>.publish-positions.<output topic>".
+#
+P3=$(PGDATABASE=restored psql_q "SELECT max(id) FROM pgkafka_join.rated_movies")
+S3=$(PGDATABASE=restored psql_q "SELECT share FROM pgkafka_join.rated_movies WHERE id = $P3")
+wait_for 30 "[ \"\$(kafka_position)\" = $P3 ]" || fail "the position did not reach result $P3"
+PGDATABASE=restored psql_q "ALTER SYSTEM SET pgkafka_join.brokers = ''" >/dev/null
+PGDATABASE=restored psql_q "SELECT pg_reload_conf()" >/dev/null
+wait_for 30 '[ "$(PGDATABASE=restored psql_q "SELECT state FROM pgkafka_join.status")" = "idle: no brokers set" ]' ||
+	fail "the worker did not leave Kafka: $(PGDATABASE=restored psql_q "SELECT state FROM pgkafka_join.status")"
+previous=()
+for p in 0 1 2; do
+	o=$(kafka_group_offset "$group.publish-positions.rated_movies" ratings $p)
+	previous+=("$o")
+	[ "$o" = none ] || kafka_set_group_offset "$group.rated_movies" ratings $p "$o" >/dev/null
+done
+kafka_delete_group_offsets "$group.publish-positions.rated_movies" ratings >/dev/null
+check_eq "the positions are in 1.1's group only" \
+	"${previous[*]} | none none none" \
+	"$(for p in 0 1 2; do kafka_group_offset "$group.rated_movies" ratings $p; done | paste -sd' ') | $(for p in 0 1 2; do kafka_group_offset "$group.publish-positions.rated_movies" ratings $p; done | paste -sd' ')"
+PGDATABASE=restored psql_q "UPDATE pgkafka_join.output_position SET last_id = last_id - 5 WHERE share = $S3 AND last_id = $P3"
+check_eq "PostgreSQL's record of share $S3 is 5 ids behind" "$((P3 - 5))" \
+	"$(PGDATABASE=restored psql_q "SELECT max(last_id) FROM pgkafka_join.output_position WHERE share = $S3")"
+mark=$(PG_DIR=$PG_B log_mark)
+PGDATABASE=restored psql_q "ALTER SYSTEM RESET pgkafka_join.brokers" >/dev/null
+PGDATABASE=restored psql_q "SELECT pg_reload_conf()" >/dev/null
+ratings 506 510 | kafka_produce ratings
+wait_for_output 711
+wait_for 30 '[ "$(PGDATABASE=restored psql_q "SELECT publish_lag FROM pgkafka_join.status")" = 0 ]' ||
+	fail "B did not publish the new results"
+check_eq "the worker went on after 1.1's positions" "1" \
+	"$(PG_DIR=$PG_B log_since "$mark" | grep -c "publishes to \"rated_movies\" after results .*$S3: $P3\b" || true)"
+check_eq "no result id is on the output topic twice: the 5 results are not published again" \
+	"711 711" "$(ids_on_topic)"
+check_eq "the new ratings are published once, after id $P3" \
+	"$(ratings 506 510 expected | LC_ALL=C sort)" \
+	"$(awk -F'\t' -v p="$P3" '$1 > p' "$TEST_DIR/topic" | ratings_of)"
+check_eq "the position is committed to the publish-positions group, 1.1's group left as it was" \
+	"$((P3 + 5)) | ${previous[*]}" \
+	"$(kafka_position) | $(for p in 0 1 2; do kafka_group_offset "$group.rated_movies" ratings $p; done | paste -sd' ')"
