@@ -14,8 +14,17 @@
 #	   with the extension preloaded but pgkafka_join.brokers empty, so the
 #	   worker stays idle;
 #	2. produces MOVIES movies to "movies" (not timed);
-#	3. COPY baseline: a server-side COPY of the same rows into the same,
-#	   empty pgkafka_join.movies; then TRUNCATE, VACUUM, CHECKPOINT;
+#	3. COPY baseline: the same rows into the same, empty
+#	   pgkafka_join.movies, by as many server-side COPY sessions at once
+#	   as there are workers, each a share of the movies (id % sessions),
+#	   in binary format, of the columns the worker's own COPY gives (id,
+#	   title, release_year; updated_at left to its default, now()); the
+#	   files are written by the server first (not timed), and WAL files
+#	   are made ready for reuse (prepare_wal in bench/common.sh) so that
+#	   the COPY, like the worker after it, writes its WAL into recycled
+#	   files; neither is timed through a checkpoint; then TRUNCATE,
+#	   VACUUM, CHECKPOINT (which recycles the COPY's WAL files for the
+#	   worker);
 #	4. catalog ingest: sets pgkafka_join.brokers and times the worker until
 #	   input_offsets says all MOVIES messages are stored; then VACUUM
 #	   (ANALYZE) and CHECKPOINT, not timed: the ratings meet a settled
@@ -92,6 +101,10 @@
 #							last (e.g. "jit = off", or
 #							"pgkafka_join.kafka_properties = 'queued.min.messages=1000000'"),
 #							to measure a configuration against the defaults
+#	PGKJ_BENCH_SETTINGS=defaults	run on PostgreSQL's defaults plus only
+#							what README tells a DBA to set (see use_settings
+#							in test/bench/common.sh; no huge pages
+#							reserved), instead of the tuned settings
 #	PGKJ_BENCH_HUGE_PAGES=off	do not reserve huge pages for the cluster
 #							(by default, as root, enough 2 MB pages for its
 #							shared memory are reserved for the run: see
@@ -268,23 +281,12 @@ fi
 for topic in movies ratings ratings_bench "${OUTPUT_TOPICS[@]}"; do
 	kafka_create_topic "$topic" "$PARTITIONS"
 done
-# The broker creates its internal topics (__transaction_state,
-# __consumer_offsets) at their first use, which then takes seconds: use
-# them once here, so that no timed phase of the first run pays for it.
-kafka_create_topic bench_warmup 1
-printf 'warmup\twarmup\n' | kafka_produce bench_warmup -x pgkafka_join-bench-warmup >/dev/null 2>&1
-kafka_set_group_offset pgkafka_join-bench-warmup bench_warmup 0 1 >/dev/null
+warm_up_broker
 
 MOVIES_KAFKA=$TEST_DIR/movies.kafka
-MOVIES_COPY=$TEST_DIR/movies.copy
 RATINGS_KAFKA=$TEST_DIR/ratings.kafka
 
 movies_file "$MOVIES" "$MOVIES_KAFKA"
-# updated_at is now(), as the worker stores it
-awk -v n="$MOVIES" -v ts="$(date -u '+%Y-%m-%d %H:%M:%S+00')" 'BEGIN {
-	for (i = 1; i <= n; i++)
-		printf "%d\tMovie %d\t%d\t%s\n", i, i, 1900 + i % 120, ts
-}' >"$MOVIES_COPY"
 awk -v n="$RATINGS" -v m="$MOVIES" 'BEGIN {
 	srand(42)
 	for (i = 1; i <= n; i++) {
@@ -292,7 +294,7 @@ awk -v n="$RATINGS" -v m="$MOVIES" 'BEGIN {
 		printf "%d\t{\"id\": %d, \"rating\": %.1f}\n", id, id, 1 + rand() * 9
 	}
 }' >"$RATINGS_KAFKA"
-chmod 644 "$MOVIES_KAFKA" "$MOVIES_COPY" "$RATINGS_KAFKA"
+chmod 644 "$MOVIES_KAFKA" "$RATINGS_KAFKA"
 chmod 755 "$TEST_DIR"
 
 t0=$(now)
@@ -344,6 +346,27 @@ rss_stop()
 		figures+=("${line:-no sample}")
 	done
 	RSS_FIGURES=$(IFS=';'; echo "${figures[*]}" | sed 's/;/; /g')
+}
+
+# copy_files N: the COPY baseline's files for N sessions, in COPY's binary
+# format, written by the server (once per N; not timed) into $PG_DIR (which
+# the postgres user owns): share k holds the movies of id % N = k, in order
+# of id, with the columns and types the worker's COPY gives.  Sets
+# COPY_FILES.
+copy_files()
+{
+	local n=$1 k f
+
+	COPY_FILES=()
+	for ((k = 0; k < n; k++)); do
+		f=$PG_DIR/movies-$n-$k.bin
+		[ -f "$f" ] ||
+			psql_q "COPY (SELECT i, 'Movie ' || i, (1900 + i % 120)::integer
+							FROM generate_series(1::bigint, $MOVIES) i
+						   WHERE i % $n = $k ORDER BY i)
+					TO '$f' (FORMAT binary)"
+		COPY_FILES+=("$f")
+	done
 }
 
 # Sizes of the partitions of a partitioned table: "heap+TOAST index" bytes
@@ -401,7 +424,8 @@ restart_first_rating()
 run_bench()
 {
 	local run=$1 workers=$2 output_topic=${OUTPUT_TOPICS[$1 - 1]}
-	local lsn0 t0 t1 t_stored cpu0 cpu1 copy_pid output_next output_headers kafka_txns
+	local lsn0 t0 t1 t_stored cpu0 cpu1 copy_pid output_next output_headers kafka_txns k job
+	local -a copy_jobs
 	local first_at first_n first_cpu heap index
 
 	#
@@ -427,23 +451,39 @@ run_bench()
 	#
 	# 3. COPY baseline
 	#
-	psql_q "CHECKPOINT"
+	copy_files "$NWORKERS"
+	# about 300 bytes of WAL per movie (its row, its index entry): 400
+	# counted, and 64 MB to spare; prepare_wal ends with a CHECKPOINT
+	prepare_wal $((MOVIES * 400 / 1000000 + 64))
+	say "WAL: $WAL_READY"
 	lsn0=$(wal_lsn)
 	cpu_sample cpu0
 	t0=$(now)
-	copy_pid=$(psql_q "SELECT pg_backend_pid();
-COPY pgkafka_join.movies (id, title, release_year, updated_at) FROM '$MOVIES_COPY'")
+	copy_jobs=()
+	for ((k = 0; k < NWORKERS; k++)); do
+		psql_q "SELECT pg_backend_pid();
+COPY pgkafka_join.movies (id, title, release_year) FROM '${COPY_FILES[k]}' (FORMAT binary)" \
+			>"$TEST_DIR/copy-$k.pid" &
+		copy_jobs+=($!)
+	done
+	for job in "${copy_jobs[@]}"; do
+		wait "$job" || fail "a COPY of the baseline failed"
+	done
 	t1=$(now)
-	# the backend's CPU time counts once the postmaster has reaped it
-	for _ in $(seq 50); do
-		[ -e "/proc/$copy_pid" ] || break
-		sleep 0.1
+	# the backends' CPU time counts once the postmaster has reaped them
+	for ((k = 0; k < NWORKERS; k++)); do
+		copy_pid=$(cat "$TEST_DIR/copy-$k.pid")
+		for _ in $(seq 50); do
+			[ -e "/proc/$copy_pid" ] || break
+			sleep 0.1
+		done
 	done
 	cpu_sample cpu1
 	R_COPY_S[run]=$(calc "$t1 - $t0" %.2f)
 	R_COPY_RATE[run]=$(calc "$MOVIES / ${R_COPY_S[run]}" %.0f)
+	R_COPY_SESSIONS[run]=$NWORKERS
 	[ "$(psql_q "SELECT count(*) FROM pgkafka_join.movies")" = "$MOVIES" ] || fail "COPY did not load $MOVIES rows"
-	say "COPY: $MOVIES rows in ${R_COPY_S[run]} s = ${R_COPY_RATE[run]} rows/s; WAL $(wal_mb "$lsn0") MB"
+	say "COPY: $MOVIES rows in ${R_COPY_S[run]} s = ${R_COPY_RATE[run]} rows/s ($NWORKERS sessions, binary); WAL $(wal_mb "$lsn0") MB"
 	cpu_report "$cpu0" "$cpu1" "${R_COPY_S[run]}"
 
 	psql_q "TRUNCATE pgkafka_join.movies"
@@ -658,7 +698,7 @@ if ! $COMPARE; then
 === pgkafka_join benchmark ===
 movies                 $MOVIES ($PARTITIONS partitions)
 ratings                $RATINGS ($PARTITIONS partitions)
-COPY baseline          ${R_COPY_S[1]} s = ${R_COPY_RATE[1]} rows/s
+COPY baseline          ${R_COPY_S[1]} s = ${R_COPY_RATE[1]} rows/s (${R_COPY_SESSIONS[1]} COPY sessions at once, binary, id, title, release_year)
 catalog ingest         ${R_INGEST_S[1]} s = ${R_INGEST_RATE[1]} movies/s = ${R_INGEST_RATIO[1]}x COPY   (target >= 0.9x: $(verdict "${R_INGEST_RATIO[1]} >= 0.9"))
                        (first batch after ${R_FIRST_MOVIES_S[1]} s, then $(per_s "${R_INGEST_AFTER[1]}") = $(after_ratio 1) COPY   (target >= 0.9x: $(after_verdict 1)))
 ratings                ${R_RATINGS_S[1]} s = ${R_RATINGS_RATE[1]} ratings/s joined and published   (target >= 100000/s: $(verdict "${R_RATINGS_RATE[1]} >= 100000"))
@@ -673,7 +713,7 @@ restart                first new rating stored and joined ${R_RESTART_JOINED[1]}
 workers                ${R_NWORKERS[1]} (pgkafka_join.workers)
 batch_size             $BATCH_SIZE (batch_delay $BATCH_DELAY)
 extension              ${R_SO_ID[1]}
-PostgreSQL             $PG_VERSION (fsync on, synchronous_commit on, jit $JIT)
+PostgreSQL             $PG_VERSION ($DURABILITY, jit $JIT; $SETTINGS_SUMMARY)
 librdkafka             $LIBRDKAFKA_VERSION (${LIBRDKAFKA:-?})
 Kafka                  $KAFKA_VERSION (Scala 2.13, single broker, KRaft, on the same machine)
 machine                $(nproc) cores, load average before ${R_LOAD_BEFORE[1]}, now $(cut -d' ' -f1-3 /proc/loadavg); huge pages $HUGE_PAGES
@@ -702,7 +742,7 @@ x_ref()
 }
 for ((run = 1; run <= NRUNS; run++)); do
 	echo "workers ${R_NWORKERS[run]}:" \
-		"catalog ${R_INGEST_RATE[run]} movies/s = ${R_INGEST_RATIO[run]}x COPY (${R_COPY_RATE[run]} rows/s)," \
+		"catalog ${R_INGEST_RATE[run]} movies/s = ${R_INGEST_RATIO[run]}x COPY (${R_COPY_RATE[run]} rows/s, ${R_COPY_SESSIONS[run]} sessions)," \
 		"first batch after ${R_FIRST_MOVIES_S[run]} s, then $(per_s "${R_INGEST_AFTER[run]}");" \
 		"ratings ${R_RATINGS_RATE[run]}/s joined and published$(x_ref "${R_RATINGS_RATE[run]}" "${R_RATINGS_RATE[REF]:-}")," \
 		"first batch after ${R_FIRST_RATINGS_S[run]} s, then $(per_s "${R_RATINGS_AFTER[run]}")$(x_ref "${R_RATINGS_AFTER[run]}" "${R_RATINGS_AFTER[REF]:-}")," \
@@ -736,6 +776,6 @@ for ((run = 2; run <= NRUNS; run++)); do
 done
 cat <<EOF
 batch_size $BATCH_SIZE (batch_delay $BATCH_DELAY); extension ${R_SO_ID[1]}
-PostgreSQL $PG_VERSION (fsync on, synchronous_commit on, jit $JIT); librdkafka $LIBRDKAFKA_VERSION; Kafka $KAFKA_VERSION (single broker, same machine)
+PostgreSQL $PG_VERSION ($DURABILITY, jit $JIT; $SETTINGS_SUMMARY); librdkafka $LIBRDKAFKA_VERSION; Kafka $KAFKA_VERSION (single broker, same machine)
 machine $(nproc) cores, load average now $(cut -d' ' -f1-3 /proc/loadavg); huge pages $HUGE_PAGES; whole run $RUN_S s
 EOF

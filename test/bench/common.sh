@@ -8,7 +8,8 @@
 # Sourced after test/lib.sh (psql_q, fail, TEST_TOP, PG_BIN).  The callers
 # set PG_DIR (the cluster), KAFKA_DIR and KAFKA_BOOTSTRAP (kafka_start),
 # PARTITIONS (topic_end), NWORKERS (wait_workers, which sets WORKER_PIDS for
-# cpu_sample).
+# cpu_sample).  Also sourced by test/bench/live.sh, which chooses the
+# server's settings with use_settings.
 
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -36,6 +37,33 @@ PG_SETTINGS=(
 	"pgkafka_join.retry_interval = '1s'"
 )
 
+# What README tells a DBA to set, and nothing else: with these, a cluster
+# runs on PostgreSQL's defaults (128 MB of shared_buffers, 1 GB of
+# max_wal_size, 5-minute checkpoints, autovacuum on), as a new user's
+# does.  (shared_preload_libraries is lib.sh's pg_start's, the brokers are
+# set by reload_with, the workers by start_cluster.)
+PG_SETTINGS_DEFAULTS=(
+	"pgkafka_join.database = 'postgres'"
+	"pgkafka_join.brokers = ''"
+)
+
+# use_settings NAME: the settings start_cluster gives the next cluster:
+# "tuned" (PG_SETTINGS above, the benchmarks' own) or "defaults"
+# (PG_SETTINGS_DEFAULTS).  Sets SETTINGS_NAME.  PGKJ_BENCH_SETTINGS chooses
+# for test/bench.sh and test/bench/latency.sh (default tuned); live.sh has
+# its --settings.
+PG_SETTINGS_TUNED=("${PG_SETTINGS[@]}")
+use_settings()
+{
+	case $1 in
+		tuned) PG_SETTINGS=("${PG_SETTINGS_TUNED[@]}") ;;
+		defaults) PG_SETTINGS=("${PG_SETTINGS_DEFAULTS[@]}") ;;
+		*) echo "unknown settings \"$1\" (defaults or tuned)" >&2; exit 2 ;;
+	esac
+	SETTINGS_NAME=$1
+}
+use_settings "${PGKJ_BENCH_SETTINGS:-tuned}"
+
 # Huge pages for the shared memory, as PostgreSQL's documentation advises
 # for a server with large shared_buffers ("Linux Huge Pages"): with 4 kB
 # pages, the catalog lookups of 10 million movies missed the TLB so often
@@ -48,12 +76,14 @@ PG_SETTINGS=(
 HUGE_PAGES_WANTED=3300		# 6.4 GB: shared_buffers, wal_buffers and the rest
 HUGE_PAGES="not used"
 
-# reserve_huge_pages: once, right after test_init
+# reserve_huge_pages: once, right after test_init (nothing with the
+# settings "defaults": a new server has no huge pages reserved)
 reserve_huge_pages()
 {
 	local before
 
 	[ "${PGKJ_BENCH_HUGE_PAGES:-on}" != off ] || return 0
+	[ "$SETTINGS_NAME" != defaults ] || return 0
 	before=$(cat /proc/sys/vm/nr_hugepages 2>/dev/null) || return 0
 	[ "$before" -lt "$HUGE_PAGES_WANTED" ] || return 0
 	if echo "$HUGE_PAGES_WANTED" 2>/dev/null >/proc/sys/vm/nr_hugepages; then
@@ -297,6 +327,71 @@ cpu_report()
 	CPU_SHARES="$workers, other PG $(share "${b[1]} - ${a[1]}"), broker $(share "${b[2]} - ${a[2]}"), rest $(share "$rest"), idle $(share "${b[4]} - ${a[4]}"), waiting for a core: workers $wq, broker $bq"
 }
 
+# WAL files ready for reuse, as on a server in service (test/bench/latency.sh
+# before it measures, test/bench.sh before its COPY baseline).  A new cluster
+# creates each 16 MB WAL file the first time it reaches it, zero-filled
+# (wal_init_zero) and synced inside the commit that crosses into it: at
+# 10,000 ratings/s that was a commit of the worker's, every 5.5 s, taking
+# some 56 ms instead of 2 or 3 (and every result meanwhile waited for it).
+# A server that has been through checkpoints renames old files for reuse
+# instead (about twice the WAL of a checkpoint interval, within
+# min_wal_size and max_wal_size).
+# prepare_wal MB: write and switch out of enough WAL files for MB megabytes
+# (up to 8000, and 3/4 of max_wal_size), then CHECKPOINT, which recycles them;
+# WAL_READY says how many are ready.  PGKJ_BENCH_FRESH_WAL=1 leaves the new
+# cluster's WAL as it is.
+WAL_READY="none (PGKJ_BENCH_FRESH_WAL=1)"
+prepare_wal()
+{
+	local mb=$(($1 < 8000 ? $1 : 8000)) files ready max_wal
+	local ready_sql="SELECT count(*) FROM pg_ls_waldir()
+					 WHERE name ~ '^[0-9A-F]{24}\$' AND name > pg_walfile_name(pg_current_wal_lsn())"
+
+	[ "${PGKJ_BENCH_FRESH_WAL:-0}" != 1 ] || return 0
+	# a checkpoint keeps no more than max_wal_size allows (in MB here)
+	max_wal=$(psql_q "SELECT setting FROM pg_settings WHERE name = 'max_wal_size'")
+	[ "$mb" -le $((max_wal * 3 / 4)) ] || mb=$((max_wal * 3 / 4))
+	files=$(((mb + 15) / 16))
+	psql_q "DO \$\$ BEGIN
+				FOR i IN 1..$files LOOP
+					PERFORM pg_logical_emit_message(false, 'pgkafka_join.bench', '');
+					PERFORM pg_switch_wal();
+				END LOOP;
+			END \$\$" >/dev/null
+	psql_q "CHECKPOINT" >/dev/null
+	ready=$(psql_q "$ready_sql")
+	[ "$ready" -ge "$files" ] || fail "only $ready WAL files ready for reuse after CHECKPOINT, not $files"
+	WAL_READY="$ready files of 16 MB ready for reuse (as on a server in service; PGKJ_BENCH_FRESH_WAL=1: none)"
+}
+
+# Waits of the benchmarks, for wait_for: every movie message stored
+# (MOVIES_END, or MOVIES, messages in input_offsets), every worker
+# consuming, every result recorded as published (status.publish_lag).
+movies_stored()
+{
+	[ "$(psql_q "SELECT coalesce(sum(next_offset), 0) FROM pgkafka_join.input_offsets WHERE topic = 'movies'")" = "${MOVIES_END:-$MOVIES}" ]
+}
+
+workers_consuming()
+{
+	[ "$(psql_q "SELECT count(*) FILTER (WHERE state = 'consuming') FROM pgkafka_join.status")" = "$NWORKERS" ]
+}
+
+all_published()
+{
+	[ "$(psql_q "SELECT count(*), coalesce(max(publish_lag), -1) FROM pgkafka_join.status" -F ' ')" = "$NWORKERS 0" ]
+}
+
+# The broker creates its internal topics (__transaction_state,
+# __consumer_offsets) at their first use, which then takes seconds: use
+# them once, so that nothing timed pays for it.
+warm_up_broker()
+{
+	kafka_create_topic bench_warmup 1
+	printf 'warmup\twarmup\n' | kafka_produce bench_warmup -x pgkafka_join-bench-warmup >/dev/null 2>&1
+	kafka_set_group_offset pgkafka_join-bench-warmup bench_warmup 0 1 >/dev/null
+}
+
 # reload_with NAME VALUE: ALTER SYSTEM SET + reload.
 reload_with()
 {
@@ -347,15 +442,29 @@ verdict()
 }
 
 # server_facts: what is measured, once the cluster runs with the extension
-# created: set PG_VERSION, BATCH_SIZE, BATCH_DELAY, JIT, LIBRDKAFKA_VERSION,
-# KAFKA_VERSION, SO (the extension's library) and LIBRDKAFKA (the library it
-# links), and print the server's settings and the machine.
+# created: set PG_VERSION, BATCH_SIZE, BATCH_DELAY, JIT, DURABILITY (fsync,
+# synchronous_commit and full_page_writes as the server has them),
+# SETTINGS_SUMMARY (the settings that weigh most, from pg_settings, on one
+# line), LIBRDKAFKA_VERSION, KAFKA_VERSION, SO (the extension's library) and
+# LIBRDKAFKA (the library it links), and print the server's settings and the
+# machine.  Every figure comes from the server, never from what was asked
+# for.
 server_facts()
 {
 	PG_VERSION=$(psql_q "SHOW server_version")
 	BATCH_SIZE=$(psql_q "SHOW pgkafka_join.batch_size")
 	BATCH_DELAY=$(psql_q "SHOW pgkafka_join.batch_delay")
 	JIT=$(psql_q "SHOW jit")
+	DURABILITY=$(psql_q "SELECT string_agg(name || ' ' || setting, ', ' ORDER BY ord)
+						   FROM pg_settings
+						   JOIN (VALUES ('fsync', 1), ('synchronous_commit', 2), ('full_page_writes', 3)) v(n, ord)
+							 ON name = n")
+	SETTINGS_SUMMARY=$(psql_q "SELECT string_agg(name || ' ' || current_setting(name), ', ' ORDER BY ord)
+								 FROM pg_settings
+								 JOIN (VALUES ('shared_buffers', 1), ('max_wal_size', 2), ('checkpoint_timeout', 3),
+											  ('autovacuum', 4), ('huge_pages', 5), ('pgkafka_join.workers', 6),
+											  ('pgkafka_join.batch_size', 7), ('pgkafka_join.batch_delay', 8)) v(n, ord)
+								   ON name = n")
 	LIBRDKAFKA_VERSION=$(dpkg-query -W -f '${Version}' librdkafka1 2>/dev/null || echo "?")
 	KAFKA_VERSION=$(basename "$(compgen -G "$TEST_TOP/.cache/kafka-libs/kafka_2.13-*.jar" | head -1)" .jar)
 	KAFKA_VERSION=${KAFKA_VERSION#kafka_2.13-}
@@ -373,6 +482,11 @@ server_facts()
 							'pgkafka_join.batch_size', 'pgkafka_join.batch_delay',
 							'pgkafka_join.workers')
 				OR (name LIKE 'pgkafka_join.%' AND source NOT IN ('default', 'override'))
+			 ORDER BY name" | sed 's/^/#   /'
+	say "settings not at their defaults (pg_settings, source other than default):"
+	psql_q "SELECT name || ' = ' || setting || coalesce(' ' || unit, '') || ' (' || source || ')'
+			  FROM pg_settings
+			 WHERE source NOT IN ('default', 'override', 'client', 'session')
 			 ORDER BY name" | sed 's/^/#   /'
 	say "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GB; huge pages $HUGE_PAGES"
 }

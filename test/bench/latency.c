@@ -23,14 +23,33 @@
  *	latency kafka BROKERS TOPIC RATE SECONDS
  *		Kafka alone: the same producer at the same rate to a plain topic,
  *		read back by the same read_committed consumer: the floor of the tools.
+ *	latency ladder BROKERS RATINGS_TOPIC OUTPUT_TOPIC MOVIES RATES SECONDS
+ *			WARMUP MATCH [MOVIES_TOPIC UPDATES]
+ *		Live capacity (test/bench/live.sh): the rates of RATES (ratings/s,
+ *		separated by commas, e.g. 10000,20000,40000) one after the other,
+ *		each for WARMUP + SECONDS seconds, the first WARMUP of them reported
+ *		apart; see run_ladder.  MATCH says how a result names its rating:
+ *		"rated_at" (pgkafka_join's results: rated_at, and a pgkafka_join.id
+ *		header on each) or "timestamp" (the peers of live.sh: the record's
+ *		timestamp, which they keep from the rating).  With MOVIES_TOPIC and
+ *		UPDATES, UPDATES movie changes per second go to MOVIES_TOPIC during
+ *		the whole ladder (a movie of 1..MOVIES drawn uniformly, its
+ *		release_year changed: the catalog updated live).  The latencies
+ *		are reported per window of PGKJ_BENCH_WINDOW_S seconds (default
+ *		10) after the warm-up.
  *
  * The ratings are {"id": N, "rating": R} keyed by N, N drawn uniformly from
  * 1..MOVIES, without rated_at: the worker then takes the Kafka message
- * timestamp as rated_at, and this program sets that timestamp itself to
- * the wall clock (in ms) at the moment it produces the rating.  A result's
- * latency is the wall clock at its receipt minus its rated_at (in Kafka
- * mode, minus the message timestamp).  The timestamp has a resolution of
- * 1 ms, so a latency may read up to 1 ms high.
+ * timestamp as rated_at, and this program sets that timestamp itself.  In
+ * the modes at a rate (steady, kafka, ladder) it is the time the rating is
+ * due by the schedule, not the time it was handed to the producer: a
+ * producer held up (a full queue, a busy machine) does not hide the wait
+ * from the latencies (no coordinated omission).  In lone mode it is the
+ * wall clock when the rating is produced.  A result's latency is the wall
+ * clock at its receipt minus its rated_at (MATCH timestamp and Kafka mode:
+ * minus the message timestamp).  The timestamp has a resolution of 1 ms
+ * (it is the scheduled time rounded down), so a latency may read up to
+ * 1 ms high.
  *
  * Every run checks exactness: each rating produced has exactly one result
  * (matched on movie id, rating and rated_at, a multiset comparison) and no
@@ -45,6 +64,12 @@
  *	check ok: ...		or		FAIL: ...	(exit status 1)
  *	warmup|steady|kafka|lone n=... p50=... p90=... p99=... max=...
  *	window FROM-TO s n=... p50=... p99=... max=...
+ * and in ladder mode, instead of the last three:
+ *	mark step I start | mark step I end		(the measured part of step I)
+ *	step I rate=... produced=... behind_max_ms=... lag=...	(as it ends)
+ *	ladder I rate=... achieved=... ... held=yes|no	(see report_ladder)
+ *	window I FROM-TO s n=... p50=... p99=... max=... lag=...
+ *	capacity rate=...		(or capacity none)
  * Latencies are in ms.  Exit status: 0 all checks passed, 1 a check
  * failed, 2 bad arguments or the clients could not start.
  *
@@ -114,13 +139,20 @@ typedef enum Mode
 {
 	MODE_STEADY,
 	MODE_LONE,
-	MODE_KAFKA
+	MODE_KAFKA,
+	MODE_LADDER
 } Mode;
 
 static Mode mode;
 static const char *brokers;
 static const char *in_topic;
 static const char *out_topic;
+
+/*
+ * Whether a record names its rating by its timestamp (Kafka mode, and the
+ * peers of the ladder) rather than by rated_at and a pgkafka_join.id header
+ */
+static bool match_timestamp;
 
 /* Ratings produced: written and read by the main thread only */
 static Key *sent;
@@ -407,7 +439,7 @@ parse_record(const rd_kafka_message_t *m, Result *r)
 
 	r->id = NO_ID;
 	r->key.seq = -1;
-	if (mode == MODE_KAFKA)
+	if (match_timestamp)
 	{
 		rd_kafka_timestamp_type_t tstype;
 
@@ -627,9 +659,13 @@ make_consumer(const char *topic)
 	return rk;
 }
 
-/* Produce one rating of a random movie, its timestamp now */
+/*
+ * Produce one rating of a random movie, its timestamp TS_MS (ms since the
+ * epoch: the time it is due by the schedule), or now if TS_MS is negative
+ */
 static void
-produce_rating(rd_kafka_t *rk, rd_kafka_topic_t *rkt, int64_t movies)
+produce_rating(rd_kafka_t *rk, rd_kafka_topic_t *rkt, int64_t movies,
+			   int64_t ts_ms)
 {
 	char		key[32];
 	char		value[96];
@@ -647,7 +683,7 @@ produce_rating(rd_kafka_t *rk, rd_kafka_topic_t *rkt, int64_t movies)
 
 	for (;;)
 	{
-		k.ts_ms = (int64_t) floor(wall_ms());
+		k.ts_ms = ts_ms >= 0 ? ts_ms : (int64_t) floor(wall_ms());
 		err = rd_kafka_producev(rk,
 								RD_KAFKA_V_RKT(rkt),
 								RD_KAFKA_V_KEY(key, klen),
@@ -859,7 +895,7 @@ check_exact(const char *what)
 		}
 	}
 
-	if (mode != MODE_KAFKA)
+	if (!match_timestamp)
 	{
 		for (i = 0; i < nrecv; i++)
 		{
@@ -895,7 +931,7 @@ check_exact(const char *what)
 	if (!failed)
 		printf("check ok: %zu ratings produced, %zu %s read, one each%s\n",
 			   nsent, nrecv, mode == MODE_KAFKA ? "records" : "results",
-			   mode == MODE_KAFKA ? "" : ", every pgkafka_join.id once");
+			   match_timestamp ? "" : ", every pgkafka_join.id once");
 	free(s);
 	free(ids);
 }
@@ -964,6 +1000,7 @@ report_latencies(const char *label, int64_t rate, int seconds, int warmup)
  * 1 ms, the ratings due by then are sent.  Never more than the schedule: if
  * the program was held up, what fell due meanwhile goes out at once, but
  * nothing ahead of time; behind_max_ms says how late the schedule ran.
+ * Each rating is stamped with the time it was due (see the header).
  * Prints "mark steady_start" when WARMUP s have passed, "mark steady_end"
  * after the last rating.
  */
@@ -973,6 +1010,7 @@ run_rate(rd_kafka_t *producer, rd_kafka_topic_t *rkt, int64_t movies,
 {
 	int64_t		total = rate * seconds;
 	int64_t		start = mono_ns();
+	double		wall_start = wall_ms();
 	int64_t		tick = 0;
 	double		behind_max = 0;
 	bool		marked = (mode != MODE_STEADY);
@@ -992,7 +1030,8 @@ run_rate(rd_kafka_t *producer, rd_kafka_topic_t *rkt, int64_t movies,
 		if ((int64_t) nsent < due && behind > behind_max)
 			behind_max = behind;
 		while ((int64_t) nsent < due)
-			produce_rating(producer, rkt, movies);
+			produce_rating(producer, rkt, movies,
+						   (int64_t) floor(wall_start + (double) nsent * 1000 / rate));
 		rd_kafka_poll(producer, 0);
 		if (fatal_error)
 			break;
@@ -1040,7 +1079,7 @@ run_lone(rd_kafka_t *producer, rd_kafka_topic_t *rkt, int64_t movies,
 		pthread_mutex_lock(&lock);
 		from = nrecv;
 		pthread_mutex_unlock(&lock);
-		produce_rating(producer, rkt, movies);
+		produce_rating(producer, rkt, movies, -1);
 		if (!wait_result_of(producer, &sent[nsent - 1], from, TIMEOUT_MS, &r))
 		{
 			printf("lone %d latency_ms=none (no result after %d s)\n", i, TIMEOUT_MS / 1000);
@@ -1052,6 +1091,369 @@ run_lone(rd_kafka_t *producer, rd_kafka_topic_t *rkt, int64_t movies,
 	}
 	print_stats("lone", lat, nlat);
 	free(lat);
+}
+
+/*
+ * The ladder (test/bench/live.sh)
+ *
+ * The rates follow each other on one schedule: step i starts when step
+ * i - 1 is due to end, whether or not its ratings have all been sent or
+ * their results read; its ratings are stamped with the times they are due
+ * (see the header).  Every second of a step, the lag is sampled: the
+ * ratings due by then minus the records read.  A step whose lag at its end
+ * is above LADDER_STOP_LAG_S seconds of its input ends the ladder: a
+ * higher rate would only pile up more.
+ */
+#define MAX_STEPS			32
+#define LADDER_STOP_LAG_S	2
+
+/* A step is held with a p99 under this (ms) and a lag that does not grow */
+#define HELD_P99_MS			250
+
+/*
+ * The lag grows if its least-squares slope over the measured part is above
+ * this share of the rate per second (then fewer than 99% of the ratings
+ * that come in each second go out)
+ */
+#define GROWING_SHARE		0.01
+
+typedef struct Step
+{
+	int64_t		rate;
+	int64_t		first;			/* number (seq) of its first rating */
+	int64_t		count;			/* ratings produced */
+	double		start_ms;		/* wall clock when its schedule starts */
+	double		behind_max;		/* how late the schedule ran, ms */
+	int64_t    *lag;			/* lag[j]: the lag j s into the step */
+	int			nlag;
+} Step;
+
+static Step steps[MAX_STEPS];
+static int	nsteps;				/* steps listed */
+static int	nrun;				/* steps run */
+static int	ladder_seconds;		/* measured seconds of each step */
+static int	ladder_warmup;		/* warm-up seconds of each step */
+static int64_t updates_sent;	/* movie changes produced */
+
+/* Length of the windows reported, s: PGKJ_BENCH_WINDOW_S, default 10 */
+static int	window_s = 10;
+
+/* Records read so far */
+static size_t
+records_read(void)
+{
+	size_t		n;
+
+	pthread_mutex_lock(&lock);
+	n = nrecv;
+	pthread_mutex_unlock(&lock);
+	return n;
+}
+
+/*
+ * One movie change, to MRKT: movie N keeps its title, its release_year
+ * moves on by one (mod 120) with each change of the run.  Keyed by N, as
+ * the movies are.
+ */
+static void
+produce_movie_update(rd_kafka_t *rk, rd_kafka_topic_t *mrkt, int64_t movies)
+{
+	char		key[32];
+	char		value[128];
+	int			klen,
+				vlen;
+	int64_t		m = 1 + (int64_t) (rng_next() % (uint64_t) movies);
+	rd_kafka_resp_err_t err;
+
+	klen = snprintf(key, sizeof(key), "%" PRId64, m);
+	vlen = snprintf(value, sizeof(value),
+					"{\"id\": %" PRId64 ", \"title\": \"Movie %" PRId64 "\", \"release_year\": %d}",
+					m, m, 1900 + (int) ((m + 1 + updates_sent) % 120));
+	for (;;)
+	{
+		err = rd_kafka_producev(rk,
+								RD_KAFKA_V_RKT(mrkt),
+								RD_KAFKA_V_KEY(key, klen),
+								RD_KAFKA_V_VALUE(value, vlen),
+								RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+								RD_KAFKA_V_END);
+		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+			break;
+		rd_kafka_poll(rk, 10);
+	}
+	if (err)
+		die("could not produce a movie change: %s", rd_kafka_err2str(err));
+	updates_sent++;
+}
+
+/*
+ * Every step of the ladder, as long as none ends above LADDER_STOP_LAG_S
+ * seconds of lag.  MRKT (or NULL) receives UPDATES movie changes per
+ * second from the first step's start to the last one's end.  Prints "mark
+ * step I start" after each step's warm-up, "mark step I end" and a "step"
+ * line at its end.
+ */
+static void
+run_ladder(rd_kafka_t *producer, rd_kafka_topic_t *rkt, rd_kafka_topic_t *mrkt,
+		   int64_t movies, int64_t updates)
+{
+	int			secs = ladder_warmup + ladder_seconds;
+	int64_t		t0 = mono_ns();
+	double		wall0 = wall_ms();
+	int			i;
+
+	for (i = 0; i < nsteps && !fatal_error; i++)
+	{
+		Step	   *st = &steps[i];
+		int64_t		rate = st->rate;
+		int64_t		total = rate * secs;
+		int64_t		start = t0 + (int64_t) i * secs * 1000000000;
+		int64_t		tick = 0;
+		bool		marked = false;
+
+		st->first = nsent;
+		st->start_ms = wall0 + (start - t0) / 1e6;
+		st->lag = calloc(secs + 1, sizeof(int64_t));
+		if (st->lag == NULL)
+			die("out of memory");
+		st->lag[0] = (int64_t) nsent - (int64_t) records_read();
+		st->nlag = 1;
+		nrun = i + 1;
+
+		for (;;)
+		{
+			int64_t		now = mono_ns();
+			int64_t		elapsed = now - start;
+			int64_t		due = elapsed * rate / 1000000000 + 1;
+			int64_t		sent = (int64_t) nsent - st->first;
+			double		behind;
+
+			if (due > total)
+				due = total;
+			behind = (elapsed - (double) sent * 1e9 / rate) / 1e6;
+			if (sent < due && behind > st->behind_max)
+				st->behind_max = behind;
+			while ((int64_t) nsent - st->first < due)
+				produce_rating(producer, rkt, movies,
+							   (int64_t) floor(st->start_ms +
+											   (double) ((int64_t) nsent - st->first) * 1000 / rate));
+			if (mrkt != NULL && updates > 0)
+			{
+				int64_t		udue = (now - t0) * updates / 1000000000 + 1;
+
+				if (udue > updates * secs * nsteps)
+					udue = updates * secs * nsteps;
+				while (updates_sent < udue)
+					produce_movie_update(producer, mrkt, movies);
+			}
+			rd_kafka_poll(producer, 0);
+			if (fatal_error)
+				break;
+
+			if (!marked && elapsed >= (int64_t) ladder_warmup * 1000000000)
+			{
+				printf("mark step %d start\n", i + 1);
+				marked = true;
+			}
+			/* the lag each second: due by the schedule, minus read */
+			while (st->nlag <= secs && elapsed >= (int64_t) st->nlag * 1000000000)
+			{
+				int64_t		sched = (int64_t) st->nlag * rate;
+
+				st->lag[st->nlag] = st->first + (sched < total ? sched : total) -
+					(int64_t) records_read();
+				st->nlag++;
+			}
+			if (st->nlag > secs)
+				break;
+			tick++;
+			sleep_until_ns(start + tick * 1000000);
+		}
+		st->count = (int64_t) nsent - st->first;
+		printf("mark step %d end\n", i + 1);
+		printf("step %d rate=%" PRId64 " produced=%" PRId64 " behind_max_ms=%.1f lag=%" PRId64 "\n",
+			   i + 1, rate, st->count, st->behind_max, st->lag[st->nlag - 1]);
+		if (st->lag[st->nlag - 1] > rate * LADDER_STOP_LAG_S)
+		{
+			printf("step %d: lag above %d s of input at its end: the ladder stops here\n",
+				   i + 1, LADDER_STOP_LAG_S);
+			break;
+		}
+	}
+	if (updates > 0)
+		printf("movie changes n=%" PRId64 "\n", updates_sent);
+	fflush(stdout);
+}
+
+/*
+ * Wait for every result while they keep coming: at most TIMEOUT_MS
+ * without a new record (a backlog left by the last step drains at the
+ * capacity, which may take longer than TIMEOUT_MS in all).
+ */
+static bool
+wait_drained(rd_kafka_t *producer)
+{
+	size_t		last = records_read();
+
+	for (;;)
+	{
+		size_t		n;
+
+		if (wait_results(producer, nsent, TIMEOUT_MS))
+			return true;
+		n = records_read();
+		if (n == last)
+			return false;
+		last = n;
+	}
+}
+
+/* Sorted latencies of the matched records of seq FROM .. TO - 1 */
+static size_t
+latencies_of(int64_t from, int64_t to, double *out)
+{
+	size_t		n = 0,
+				i;
+
+	for (i = 0; i < nrecv; i++)
+	{
+		const Result *r = &recv_buf[i];
+
+		if (r->key.seq >= from && r->key.seq < to)
+			out[n++] = r->recv_ms - r->key.ts_ms;
+	}
+	qsort(out, n, sizeof(double), double_qsort_cmp);
+	return n;
+}
+
+/*
+ * Per step, after check_exact (which numbered the records read): the
+ * rate produced and the rate of the records read while its measured part
+ * was due ("achieved"); the lag at the start and the end of the measured
+ * part, in ratings and in seconds of input, its slope (least squares over
+ * the samples of the measured part, ratings/s) and whether it grows; the
+ * latencies of the warm-up and of the measured part; per window (10 s),
+ * p50/p99/max and the lag at its end; when its last result was read,
+ * from the step's start ("drained_s"), and its ratings over that time
+ * ("drain_rate": with a step shorter than the system takes, a backlog's
+ * drain rate).  A step is held if its lag does not grow and its p99 is
+ * under HELD_P99_MS; the capacity is the highest rate held.
+ */
+static void
+report_ladder(void)
+{
+	double	   *v = malloc((nrecv + 1) * sizeof(double));
+	int			secs = ladder_warmup + ladder_seconds;
+	int64_t		capacity = -1;
+	int			i;
+
+	if (v == NULL)
+		die("out of memory");
+	for (i = 0; i < nrun; i++)
+	{
+		Step	   *st = &steps[i];
+		int64_t		wfirst = st->first + st->rate * ladder_warmup;
+		int64_t		end = st->first + st->count;
+		double		m_from = st->start_ms + ladder_warmup * 1000.0;
+		double		m_to = st->start_ms + secs * 1000.0;
+		double		sx = 0,
+					sy = 0,
+					sxx = 0,
+					sxy = 0,
+					slope = 0,
+					worst = 0;
+		double		last_ms = 0;
+		double		wp50 = NAN,
+					wp99 = NAN,
+					wmax = NAN,
+					p50 = NAN,
+					p99 = NAN,
+					pmax = NAN;
+		size_t		n,
+					achieved = 0,
+					k;
+		int64_t		produced = end > wfirst ? end - wfirst : 0;
+		int64_t		lag_start = st->lag[st->nlag > ladder_warmup ? ladder_warmup : st->nlag - 1];
+		int64_t		lag_end = st->lag[st->nlag - 1];
+		int			j,
+					w,
+					np = 0;
+		bool		growing,
+					held;
+
+		for (k = 0; k < nrecv; k++)
+		{
+			if (recv_buf[k].key.seq >= 0 &&
+				recv_buf[k].recv_ms >= m_from && recv_buf[k].recv_ms < m_to)
+				achieved++;
+			if (recv_buf[k].key.seq >= st->first && recv_buf[k].key.seq < end &&
+				recv_buf[k].recv_ms > last_ms)
+				last_ms = recv_buf[k].recv_ms;
+		}
+		for (j = ladder_warmup; j < st->nlag; j++, np++)
+		{
+			sx += j;
+			sy += st->lag[j];
+			sxx += (double) j * j;
+			sxy += (double) j * st->lag[j];
+		}
+		if (np > 1)
+			slope = (np * sxy - sx * sy) / (np * sxx - sx * sx);
+		growing = slope > GROWING_SHARE * st->rate;
+
+		n = latencies_of(st->first, wfirst < end ? wfirst : end, v);
+		if (n)
+		{
+			wp50 = percentile(v, n, 50);
+			wp99 = percentile(v, n, 99);
+			wmax = v[n - 1];
+		}
+		n = latencies_of(wfirst, end, v);
+		if (n)
+		{
+			p50 = percentile(v, n, 50);
+			p99 = percentile(v, n, 99);
+			pmax = v[n - 1];
+		}
+		/* the warm-up as one window, then the measured part per window_s */
+		for (w = ladder_warmup > 0 ? -1 : 0; ladder_warmup + w * window_s < secs; w++)
+		{
+			int			from = w < 0 ? 0 : ladder_warmup + w * window_s;
+			int			to = w < 0 ? ladder_warmup :
+				(ladder_warmup + (w + 1) * window_s < secs ? ladder_warmup + (w + 1) * window_s : secs);
+			int64_t		last = st->first + st->rate * to;
+			size_t		nw = latencies_of(st->first + st->rate * from, last < end ? last : end, v);
+
+			if (nw == 0)
+				continue;
+			if (w >= 0 && percentile(v, nw, 99) > worst)
+				worst = percentile(v, nw, 99);
+			printf("window %d %d-%d s%s n=%zu p50=%.1f p99=%.1f max=%.1f lag=%" PRId64 "\n",
+				   i + 1, from, to, w < 0 ? " (warm-up)" : "", nw,
+				   percentile(v, nw, 50), percentile(v, nw, 99), v[nw - 1],
+				   to < st->nlag ? st->lag[to] : lag_end);
+		}
+		held = n > 0 && !growing && p99 < HELD_P99_MS && st->nlag > secs;
+		if (held && st->rate > capacity)
+			capacity = st->rate;
+		printf("ladder %d rate=%" PRId64 " produced_rate=%.0f achieved=%.0f behind_max_ms=%.1f"
+			   " lag_start=%" PRId64 " lag_end=%" PRId64 " lag_end_s=%.2f lag_slope=%.0f growing=%s"
+			   " warmup_p50=%.1f warmup_p99=%.1f warmup_max=%.1f p50=%.1f p99=%.1f max=%.1f"
+			   " worst_window_p99=%.1f held=%s drained_s=%.2f drain_rate=%.0f\n",
+			   i + 1, st->rate, (double) produced / ladder_seconds,
+			   (double) achieved / ladder_seconds, st->behind_max,
+			   lag_start, lag_end, (double) lag_end / st->rate, slope,
+			   growing ? "yes" : "no", wp50, wp99, wmax, p50, p99, pmax, worst,
+			   held ? "yes" : "no", (last_ms - st->start_ms) / 1000,
+			   st->count / ((last_ms - st->start_ms) / 1000));
+	}
+	for (; i < nsteps; i++)
+		printf("ladder %d rate=%" PRId64 " not_run\n", i + 1, steps[i].rate);
+	if (capacity > 0)
+		printf("capacity rate=%" PRId64 "\n", capacity);
+	else
+		printf("capacity none\n");
+	free(v);
 }
 
 static int64_t
@@ -1073,7 +1475,9 @@ usage(void)
 	fprintf(stderr,
 			"usage: latency steady BROKERS RATINGS_TOPIC OUTPUT_TOPIC MOVIES RATE SECONDS WARMUP\n"
 			"       latency lone BROKERS RATINGS_TOPIC OUTPUT_TOPIC MOVIES COUNT PAUSE_MS\n"
-			"       latency kafka BROKERS TOPIC RATE SECONDS\n");
+			"       latency kafka BROKERS TOPIC RATE SECONDS\n"
+			"       latency ladder BROKERS RATINGS_TOPIC OUTPUT_TOPIC MOVIES RATES SECONDS WARMUP\n"
+			"              rated_at|timestamp [MOVIES_TOPIC UPDATES]\n");
 	exit(2);
 }
 
@@ -1081,7 +1485,9 @@ int
 main(int argc, char **argv)
 {
 	int64_t		movies = 0,
-				rate = 0;
+				rate = 0,
+				updates = 0,
+				total = 0;
 	int			seconds = 0,
 				warmup = 0,
 				count = 0,
@@ -1089,9 +1495,12 @@ main(int argc, char **argv)
 	rd_kafka_t *producer;
 	rd_kafka_t *consumer;
 	rd_kafka_topic_t *rkt;
+	rd_kafka_topic_t *mrkt = NULL;
+	const char *movies_topic = NULL;
 	pthread_t	thread;
 	bool		all_arrived;
 	const char *what;
+	int			i;
 
 	/* latency.sh reads the lines as they come */
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1122,17 +1531,59 @@ main(int argc, char **argv)
 	else if (strcmp(argv[1], "kafka") == 0 && argc == 6)
 	{
 		mode = MODE_KAFKA;
+		match_timestamp = true;
 		in_topic = out_topic = argv[3];
 		movies = 100000;
 		rate = arg_int(argv[4], "RATE", 1);
 		seconds = arg_int(argv[5], "SECONDS", 1);
 	}
+	else if (strcmp(argv[1], "ladder") == 0 && (argc == 10 || argc == 12))
+	{
+		char	   *list = strdup(argv[6]);
+		char	   *tok;
+		char	   *save = NULL;
+
+		mode = MODE_LADDER;
+		in_topic = argv[3];
+		out_topic = argv[4];
+		movies = arg_int(argv[5], "MOVIES", 1);
+		for (tok = strtok_r(list, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save))
+		{
+			if (nsteps == MAX_STEPS)
+				die("at most %d rates", MAX_STEPS);
+			steps[nsteps++].rate = arg_int(tok, "a rate of RATES", 1);
+		}
+		if (nsteps == 0)
+			die("RATES lists no rate");
+		ladder_seconds = arg_int(argv[7], "SECONDS", 1);
+		ladder_warmup = arg_int(argv[8], "WARMUP", 0);
+		if (strcmp(argv[9], "timestamp") == 0)
+			match_timestamp = true;
+		else if (strcmp(argv[9], "rated_at") != 0)
+			die("MATCH must be rated_at or timestamp, not \"%s\"", argv[9]);
+		if (argc == 12)
+		{
+			movies_topic = argv[10];
+			updates = arg_int(argv[11], "UPDATES", 0);
+		}
+		if (getenv("PGKJ_BENCH_WINDOW_S") != NULL && getenv("PGKJ_BENCH_WINDOW_S")[0] != '\0')
+			window_s = arg_int(getenv("PGKJ_BENCH_WINDOW_S"), "PGKJ_BENCH_WINDOW_S", 1);
+		seconds = ladder_warmup + ladder_seconds;
+		for (i = 0; i < nsteps; i++)
+		{
+			rate = steps[i].rate > rate ? steps[i].rate : rate;
+			total += steps[i].rate * seconds;
+		}
+		free(list);
+	}
 	else
 		usage();
 	brokers = argv[2];
 	what = argv[1];
-	if (rate > 1000000 || (int64_t) seconds * rate > 100000000)
-		die("at most 1000000 ratings/s and 100000000 ratings in all");
+	if (mode != MODE_LADDER)
+		total = (int64_t) seconds * rate;
+	if (rate > 1000000 || total > 200000000)
+		die("at most 1000000 ratings/s and 200000000 ratings in all");
 
 	/* the consumer's start offsets first: before anything is produced */
 	consumer = make_consumer(out_topic);
@@ -1140,6 +1591,9 @@ main(int argc, char **argv)
 	rkt = rd_kafka_topic_new(producer, in_topic, NULL);
 	if (rkt == NULL)
 		die("could not open topic %s", in_topic);
+	if (movies_topic != NULL &&
+		(mrkt = rd_kafka_topic_new(producer, movies_topic, NULL)) == NULL)
+		die("could not open topic %s", movies_topic);
 	if (pthread_create(&thread, NULL, consumer_main, consumer) != 0)
 		die("could not start the consumer thread");
 	sleep_ms(SETTLE_MS);
@@ -1148,6 +1602,11 @@ main(int argc, char **argv)
 	{
 		run_lone(producer, rkt, movies, count, pause_ms);
 		all_arrived = wait_results(producer, nsent, 0);
+	}
+	else if (mode == MODE_LADDER)
+	{
+		run_ladder(producer, rkt, mrkt, movies, updates);
+		all_arrived = wait_drained(producer);
 	}
 	else
 	{
@@ -1169,7 +1628,11 @@ main(int argc, char **argv)
 		report_latencies("steady", rate, seconds, warmup);
 	else if (mode == MODE_KAFKA)
 		report_latencies("kafka", rate, seconds, 0);
+	else if (mode == MODE_LADDER)
+		report_ladder();
 
+	if (mrkt != NULL)
+		rd_kafka_topic_destroy(mrkt);
 	rd_kafka_topic_destroy(rkt);
 	rd_kafka_destroy(producer);
 	rd_kafka_consumer_close(consumer);

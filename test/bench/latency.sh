@@ -20,7 +20,7 @@
 #	2. produces MOVIES movies (as bench.sh does), sets pgkafka_join.brokers
 #	   and waits until every movie is stored and every worker is
 #	   'consuming'; makes WAL files ready for reuse, as a server in
-#	   service has them (see prepare_wal below);
+#	   service has them (see prepare_wal in common.sh);
 #	3. Kafka alone: the same producer at the same rate, 10 s, to the plain
 #	   topic kafka_alone, read back read_committed by the same consumer: the
 #	   floor of the tools, without PostgreSQL or transactions;
@@ -52,6 +52,10 @@
 #	PGKJ_BENCH_PRODUCER_LINGER_MS	linger.ms of the producer of the ratings
 #							(default 0: each rating sent at once, in as many
 #							requests as the broker takes; see latency.c)
+#	PGKJ_BENCH_SETTINGS=defaults	run on PostgreSQL's defaults plus only
+#							what README tells a DBA to set (see use_settings
+#							in test/bench/common.sh; no huge pages
+#							reserved), instead of the tuned settings
 #	PGKJ_BENCH_HUGE_PAGES=off	do not reserve huge pages for the cluster
 #							(by default, as root, enough 2 MB pages for its
 #							shared memory are reserved for the run: see
@@ -160,56 +164,6 @@ stat_of()
 					exit
 				}
 		}' "$TEST_DIR/$1.out"
-}
-
-# WAL files ready for reuse, as on a server in service.  A new cluster
-# creates each 16 MB WAL file the first time it reaches it, zero-filled
-# (wal_init_zero) and synced inside the commit that crosses into it: at
-# 10,000 ratings/s that was a commit of the worker's, every 5.5 s, taking
-# some 56 ms instead of 2 or 3 (and every result meanwhile waited for it).
-# A server that has been through checkpoints renames old files for reuse
-# instead (about twice the WAL of a checkpoint interval, within
-# min_wal_size and max_wal_size).
-# prepare_wal MB: write and switch out of enough WAL files for MB megabytes
-# (up to 8000, within max_wal_size), then CHECKPOINT, which recycles them;
-# WAL_READY says how many are ready.  PGKJ_BENCH_FRESH_WAL=1 leaves the new
-# cluster's WAL as it is.
-WAL_READY="none (PGKJ_BENCH_FRESH_WAL=1)"
-prepare_wal()
-{
-	local mb=$(($1 < 8000 ? $1 : 8000)) files ready
-	local ready_sql="SELECT count(*) FROM pg_ls_waldir()
-					 WHERE name ~ '^[0-9A-F]{24}\$' AND name > pg_walfile_name(pg_current_wal_lsn())"
-
-	[ "${PGKJ_BENCH_FRESH_WAL:-0}" != 1 ] || return 0
-	files=$(((mb + 15) / 16))
-	psql_q "DO \$\$ BEGIN
-				FOR i IN 1..$files LOOP
-					PERFORM pg_logical_emit_message(false, 'pgkafka_join.bench', '');
-					PERFORM pg_switch_wal();
-				END LOOP;
-			END \$\$" >/dev/null
-	psql_q "CHECKPOINT" >/dev/null
-	ready=$(psql_q "$ready_sql")
-	[ "$ready" -ge "$files" ] || fail "only $ready WAL files ready for reuse after CHECKPOINT, not $files"
-	WAL_READY="$ready files of 16 MB ready for reuse (as on a server in service; PGKJ_BENCH_FRESH_WAL=1: none)"
-}
-
-# Every movie stored; every worker consuming; every result recorded as
-# published (status.publish_lag).
-movies_stored()
-{
-	[ "$(psql_q "SELECT coalesce(sum(next_offset), 0) FROM pgkafka_join.input_offsets WHERE topic = 'movies'")" = "$MOVIES" ]
-}
-
-workers_consuming()
-{
-	[ "$(psql_q "SELECT count(*) FILTER (WHERE state = 'consuming') FROM pgkafka_join.status")" = "$NWORKERS" ]
-}
-
-all_published()
-{
-	[ "$(psql_q "SELECT count(*), coalesce(max(publish_lag), -1) FROM pgkafka_join.status" -F ' ')" = "$NWORKERS 0" ]
 }
 
 
@@ -332,7 +286,7 @@ workers                $NWORKERS (pgkafka_join.workers), $PARTITIONS partitions 
 batch_size             $BATCH_SIZE (batch_delay $BATCH_DELAY)
 WAL                    $WAL_READY
 extension              $SO_ID
-PostgreSQL             $PG_VERSION (fsync on, synchronous_commit on, jit $JIT)
+PostgreSQL             $PG_VERSION ($DURABILITY, jit $JIT; $SETTINGS_SUMMARY)
 librdkafka             $LIBRDKAFKA_VERSION (${LIBRDKAFKA:-?})
 Kafka                  $KAFKA_VERSION (Scala 2.13, single broker, KRaft, on the same machine)
 machine                $(nproc) cores, load average before $LOAD_BEFORE, now $(cut -d' ' -f1-3 /proc/loadavg); huge pages $HUGE_PAGES
