@@ -412,6 +412,37 @@ pkj_claims_reset(void)
 }
 
 /*
+ * The other servers' claims in "found": the partitions they claim (into
+ * *taken, if not NULL), and the first claimant's identity ("?" if none).
+ */
+static const char *
+other_claimant(rd_kafka_topic_partition_list_t *found, const char *me, List **taken)
+{
+	char	   *other = NULL;
+
+	for (int i = 0; i < found->cnt; i++)
+	{
+		if (!foreign_claim(&found->elems[i], me))
+			continue;
+		if (taken != NULL)
+			*taken = lappend_int(*taken, found->elems[i].partition);
+		if (other == NULL)
+			other = pnstrdup(found->elems[i].metadata, claimant_length(&found->elems[i]));
+	}
+	return other ? other : "?";
+}
+
+/* A refusal is said: the claims are not held, and "found" is destroyed */
+static PkjClaim
+refused(rd_kafka_topic_partition_list_t *found)
+{
+	claims.refused_logged = true;
+	claims.held = false;
+	rd_kafka_topic_partition_list_destroy(found);
+	return PKJ_CLAIM_REFUSED;
+}
+
+/*
  * Say, once until the claims are held again, that another server owns
  * some of our partitions.
  */
@@ -420,32 +451,20 @@ refuse(rd_kafka_topic_partition_list_t *found)
 {
 	char	   *me = identity();
 	List	   *taken = NIL;
-	char	   *other = NULL;
+	const char *other = other_claimant(found, me, &taken);
 
-	for (int i = 0; i < found->cnt; i++)
-	{
-		if (foreign_claim(&found->elems[i], me))
-		{
-			taken = lappend_int(taken, found->elems[i].partition);
-			if (other == NULL)
-				other = pnstrdup(found->elems[i].metadata, claimant_length(&found->elems[i]));
-		}
-	}
 	pkj_status_set_error(psprintf("partitions %s are owned by \"%s\"",
-								  pkj_partitions_text(taken), other ? other : "?"));
+								  pkj_partitions_text(taken), other));
 	if (!claims.refused_logged)
 		ereport(WARNING,
 				(errcode(ERRCODE_OBJECT_IN_USE),
 				 errmsg("pgkafka_join will not consume partitions %s of \"%s\" and \"%s\": another server owns them",
 						pkj_partitions_text(taken), pkj_kafka.movies_topic, pkj_kafka.ratings_topic),
 				 errdetail("Server \"%s\" claims them for output topic \"%s\" and is alive.  This server (\"%s\") came second; it consumes and publishes nothing.",
-						   other ? other : "?", pkj_kafka.output_topic, me),
+						   other, pkj_kafka.output_topic, me),
 				 errhint("Give each server partitions of its own in pgkafka_join.partitions.  A claim lapses %d s after its owner stopped.",
 						 CLAIM_LAPSE_MS / 1000)));
-	claims.refused_logged = true;
-	claims.held = false;
-	rd_kafka_topic_partition_list_destroy(found);
-	return PKJ_CLAIM_REFUSED;
+	return refused(found);
 }
 
 /*
@@ -455,27 +474,21 @@ refuse(rd_kafka_topic_partition_list_t *found)
 static PkjClaim
 refuse_takeover(rd_kafka_topic_partition_list_t *found, List *missing)
 {
-	char	   *other = NULL;
+	const char *other = other_claimant(found, identity(), NULL);
 
-	for (int i = 0; i < found->cnt && other == NULL; i++)
-		if (foreign_claim(&found->elems[i], identity()))
-			other = pnstrdup(found->elems[i].metadata, claimant_length(&found->elems[i]));
 	pkj_status_set_error(psprintf("partitions %s were owned by \"%s\", which holds their state; this server holds none of it",
-								  pkj_partitions_text(missing), other ? other : "?"));
+								  pkj_partitions_text(missing), other));
 	if (!claims.takeover_refused_logged)
 		ereport(WARNING,
 				(errcode(ERRCODE_OBJECT_IN_USE),
 				 errmsg("pgkafka_join will not take over partitions %s of \"%s\" and \"%s\": their owner stopped, and this server holds none of their state",
 						pkj_partitions_text(missing), pkj_kafka.movies_topic, pkj_kafka.ratings_topic),
 				 errdetail("The claims of server \"%s\" lapsed.  Their input positions, waiting ratings and published results are in that server's database; consuming them from the beginning here would publish their results again.",
-						   other ? other : "?"),
+						   other),
 				 errhint("Start that server again, or move the partitions as docs/scaling.md describes.  To have this server consume them from the beginning and publish their results again, delete their claims from the Kafka group \"%s\".",
 						 claims_group())));
-	claims.refused_logged = true;
 	claims.takeover_refused_logged = true;
-	claims.held = false;
-	rd_kafka_topic_partition_list_destroy(found);
-	return PKJ_CLAIM_REFUSED;
+	return refused(found);
 }
 
 /*
