@@ -15,7 +15,8 @@
 #	   floods the log, says it cannot reach the brokers, and resumes; the
 #	   stream goes on after the restart;
 #	kill: a backlog of 20000 results is being published (batch_size
-#	   5000, so four Kafka transactions) when the broker is SIGKILLed, then
+#	   250, so eighty Kafka transactions) when the broker is SIGKILLed,
+#	   after the first of them committed and before the last, then
 #	   started again.  While it is dead, a reload changes a Kafka setting,
 #	   applied as soon as the worker has control (see below).
 #	   The transaction in flight is completed or aborted, never half
@@ -33,7 +34,7 @@
 
 . "$(dirname "$0")/setup.sh"
 OUTAGE=${OUTAGE:-60}
-BATCH=5000
+BATCH=250
 T0=$SECONDS
 
 test_init broker_faults
@@ -303,31 +304,32 @@ base=$(psql_q "SELECT max(id) FROM pgkafka_join.rated_movies")
 kafka_produce ratings <"$TEST_DIR/r.backlog"
 wait_for 90 "[ \"\$(psql_q 'SELECT count(*) FROM pgkafka_join.ratings WHERE NOT joined')\" = 20000 ]" ||
 	fail "the backlog's ratings were not stored"
-# Watch for the start of publishing from inside the server (a psql per
-# probe would be too slow); then kill the broker a fraction of a second in.
-psql_q >"$TEST_DIR/watch.out" 2>&1 <<'SQL' &
-DO $$
+# Watch from inside the server (a psql per probe would be too slow) for
+# the first of the backlog's transactions to be committed, with the
+# worker publishing the next ones; then kill the broker at once.
+psql_q >"$TEST_DIR/watch.out" 2>&1 <<SQL &
+DO \$\$
 DECLARE
 	deadline timestamptz := clock_timestamp() + interval '90 s';
 BEGIN
 	LOOP
 		PERFORM pg_stat_clear_snapshot();
-		EXIT WHEN EXISTS (SELECT FROM pg_stat_activity
-						  WHERE backend_type = 'pgkafka_join worker'
-							AND state = 'active' AND query = 'publishing results');
+		EXIT WHEN (SELECT max(last_id) FROM pgkafka_join.output_position) > $base
+			AND EXISTS (SELECT FROM pg_stat_activity
+						WHERE backend_type = 'pgkafka_join worker'
+						  AND state = 'active' AND query = 'publishing results');
 		IF clock_timestamp() > deadline THEN
-			RAISE EXCEPTION 'the worker did not start publishing within 90 s';
+			RAISE EXCEPTION 'the worker did not publish the backlog within 90 s';
 		END IF;
 		PERFORM pg_sleep(0.002);
 	END LOOP;
 END
-$$;
+\$\$;
 SQL
 watcher=$!
 broker_pid=$(cat "$KAFKA_DIR/broker.pid")
 kafka_produce movies <"$TEST_DIR/m.backlog"
 wait $watcher || { cat "$TEST_DIR/watch.out" >&2; fail "watching for the publisher failed"; }
-sleep 0.05
 mark3k=$(log_mark)
 kill -KILL "$broker_pid"
 killed_at=$SECONDS
