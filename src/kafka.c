@@ -451,6 +451,7 @@ pkj_kafka_connect(Oid extension_oid, int worker, PkjDeliveryReport delivery_repo
 				 errmsg("could not create pipe: %m")));
 	rd_kafka_queue_io_event_enable(pkj_kafka.queue, pkj_kafka.wakeup[1], "1", 1);
 
+	pkj_kafka.transactional_id = pstrdup(txn_id);
 	pkj_kafka.cgmd = rd_kafka_consumer_group_metadata_new(group_id);
 	pkj_kafka.shares_group = psprintf("%s.publish-positions.%s", group_id, pkj_output_topic);
 	pkj_kafka.previous_shares_group = psprintf("%s.%s", group_id, pkj_output_topic);
@@ -514,6 +515,7 @@ pkj_kafka_disconnect(void)
 		pfree(pkj_kafka.shares_group);
 		pfree(pkj_kafka.previous_shares_group);
 		pfree(pkj_kafka.input_group);
+		pfree(pkj_kafka.transactional_id);
 	}
 	memset(&pkj_kafka, 0, sizeof(pkj_kafka));
 }
@@ -563,6 +565,43 @@ pkj_kafka_group_handle(const char *group, char **problem)
 		pkj_kafka.groups[i].group = pstrdup(group);
 	MemoryContextSwitchTo(old);
 	return pkj_kafka.groups[i].rk;
+}
+
+/*
+ * pkj_kafka_fence
+ *		Fence every producer of transactional id "transactional_id": a
+ *		producer made here with that id initializes transactions, and the
+ *		brokers abort the transaction of that id left open, if any, and
+ *		refuse every later request of the producers that had the id before
+ *		(PRODUCER_FENCED); then it is destroyed.  False, with *problem set,
+ *		if the brokers did not complete it in timeout_ms.
+ */
+bool
+pkj_kafka_fence(const char *transactional_id, int timeout_ms, char **problem)
+{
+	List	   *file_props;
+	char	   *file_content;
+	rd_kafka_conf_t *conf;
+	rd_kafka_t *rk;
+	rd_kafka_error_t *error;
+
+	if (!pkj_read_properties_file(&file_props, &file_content, problem))
+		return false;
+	conf = producer_conf(transactional_id, file_props, problem);
+	if (conf == NULL)
+		return false;
+	rk = new_handle(RD_KAFKA_PRODUCER, conf, problem);
+	if (rk == NULL)
+		return false;
+	error = rd_kafka_init_transactions(rk, timeout_ms);
+	if (error != NULL)
+	{
+		*problem = psprintf("could not fence transactional id \"%s\": %s",
+							transactional_id, rd_kafka_error_string(error));
+		rd_kafka_error_destroy(error);
+	}
+	rd_kafka_destroy(rk);
+	return error == NULL;
 }
 
 /* Have the settings the handles were made with changed? */

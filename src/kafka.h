@@ -22,6 +22,7 @@ typedef struct PkjKafka
 	rd_kafka_queue_t *queue;	/* the consumer's queue */
 	int			wakeup[2];		/* pipe written when the queue fills */
 	rd_kafka_t *producer;
+	char	   *transactional_id;	/* the producer's */
 	rd_kafka_consumer_group_metadata_t *cgmd;	/* control.kafka_group */
 	/* the group the input positions are committed to, for lag tools */
 	char	   *input_group;
@@ -74,6 +75,7 @@ extern void pkj_kafka_drain_wakeup(void);
 extern int	pkj_kafka_partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms);
 extern void pkj_kafka_serve_producer(void);
 extern rd_kafka_t *pkj_kafka_group_handle(const char *group, char **problem);
+extern bool pkj_kafka_fence(const char *transactional_id, int timeout_ms, char **problem);
 
 /* ingest.c */
 struct PkjBatch;

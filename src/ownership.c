@@ -21,10 +21,11 @@
  * the ratings topic (of the movies topic while there is no ratings topic),
  * in the group "pgkafka_join.owners.<output topic>", is the owner's clock
  * in milliseconds, and its metadata the owner's identity (the publisher's
- * transactional id before any worker suffix), followed by NO_STATE_MARK
- * while the server holds nothing of those partitions (no input position
- * stored).  The owner writes it again every CLAIM_RENEW_MS.  A worker that
- * finds a partition claimed by another identity watches the claim for
+ * transactional id before any worker suffix), a tab, the transactional id
+ * of the worker's own producer, and NO_STATE_MARK while the server holds
+ * nothing of those partitions (no input position stored).  The owner
+ * writes it again every CLAIM_RENEW_MS.  A worker that finds a partition
+ * claimed by another identity watches the claim for
  * CLAIM_LAPSE_MS: if it changes, the other owner is alive and the newcomer
  * refuses (it came second); if not, the claim has lapsed.  A lapsed claim
  * is taken over only if its holder held nothing of the partitions, or this
@@ -39,6 +40,18 @@
  * every interval is timed on the monotonic clock, which no clock step
  * moves.  Meanwhile the worker stores what it consumes in a transaction it
  * commits only once the claims hold (see worker.c).
+ *
+ * Fencing
+ * -------
+ * A claim also names the transactional id of the producer that publishes
+ * the partition's results.  A server that takes over lapsed claims fences
+ * those producers once its own claims are confirmed, before it stores or
+ * publishes anything: it initializes transactions with each of their ids
+ * (pkj_kafka_fence()), and the brokers abort the transaction that id left
+ * open and refuse the old producer every later request.  An owner that was
+ * only stalled (frozen, swapped out, cut off) and wakes up in the middle of
+ * a transaction can then commit none: exactness does not rest on the
+ * owner noticing in time that its claims lapsed.
  *
  * Claims fail closed: an owner whose last good renewal is older than half
  * the lapse stores and publishes nothing until it renews, whether the
@@ -105,6 +118,7 @@ static struct
 	int64		watch_until;	/* foreign claims watched until then */
 	rd_kafka_topic_partition_list_t *watched;	/* foreign claims as first seen */
 	List	   *owned;			/* the partitions claimed (TopMemoryContext) */
+	List	   *fence;			/* producers of lapsed claims, to fence */
 	bool		holds_state;	/* input positions of them stored here */
 	bool		refused_logged;
 	bool		takeover_refused_logged;	/* said that a lapsed claim is not taken */
@@ -264,7 +278,8 @@ write_claims(List *owned)
 	rd_kafka_topic_partition_list_t *parts;
 	rd_kafka_queue_t *queue;
 	rd_kafka_event_t *ev;
-	char	   *metadata = psprintf("%s%s", identity(), claims.holds_state ? "" : NO_STATE_MARK);
+	char	   *metadata = psprintf("%s\t%s%s", identity(), pkj_kafka.transactional_id,
+									claims.holds_state ? "" : NO_STATE_MARK);
 	static int64 last_written = 0;
 	int64		now_ms = Max(GetCurrentTimestamp() / 1000, last_written + 1);
 	bool		ok = false;
@@ -316,6 +331,30 @@ claimant_length(const rd_kafka_topic_partition_t *tp)
 	const char *tab = memchr(tp->metadata, '\t', tp->metadata_size);
 
 	return tab ? tab - (const char *) tp->metadata : tp->metadata_size;
+}
+
+/*
+ * The transactional id of the producer that publishes the claimed
+ * partition's results: the claim's second field (claims written before
+ * version 1.2 name none: then the claimant's worker 0, whose id is the
+ * identity)
+ */
+static char *
+claimant_producer(const rd_kafka_topic_partition_t *tp)
+{
+	const char *metadata = tp->metadata;
+	size_t		start = claimant_length(tp) + 1;
+	size_t		end = start;
+
+	if (start > tp->metadata_size)
+		return pnstrdup(metadata, claimant_length(tp));
+	while (end < tp->metadata_size && metadata[end] != '\t')
+		end++;
+	/* a claim of the form "identity<NO_STATE_MARK>" names no producer */
+	if (end - start == strlen(NO_STATE_MARK) - 1 &&
+		memcmp(metadata + start, &NO_STATE_MARK[1], end - start) == 0)
+		return pnstrdup(metadata, claimant_length(tp));
+	return pnstrdup(metadata + start, end - start);
 }
 
 /* Is this claim another server's? */
@@ -405,6 +444,7 @@ pkj_claims_reset(void)
 	if (claims.watched)
 		rd_kafka_topic_partition_list_destroy(claims.watched);
 	list_free(claims.owned);
+	list_free_deep(claims.fence);
 	memset(&claims, 0, sizeof(claims));
 	/* a refusal is said once, not at every retry */
 	claims.refused_logged = refused_logged;
@@ -438,6 +478,8 @@ refused(rd_kafka_topic_partition_list_t *found)
 {
 	claims.refused_logged = true;
 	claims.held = false;
+	list_free_deep(claims.fence);
+	claims.fence = NIL;
 	rd_kafka_topic_partition_list_destroy(found);
 	return PKJ_CLAIM_REFUSED;
 }
@@ -515,6 +557,64 @@ may_take_over(rd_kafka_topic_partition_list_t *found, PkjClaim *refused)
 		return true;
 	*refused = refuse_takeover(found, missing);
 	return false;
+}
+
+/*
+ * Remember the producers of the lapsed claims in "found": they are fenced
+ * once this server's claims are confirmed, before it stores or publishes
+ * anything of their partitions.
+ */
+static void
+remember_fence(rd_kafka_topic_partition_list_t *found, const char *me)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	for (int i = 0; i < found->cnt; i++)
+	{
+		char	   *producer;
+		ListCell   *lc;
+		bool		listed = false;
+
+		if (!foreign_claim(&found->elems[i], me))
+			continue;
+		producer = claimant_producer(&found->elems[i]);
+		foreach(lc, claims.fence)
+			listed |= strcmp(lfirst(lc), producer) == 0;
+		if (listed)
+			pfree(producer);
+		else
+			claims.fence = lappend(claims.fence, producer);
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Fence the producers of the claims taken over: the brokers abort their
+ * open transactions and refuse them every later one, so that an owner that
+ * was only stalled, and wakes up believing it still owns the partitions,
+ * can publish nothing more of them, whatever the timing.  Each is fenced
+ * once; false while the brokers have not completed one (said in status).
+ */
+static bool
+fence_lapsed(void)
+{
+	while (claims.fence != NIL)
+	{
+		char	   *producer = linitial(claims.fence);
+		char	   *problem;
+
+		if (!pkj_kafka_fence(producer, CLAIM_TIMEOUT_MS, &problem))
+		{
+			pkj_kafka_note_error(problem);
+			return false;
+		}
+		ereport(LOG,
+				(errmsg("pgkafka_join fenced the producer \"%s\" of the partitions it takes over", producer),
+				 errdetail("Its open Kafka transaction, if any, is aborted, and the brokers refuse it every later one.")));
+		claims.fence = list_delete_first(claims.fence);
+		pfree(producer);
+	}
+	return true;
 }
 
 /*
@@ -632,6 +732,7 @@ pkj_claims_hold(List *owned)
 				(errmsg("pgkafka_join takes over partitions whose claim lapsed"),
 				 errdetail("The claims of another server were not renewed for %d s.",
 						   CLAIM_LAPSE_MS / 1000)));
+		remember_fence(found, me);
 	}
 	rd_kafka_topic_partition_list_destroy(found);
 	if (claims.watched)
@@ -641,6 +742,12 @@ pkj_claims_hold(List *owned)
 	if (!claims.held && claims.confirm_at != 0)
 	{
 		/* read back after CLAIM_CONFIRM_MS: nobody wrote in between */
+		if (!fence_lapsed())
+		{
+			/* ours all the same: keep them so while the brokers are asked again */
+			(void) write_claims(owned);
+			return PKJ_CLAIM_PENDING;
+		}
 		claims.held = true;
 		claims.confirm_at = 0;
 		claims.renewed_at = now;

@@ -291,8 +291,18 @@ check_fatal(rd_kafka_error_t *error, const char *what)
 {
 	if (rd_kafka_error_is_fatal(error))
 	{
+		rd_kafka_resp_err_t code = rd_kafka_error_code(error);
+
 		kafka_error_report(LOG, error, what);
 		rd_kafka_error_destroy(error);
+		if (code == RD_KAFKA_RESP_ERR__FENCED || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
+			code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_IN_USE),
+					 errmsg("the producer of pgkafka_join was fenced: another producer with transactional id \"%s\" started",
+							pkj_kafka.transactional_id),
+					 errdetail("The brokers aborted the Kafka transaction in progress; none of its results is visible.  A server that took over this worker's partitions fences their producer, and so does a second worker with the same pgkafka_join.transactional_id."),
+					 errhint("The join worker restarts, and consumes and publishes only the partitions its claims still hold.")));
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
 				 errmsg("fatal error of the transactional producer; the join worker restarts"),

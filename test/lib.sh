@@ -524,6 +524,15 @@ kafka_delete_group_offsets()
 	"$BROKER_SH" delete-group-offsets "$KAFKA_DIR" "$@"
 }
 
+# kafka_transaction ID FIELD: a field of transactional id ID (ProducerEpoch,
+# TransactionState, ...) as Kafka's kafka-transactions tool describes it
+kafka_transaction()
+{
+	"$BROKER_SH" transactions "$KAFKA_DIR" describe --transactional-id "$1" |
+		awk -v field="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == field) col = i; next }
+			col { print $col; exit }'
+}
+
 # kafka_consumer_groups ARG ...: Kafka's kafka-consumer-groups tool
 kafka_consumer_groups()
 {

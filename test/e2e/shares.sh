@@ -656,8 +656,9 @@ wait_for 60 'grep -qx watching "$TEST_DIR/intruder.out"' ||
 	fail "the intruding claimant did not start watching the claims"
 psql_q "SELECT pg_reload_conf()" >/dev/null
 wait "$intruder" || fail "the intruding claimant did not claim the partitions"
+# (a claim: the server's identity, its producer's transactional id, the mark)
 check_eq "the intruder claimed partitions 0-5 as soon as F had claimed them, F holding nothing of them" \
-	"$f_identity$TAB_HOLDS_NOTHING" "$(sed -n 2p "$TEST_DIR/intruder.out")"
+	"$f_identity"$'\t'"$f_identity$TAB_HOLDS_NOTHING" "$(sed -n 2p "$TEST_DIR/intruder.out")"
 wait_for 30 '[ "$(psql_q "SELECT state FROM pgkafka_join.status")" = "$REFUSED" ]' ||
 	fail "F was not refused after the intruder's claim: $(psql_q "SELECT state FROM pgkafka_join.status")"
 grep -q 'WARNING: .*another server owns them' "$PG_F/server.log" &&

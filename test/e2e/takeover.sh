@@ -24,6 +24,22 @@
 #    last renewed N ms ago"), C then is refused the partitions, holds
 #    nothing (input_offsets, movies, ratings, rated_movies empty) and
 #    published nothing; the output topic holds D's results, each once.
+#    D fenced C's producer when it took over (its log says so, and the
+#    broker's kafka-transactions tool shows the epoch of C's transactional
+#    id moved): C could commit no Kafka transaction any more.
+# 3. Server E owns partition 0 of single-partition topics and has published
+#    the results of 300 ratings; 201 more arrive at once, and E's last
+#    batch (the one with the last rating) is held open by a trigger while
+#    the results of the batch before are in E's open Kafka transaction
+#    (the broker's kafka-transactions tool says "Ongoing").  Server F is
+#    given the partition's state as published (its ratings position: after
+#    the last rating whose result is on the output topic, read_committed)
+#    and takes it over while E is stalled; it fences E's producer, which
+#    aborts E's transaction: F's results are visible to a read_committed
+#    consumer while E is still stalled (an open transaction of E would hide
+#    them until the brokers time it out, after a minute).  Let go, E
+#    commits nothing.  Every rating's result is on the output topic once;
+#    the records of E's aborted transaction are not.
 
 . "$(dirname "$0")/setup.sh"
 
@@ -33,6 +49,9 @@ test_init takeover
 kafka_start "$TEST_DIR/kafka"
 for topic in movies ratings rated_movies movies2 ratings2 rated_movies2; do
 	kafka_create_topic $topic 3
+done
+for topic in movies3 ratings3 rated_movies3; do
+	kafka_create_topic $topic 1
 done
 common=("pgkafka_join.database = 'postgres'"
 	"pgkafka_join.retry_interval = '1s'"
@@ -50,6 +69,12 @@ stored_counts()
 	                (SELECT count(*) FROM pgkafka_join.movies),
 	                (SELECT count(*) FROM pgkafka_join.ratings),
 	                (SELECT count(*) FROM pgkafka_join.rated_movies)"
+}
+# producer_of DIR: the transactional id of worker 0's producer (the default)
+producer_of()
+{
+	on "$1" "SELECT 'pgkafka_join-' || system_identifier || '-' ||
+		(SELECT oid FROM pg_database WHERE datname = current_database()) FROM pg_control_system()"
 }
 worker_pid_of() { on "$1" "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgkafka_join worker'"; }
 
@@ -156,9 +181,13 @@ wait_for 60 '[ "$(state_of "$PG_C")" = consuming ]' || fail "C does not consume:
 		printf '%d\t{"id": %d, "rating": %d.5}\n' $m $m $((n % 10))
 	done | kafka_produce ratings2
 }
-held() { on "$PG_C" "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pgkafka_join worker' AND wait_event = 'PgSleep'"; }
+held() { on "${1:-$PG_C}" "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pgkafka_join worker' AND wait_event = 'PgSleep'"; }
 wait_for 60 '[ "$(held)" = 1 ]' || fail "C's first batch did not reach the trigger"
 pass "C's first batch is held open, its claims saying that it holds nothing"
+# C's producer (worker 0's transactional id) has initialized transactions
+c_producer=$(producer_of "$PG_C")
+c_epoch=$(kafka_transaction "$c_producer" ProducerEpoch)
+[[ "$c_epoch" =~ ^[0-9]+$ ]] || fail "the broker does not describe C's transactional id \"$c_producer\": \"$c_epoch\""
 pg_start "$PG_D" "${common[@]}" "${second[@]}" "pgkafka_join.brokers = '$KAFKA_BOOTSTRAP'"
 psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
 d_results() { on "$PG_D" "SELECT count(*) FROM pgkafka_join.rated_movies"; }
@@ -167,6 +196,12 @@ wait_for 60 '[ "$(d_results)" = 500 ]' ||
 grep -q 'takes over partitions whose claim lapsed' "$PG_D/server.log" ||
 	fail "D's log does not say that it took over a lapsed claim"
 pass "D took over C's lapsed claims, C's first batch still open"
+grep -qF "LOG:  pgkafka_join fenced the producer \"$c_producer\" of the partitions it takes over" "$PG_D/server.log" ||
+	fail "D's log does not say that it fenced C's producer \"$c_producer\""
+d_epoch=$(kafka_transaction "$c_producer" ProducerEpoch)
+[ "$d_epoch" -gt "$c_epoch" ] ||
+	fail "the epoch of C's transactional id did not move at D's takeover: $c_epoch, then $d_epoch"
+pass "D fenced C's producer when it took over: the epoch of \"$c_producer\" on the broker went from $c_epoch to $d_epoch"
 check_eq "C's batch was still open when D stored everything" 1 "$(held)"
 on "$PG_C" "INSERT INTO public.go VALUES (1)" >/dev/null
 wait_for 30 'grep -q "did not commit: its claims of partitions 0-2 were last renewed" "$PG_C/server.log"' ||
@@ -187,7 +222,122 @@ import sys
 for line in sys.stdin:
     h = dict(kv.split("=", 1) for kv in line.strip().split(","))
     print(h["pgkafka_join.share"] + ":" + h["pgkafka_join.id"])' | sort -t: -k1,1n -k2,2n | paste -sd,)"
-check_eq "no server process crashed (terminated by signal)" "0 0 0 0" \
-	"$(for d in "$PG_A" "$PG_B" "$PG_C" "$PG_D"; do grep -c 'terminated by signal' "$d/server.log" || true; done | paste -sd' ')"
+pg_stop "$PG_C"
+pg_stop "$PG_D"
+
+#
+# 3. An owner stalled with a Kafka transaction open; another server given
+#    the partition's state as published takes it over
+#
+PG_E=$TEST_DIR/pg_e
+PG_F=$TEST_DIR/pg_f
+third=("pgkafka_join.movies_topic = 'movies3'" "pgkafka_join.ratings_topic = 'ratings3'"
+	"pgkafka_join.output_topic = 'rated_movies3'" "pgkafka_join.partitions = '0'")
+# ratings3 N FIRST: N ratings of movies 1..50, rating FIRST/1000, ... (each
+# rating a value of its own), as "movie<TAB>json"; the expected results go
+# to $TEST_DIR/expected3 as "movie<TAB>rating"
+ratings3()
+{
+	python3 - "$@" <<'PY'
+import sys
+n, first = map(int, sys.argv[1:3])
+with open(sys.argv[3], "a") as e:
+    for k in range(first, first + n):
+        m = k % 50 + 1
+        rating = repr(k / 1000).removesuffix(".0")
+        print(f'{m}\t{{"id": {m}, "rating": {rating}}}')
+        print(f"{m}\t{rating}", file=e)
+PY
+}
+committed3() { kafka_consume rated_movies3 | wc -l; }
+pg_start "$PG_E" "${common[@]}" "${third[@]}" "pgkafka_join.brokers = '$KAFKA_BOOTSTRAP'"
+psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
+# hold_last(): holds the transaction that stores rating 9.998 until the
+# test inserts a row into public.go_slow, and the one that stores rating
+# 9.999 until it inserts one into public.go3
+psql_q >/dev/null <<'SQL'
+CREATE TABLE public.go_slow (x int);
+CREATE TABLE public.go3 (x int);
+CREATE FUNCTION public.hold_last() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF EXISTS (SELECT FROM pgkafka_join.ratings WHERE rating = 9.998) THEN
+        WHILE NOT EXISTS (SELECT FROM public.go_slow) LOOP
+            PERFORM pg_catalog.pg_sleep(0.1);
+        END LOOP;
+    END IF;
+    IF EXISTS (SELECT FROM pgkafka_join.ratings WHERE rating = 9.999) THEN
+        PERFORM pg_catalog.set_config('application_name', 'held at 9.999', true);
+        WHILE NOT EXISTS (SELECT FROM public.go3) LOOP
+            PERFORM pg_catalog.pg_sleep(0.1);
+        END LOOP;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER hold_last AFTER INSERT ON pgkafka_join.ratings
+    FOR EACH STATEMENT EXECUTE FUNCTION public.hold_last();
+SQL
+: >"$TEST_DIR/expected3"
+for ((m = 1; m <= 50; m++)); do
+	printf '%d\t{"id": %d, "title": "Movie %d"}\n' $m $m $m
+done | kafka_produce movies3
+ratings3 300 1 "$TEST_DIR/expected3" | kafka_produce ratings3
+wait_for 60 '[ "$(committed3)" = 300 ]' ||
+	fail "E did not publish the results of the first 300 ratings: $(committed3)"
+# One rating whose batch E stores slowly (held until go_slow), so that the
+# next ones are all in E's consumer queue when it publishes that batch: E
+# then stores the next batch before it commits the Kafka transaction
+# (publishing overlaps storing while more waits), and so on, up to the
+# batch with rating 9.999, held until go3
+printf '1\t{"id": 1, "rating": 9.998}\n' | kafka_produce ratings3
+printf '1\t9.998\n' >>"$TEST_DIR/expected3"
+wait_for 60 '[ "$(held "$PG_E")" = 1 ]' || fail "E's slow batch did not reach the trigger"
+{ ratings3 200 301 "$TEST_DIR/expected3"; printf '1\t{"id": 1, "rating": 9.999}\n'; } |
+	kafka_produce ratings3
+printf '1\t9.999\n' >>"$TEST_DIR/expected3"
+sleep 2		# E's consumer fetches them meanwhile (the check below says if it did not)
+on "$PG_E" "INSERT INTO public.go_slow VALUES (1)" >/dev/null
+held3() { on "$PG_E" "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pgkafka_join worker' AND wait_event = 'PgSleep' AND application_name = 'held at 9.999'"; }
+wait_for 60 '[ "$(held3)" = 1 ]' || fail "E's batch with rating 9.999 did not reach the trigger"
+e_producer=$(producer_of "$PG_E")
+check_eq "E's last batch is held open, with the results of the batch before in an open Kafka transaction" \
+	"Ongoing" "$(kafka_transaction "$e_producer" TransactionState)"
+published=$(committed3)
+echo "# E stalled: $published results committed on the output topic, $(on "$PG_E" "SELECT count(*) FROM pgkafka_join.rated_movies") stored in E"
+
+pg_start "$PG_F" "${common[@]}" "${third[@]}" "pgkafka_join.brokers = ''"
+psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
+# the partition's state as published: ratings from the first without a result
+# on the topic; the catalog from the beginning of the movies topic
+psql_q "INSERT INTO pgkafka_join.input_offsets VALUES ('ratings3', 0, $published, now())" >/dev/null
+psql_q "ALTER SYSTEM SET pgkafka_join.brokers = '$KAFKA_BOOTSTRAP'" >/dev/null
+psql_q "SELECT pg_reload_conf()" >/dev/null
+wait_for 60 'grep -qF "LOG:  pgkafka_join fenced the producer \"$e_producer\" of the partitions it takes over" "$PG_F/server.log"' ||
+	fail "F did not take over E's partition and fence its producer: $(state_of "$PG_F")"
+pass "F took over E's lapsed claim and fenced E's producer \"$e_producer\""
+wait_for 30 '[ "$(committed3)" = 502 ]' ||
+	fail "F's results are not all visible to a read_committed consumer while E is stalled: $(committed3) of 502"
+check_eq "F's results are visible to a read_committed consumer while E is still stalled: E's open transaction was aborted" \
+	1 "$(held3)"
+on "$PG_E" "INSERT INTO public.go3 VALUES (1)" >/dev/null
+wait_for 30 'grep -q "did not commit: its claims of partitions 0 were last renewed" "$PG_E/server.log"' ||
+	fail "E's batch was not refused at its commit"
+wait_for 30 '[ "$(state_of "$PG_E")" = "$REFUSED" ]' ||
+	fail "E is not refused after its commit failed: $(state_of "$PG_E")"
+check_eq "the output topic holds every rating's result once (read_committed)" \
+	"$(sort "$TEST_DIR/expected3")" \
+	"$(kafka_consume rated_movies3 -f '%s\n' | python3 -c '
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    print("%s\t%s" % (r["id"], r["rating"]))' | sort)"
+aborted=$(( $(kafka_consume rated_movies3 --uncommitted | wc -l) - 502 ))
+[ "$aborted" -gt 0 ] || fail "no record of E's aborted transaction is on the topic"
+pass "the $aborted records of E's transaction, aborted by the fence, are on the topic and invisible to read_committed consumers"
+
+check_eq "no server process crashed (terminated by signal)" "0 0 0 0 0 0" \
+	"$(for d in "$PG_A" "$PG_B" "$PG_C" "$PG_D" "$PG_E" "$PG_F"; do grep -c 'terminated by signal' "$d/server.log" || true; done | paste -sd' ')"
 
 pass "takeover"

@@ -68,6 +68,9 @@
 #		Run Kafka's own kafka-consumer-groups tool (ConsumerGroupCommand,
 #		from the kafka-tools jar) against the broker, with ARG ..., e.g.
 #		--describe --group NAME.
+#	broker.sh transactions DIR ARG ...
+#		Run Kafka's own kafka-transactions tool (TransactionsCommand) the
+#		same way, e.g. describe --transactional-id ID.
 #	broker.sh produce DIR TOPIC [-p PARTITION] [-x TRANSACTIONAL_ID [--abort]]
 #		Produce the lines of stdin, each "KEY<TAB>VALUE", in order, with an
 #		idempotent producer; returns once all are acknowledged.  An empty
@@ -472,6 +475,16 @@ cmd_consumer_groups()
 		--bootstrap-server "$bs" "$@"
 }
 
+cmd_transactions()
+{
+	local dir=$1 bs
+	shift
+
+	bs=$(running_bootstrap "$dir") || exit 1
+	tool_java "$dir" org.apache.kafka.tools.TransactionsCommand \
+		--bootstrap-server "$bs" "$@"
+}
+
 cmd_delete_records()
 {
 	local dir=$1 topic=$2 partition=$3 offset=$4
@@ -621,6 +634,7 @@ case $cmd in
 	claim-after) [ $# -eq 4 ] || usage; cmd_claim_after "$dir" "$@" ;;
 	delete-group-offsets) [ $# -eq 2 ] || usage; cmd_delete_group_offsets "$dir" "$@" ;;
 	consumer-groups) [ $# -ge 1 ] || usage; cmd_consumer_groups "$dir" "$@" ;;
+	transactions) [ $# -ge 1 ] || usage; cmd_transactions "$dir" "$@" ;;
 	secure) [ $# -eq 0 ] || usage; cmd_secure "$dir" ;;
 	secure-bootstrap) [ $# -eq 0 ] || usage; cmd_secure_bootstrap "$dir" ;;
 	scram-user) [ $# -eq 2 ] || usage; cmd_scram_user "$dir" "$@" ;;
