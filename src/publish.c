@@ -302,7 +302,7 @@ check_fatal(rd_kafka_error_t *error, const char *what)
 					 errmsg("the producer of pgkafka_join was fenced: another producer with transactional id \"%s\" started",
 							pkj_kafka.transactional_id),
 					 errdetail("The brokers aborted the Kafka transaction in progress; none of its results is visible.  A server that took over this worker's partitions fences their producer, and so does a second worker with the same pgkafka_join.transactional_id."),
-					 errhint("The join worker restarts, and consumes and publishes only the partitions its claims still hold.")));
+					 errhint("The worker starts over with new Kafka handles, and consumes and publishes only the partitions its claims hold.")));
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
 				 errmsg("fatal error of the transactional producer; the join worker restarts"),

@@ -40,6 +40,11 @@
 #    them until the brokers time it out, after a minute).  Let go, E
 #    commits nothing.  Every rating's result is on the output topic once;
 #    the records of E's aborted transaction are not.
+# 4. Another producer with F's transactional id (kcat, writing to a topic
+#    of its own) fences F's producer between two of its transactions: F's
+#    next transaction fails ("the producer of pgkafka_join was fenced"),
+#    and the same worker process starts over with new handles and
+#    publishes the next ratings' results, each once.
 
 . "$(dirname "$0")/setup.sh"
 
@@ -50,7 +55,7 @@ kafka_start "$TEST_DIR/kafka"
 for topic in movies ratings rated_movies movies2 ratings2 rated_movies2; do
 	kafka_create_topic $topic 3
 done
-for topic in movies3 ratings3 rated_movies3; do
+for topic in movies3 ratings3 rated_movies3 scratch; do
 	kafka_create_topic $topic 1
 done
 common=("pgkafka_join.database = 'postgres'"
@@ -336,6 +341,29 @@ for line in sys.stdin:
 aborted=$(( $(kafka_consume rated_movies3 --uncommitted | wc -l) - 502 ))
 [ "$aborted" -gt 0 ] || fail "no record of E's aborted transaction is on the topic"
 pass "the $aborted records of E's transaction, aborted by the fence, are on the topic and invisible to read_committed consumers"
+
+
+#
+# 4. F's producer fenced by another producer with its transactional id
+#
+f_producer=$(producer_of "$PG_F")
+f_worker=$(worker_pid_of "$PG_F")
+f_mark=$(stat -c %s "$PG_F/server.log")
+printf 'k\tv\n' | kafka_produce scratch -x "$f_producer"
+ratings3 100 701 "$TEST_DIR/expected3" | kafka_produce ratings3
+wait_for 60 '[ "$(committed3)" = 602 ]' ||
+	fail "F did not publish the next 100 results after its producer was fenced: $(committed3) of 602"
+tail -c +$((f_mark + 1)) "$PG_F/server.log" | grep -q "ERROR:  the producer of pgkafka_join was fenced: another producer with transactional id \"$f_producer\" started" ||
+	fail "F's log does not say that its producer was fenced"
+pass "F's producer, fenced by another producer with its transactional id, said so: $(tail -c +$((f_mark + 1)) "$PG_F/server.log" | grep -m1 -o 'the producer of pgkafka_join was fenced.*')"
+check_eq "F's worker is the same process, gone on with new handles" "$f_worker" "$(worker_pid_of "$PG_F")"
+check_eq "after the fence, the output topic holds every rating's result once (read_committed)" \
+	"$(sort "$TEST_DIR/expected3")" \
+	"$(kafka_consume rated_movies3 -f '%s\n' | python3 -c '
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    print("%s\t%s" % (r["id"], r["rating"]))' | sort)"
 
 check_eq "no server process crashed (terminated by signal)" "0 0 0 0 0 0" \
 	"$(for d in "$PG_A" "$PG_B" "$PG_C" "$PG_D" "$PG_E" "$PG_F"; do grep -c 'terminated by signal' "$d/server.log" || true; done | paste -sd' ')"
