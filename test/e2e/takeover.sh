@@ -255,6 +255,15 @@ with open(sys.argv[3], "a") as e:
 PY
 }
 committed3() { kafka_consume rated_movies3 | wc -l; }
+# results3: the committed results of rated_movies3 as "movie<TAB>rating", sorted
+results3()
+{
+	kafka_consume rated_movies3 -f '%s\n' | python3 -c '
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    print("%s\t%s" % (r["id"], r["rating"]))' | sort
+}
 pg_start "$PG_E" "${common[@]}" "${third[@]}" "pgkafka_join.brokers = '$KAFKA_BOOTSTRAP'"
 psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
 # hold_last(): holds the transaction that stores rating 9.998 until the
@@ -333,11 +342,7 @@ wait_for 30 '[ "$(state_of "$PG_E")" = "$REFUSED" ]' ||
 	fail "E is not refused after its commit failed: $(state_of "$PG_E")"
 check_eq "the output topic holds every rating's result once (read_committed)" \
 	"$(sort "$TEST_DIR/expected3")" \
-	"$(kafka_consume rated_movies3 -f '%s\n' | python3 -c '
-import json, sys
-for line in sys.stdin:
-    r = json.loads(line)
-    print("%s\t%s" % (r["id"], r["rating"]))' | sort)"
+	"$(results3)"
 aborted=$(( $(kafka_consume rated_movies3 --uncommitted | wc -l) - 502 ))
 [ "$aborted" -gt 0 ] || fail "no record of E's aborted transaction is on the topic"
 pass "the $aborted records of E's transaction, aborted by the fence, are on the topic and invisible to read_committed consumers"
@@ -359,11 +364,7 @@ pass "F's producer, fenced by another producer with its transactional id, said s
 check_eq "F's worker is the same process, gone on with new handles" "$f_worker" "$(worker_pid_of "$PG_F")"
 check_eq "after the fence, the output topic holds every rating's result once (read_committed)" \
 	"$(sort "$TEST_DIR/expected3")" \
-	"$(kafka_consume rated_movies3 -f '%s\n' | python3 -c '
-import json, sys
-for line in sys.stdin:
-    r = json.loads(line)
-    print("%s\t%s" % (r["id"], r["rating"]))' | sort)"
+	"$(results3)"
 
 check_eq "no server process crashed (terminated by signal)" "0 0 0 0 0 0" \
 	"$(for d in "$PG_A" "$PG_B" "$PG_C" "$PG_D" "$PG_E" "$PG_F"; do grep -c 'terminated by signal' "$d/server.log" || true; done | paste -sd' ')"
