@@ -622,6 +622,64 @@ append_result(StringInfo buf, int64 id, int64 movie_id, const FoundMovie *movie,
 }
 
 /*
+ * Which ratings of the batch have their result on the output topic already:
+ * found there by recover_results() (see publish.c) after the database lost
+ * the commit that stored them.  They are stored as joined, with no second
+ * result, and leave recovered_ratings.  NULL when none does, the usual case,
+ * which costs one probe of the empty table.
+ */
+static bool *
+recovered_rows(int count, const Datum *partitions, const Datum *offsets)
+{
+	static SPIPlanPtr any_plan = NULL;
+	static SPIPlanPtr take_plan = NULL;
+	Oid			argtypes[2] = {INT4ARRAYOID, INT8ARRAYOID};
+	Datum		args[2];
+	bool	   *recovered = NULL;
+	bool		isnull;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (any_plan == NULL)
+	{
+		any_plan = SPI_prepare("SELECT EXISTS (SELECT FROM pgkafka_join.recovered_ratings)",
+							   0, NULL);
+		take_plan = SPI_prepare("DELETE FROM pgkafka_join.recovered_ratings r "
+								"USING unnest($1, $2) WITH ORDINALITY AS b(p, o, n) "
+								"WHERE r.kafka_partition = b.p AND r.kafka_offset = b.o "
+								"RETURNING b.n",
+								2, argtypes);
+		if (any_plan == NULL || take_plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(any_plan);
+		SPI_keepplan(take_plan);
+	}
+	if (SPI_execute_plan(any_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pgkafka_join.recovered_ratings");
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	{
+		args[0] = PointerGetDatum(construct_array(unconstify(Datum *, partitions), count,
+												  INT4OID, sizeof(int32), true, TYPALIGN_INT));
+		args[1] = PointerGetDatum(construct_array(unconstify(Datum *, offsets), count,
+												  INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+												  TYPALIGN_DOUBLE));
+		if (SPI_execute_plan(take_plan, args, NULL, false, 0) != SPI_OK_DELETE_RETURNING)
+			elog(ERROR, "could not update pgkafka_join.recovered_ratings");
+		if (SPI_processed > 0)
+		{
+			recovered = SPI_palloc(count * sizeof(bool));
+			memset(recovered, 0, count * sizeof(bool));
+			for (uint64 i = 0; i < SPI_processed; i++)
+				recovered[DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+													  SPI_tuptable->tupdesc, 1,
+													  &isnull)) - 1] = true;
+		}
+	}
+	SPI_finish();
+	return recovered;
+}
+
+/*
  * pkj_store_ratings
  *		Store a batch of ratings, count values in each column, and publish
  *		those whose movie is stored and which are inside the join window,
@@ -647,6 +705,7 @@ pkj_store_ratings(int count, const Datum *movie_ids, const Datum *ratings,
 	Oid			movies = extension_relid("movies");
 	Oid			sequence = extension_relid("rated_movies_id_seq");
 	RatingOrder *order;
+	bool	   *recovered;
 	bool		sequence_checked = false;
 	Snapshot	snapshot;
 	CatalogPart *catalog;
@@ -658,6 +717,7 @@ pkj_store_ratings(int count, const Datum *movie_ids, const Datum *ratings,
 		return 0;
 	check_catalog_access(movies, sequence);
 	create_batch_partitions(count, rated_ats);
+	recovered = recovered_rows(count, partitions, offsets);
 
 	order = palloc(count * sizeof(RatingOrder));
 	for (int i = 0; i < count; i++)
@@ -688,6 +748,13 @@ pkj_store_ratings(int count, const Datum *movie_ids, const Datum *ratings,
 			TimestampTz rated_at = DatumGetTimestampTz(rated_ats[row]);
 			bool		joined = found && rated_at >= cutoff;
 
+			/* its result is on the output topic: what was published stands */
+			if (recovered && recovered[row])
+			{
+				append_rating(&stored, movie_id, ratings[row], rated_at,
+							  partitions[row], offsets[row], now, true);
+				continue;
+			}
 			append_rating(&stored, movie_id, ratings[row], rated_at,
 						  partitions[row], offsets[row], now, joined);
 			if (!joined)

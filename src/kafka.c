@@ -604,6 +604,39 @@ pkj_kafka_fence(const char *transactional_id, int timeout_ms, char **problem)
 	return error == NULL;
 }
 
+/*
+ * pkj_kafka_reader
+ *		A consumer that reads what assign() gives it, committed records only,
+ *		and says when it reached the end of each partition; it joins no group
+ *		and commits nothing.  The caller destroys it.  NULL, with *problem
+ *		set, if librdkafka refuses the properties.
+ */
+rd_kafka_t *
+pkj_kafka_reader(char **problem)
+{
+	const char *const defaults[] = {NULL};
+	const char *const reserved[] = {
+		/* named for the logs; never joined, never committed to */
+		"group.id", pkj_kafka.shares_group,
+		"enable.auto.commit", "false",
+		"enable.auto.offset.store", "false",
+		"isolation.level", "read_committed",
+		"enable.partition.eof", "true",
+		"auto.offset.reset", "earliest",
+		NULL
+	};
+	List	   *file_props;
+	char	   *file_content;
+	rd_kafka_conf_t *conf;
+
+	if (!pkj_read_properties_file(&file_props, &file_content, problem))
+		return NULL;
+	conf = make_conf("reader", defaults, reserved, file_props, problem);
+	if (conf == NULL)
+		return NULL;
+	return new_handle(RD_KAFKA_CONSUMER, conf, problem);
+}
+
 /* Have the settings the handles were made with changed? */
 bool
 pkj_kafka_settings_changed(void)

@@ -75,6 +75,7 @@ extern void pkj_kafka_drain_wakeup(void);
 extern int	pkj_kafka_partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms);
 extern void pkj_kafka_serve_producer(void);
 extern rd_kafka_t *pkj_kafka_group_handle(const char *group, char **problem);
+extern rd_kafka_t *pkj_kafka_reader(char **problem);
 extern bool pkj_kafka_fence(const char *transactional_id, int timeout_ms, char **problem);
 
 /* ingest.c */

@@ -180,6 +180,18 @@ pkj_owned_partitions(int worker, int npartitions, List **beyond)
 	return owned;
 }
 
+/* Every partition the server owns, of all its workers */
+static List *
+server_partitions(int npartitions)
+{
+	List	   *server = NIL;
+	List	   *beyond;
+
+	for (int w = 0; w < pkj_workers; w++)
+		server = list_concat(server, pkj_owned_partitions(w, npartitions, &beyond));
+	return server;
+}
+
 /* Are the partitions split across servers (pgkafka_join.partitions set)? */
 bool
 pkj_partitions_split(void)
@@ -971,7 +983,7 @@ pkj_refresh_ownership(PkjWorker *worker)
 	if (worker->index == 0)
 		shares = lcons_int(-1, shares); /* results made before 1.1 */
 	MemoryContextSwitchTo(old);
-	pkj_publisher_set_shares(shares);
+	pkj_publisher_set_shares(shares, server_partitions(Max(nmovies, nratings)));
 	pkj_status_set_owned(pkj_partitions_text(worker->owned), shares);
 	pkj_claims_reset();
 	pkj_claims_set_topic(nratings > 0 ? pkj_kafka.ratings_topic : pkj_kafka.movies_topic);

@@ -195,7 +195,7 @@ typedef enum PkjPosition
 	PKJ_POSITION_BEHIND			/* the output topic is ahead of PostgreSQL */
 } PkjPosition;
 
-extern void pkj_publisher_set_shares(List *shares);
+extern void pkj_publisher_set_shares(List *shares, List *server);
 extern PkjPosition pkj_publisher_position(void);
 extern bool pkj_publisher_position_known(void);
 extern int64 pkj_publish(MemoryContext cxt);

@@ -51,13 +51,18 @@
  * were reset), the higher one is used: those results are on the topic.
  *
  * All of this assumes that what was published is still in PostgreSQL.  It
- * is not after a restore from a backup, a failover to an asynchronous
- * standby, or commits lost with fsync off: then a position in Kafka is
- * above the highest result id the sequence ever handed out, new results
- * would be numbered below it and never sent.  The positions are compared
- * with the sequence every time they are read; when Kafka is ahead, the
- * worker stores and publishes nothing, says so, and waits for
- * advance_result_ids().  (The worker's own commits are always durable: see
+ * is not after a failover to an asynchronous standby, a restore from a
+ * backup, or commits lost with fsync off: then the output topic holds
+ * results PostgreSQL lacks, whose input would be consumed and published
+ * again.  Every record names the rating it stands for (the
+ * pgkafka_join.input header), and before storing anything the worker takes
+ * those results back from the topic (see "Taking back what PostgreSQL
+ * lost" below).  Where they cannot be (deleted from the topic, or
+ * published by a version that did not name the rating) and a position in
+ * Kafka is above the highest result id the sequence ever handed out, new
+ * results would be numbered below it and never sent: the worker stores
+ * and publishes nothing, says so, and waits for advance_result_ids().
+ * (The worker's own commits are always durable: see
  * force_durable_commit().)
  *
  * Not here: making results (ingest.c, join.c), and which shares a worker
@@ -79,6 +84,7 @@
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
 #include "pgkafka_join.h"
@@ -92,6 +98,8 @@ typedef struct PendingResult
 {
 	int64		id;
 	int32		share;
+	int32		rating_partition;	/* the rating it stands for */
+	int64		rating_offset;
 	char	   *key;
 	char	   *value;
 } PendingResult;
@@ -115,6 +123,8 @@ typedef struct Landed
 
 static Share *shares = NULL;	/* sorted by share */
 static int	nshares = 0;
+static int32 *server_shares = NULL;	/* every share of the server (>= 0) */
+static int	nserver_shares = 0;
 static int	first_share = 0;	/* where the next fetch starts, in turn */
 static bool position_known = false; /* Share.published exact */
 static bool behind_logged = false;	/* said that Kafka is ahead */
@@ -216,10 +226,11 @@ share_cmp(const void *a, const void *b)
 /*
  * pkj_publisher_set_shares
  *		The shares this worker publishes from now on; their positions are
- *		read again before the next batch.
+ *		read again before the next batch.  "server": every share of the
+ *		server, whose results lost by PostgreSQL any worker takes back.
  */
 void
-pkj_publisher_set_shares(List *list)
+pkj_publisher_set_shares(List *list, List *server)
 {
 	ListCell   *lc;
 
@@ -239,6 +250,12 @@ pkj_publisher_set_shares(List *list)
 		shares[nshares++].share = lfirst_int(lc);
 	qsort(shares, nshares, sizeof(Share), share_cmp);
 	first_share = 0;
+	if (server_shares)
+		pfree(server_shares);
+	server_shares = MemoryContextAlloc(TopMemoryContext, Max(list_length(server), 1) * sizeof(int32));
+	nserver_shares = 0;
+	foreach(lc, server)
+		server_shares[nserver_shares++] = lfirst_int(lc);
 	position_known = false;
 }
 
@@ -489,25 +506,25 @@ previous_positions(rd_kafka_topic_partition_list_t *parts)
 }
 
 /*
- * The positions committed in Kafka for this worker's shares, into *parts
- * (the caller destroys it): those of shares >= 0 in the shares' group (or,
- * where it has none, the group of versions up to 1.1), that of share -1 in
+ * The positions committed in Kafka for shares ids[n], into *parts (the
+ * caller destroys it): those of shares >= 0 in the shares' group (or, where
+ * it has none, the group of versions up to 1.1), that of share -1 in
  * control.kafka_group, read by the consumer of that group.
  */
 static rd_kafka_resp_err_t
-committed_positions(rd_kafka_topic_partition_list_t **parts)
+committed_positions(const int32 *ids, int n, rd_kafka_topic_partition_list_t **parts)
 {
 	rd_kafka_topic_partition_list_t *legacy = rd_kafka_topic_partition_list_new(1);
 	rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
 
-	*parts = rd_kafka_topic_partition_list_new(Max(nshares, 1));
-	for (int i = 0; i < nshares; i++)
+	*parts = rd_kafka_topic_partition_list_new(Max(n, 1));
+	for (int i = 0; i < n; i++)
 	{
 		const char *topic;
 		int32		partition;
 
-		position_key(shares[i].share, &topic, &partition);
-		rd_kafka_topic_partition_list_add(shares[i].share < 0 ? legacy : *parts, topic, partition);
+		position_key(ids[i], &topic, &partition);
+		rd_kafka_topic_partition_list_add(ids[i] < 0 ? legacy : *parts, topic, partition);
 	}
 	if ((*parts)->cnt > 0)
 	{
@@ -568,23 +585,23 @@ transactions_ready(void)
 }
 
 /*
- * The publish position committed in Kafka of each share, -1 where none is:
- * into kafka_position[], one per share.  Returns false, having logged why,
- * if the brokers could not tell.
+ * The publish position committed in Kafka of each share of ids[n], -1 where
+ * none is: into kafka_position[], one per share.  Returns false, having
+ * logged why, if the brokers could not tell.
  */
 static bool
-read_kafka_positions(int64 *kafka_position)
+read_kafka_positions(const int32 *ids, int n, int64 *kafka_position)
 {
 	rd_kafka_topic_partition_list_t *parts;
-	rd_kafka_resp_err_t err = committed_positions(&parts);
+	rd_kafka_resp_err_t err = committed_positions(ids, n, &parts);
 
-	for (int i = 0; i < nshares && err == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
+	for (int i = 0; i < n && err == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
 	{
 		const char *topic;
 		int32		partition;
 		rd_kafka_topic_partition_t *tp;
 
-		position_key(shares[i].share, &topic, &partition);
+		position_key(ids[i], &topic, &partition);
 		tp = rd_kafka_topic_partition_list_find(parts, topic, partition);
 		kafka_position[i] = -1;
 		/* a topic that does not exist (yet) holds no position */
@@ -670,18 +687,491 @@ adopt_positions(const int64 *kafka_position)
 }
 
 /*
+ * Taking back what PostgreSQL lost
+ * --------------------------------
+ * A database that lost commits the worker had published (a failover to an
+ * asynchronous standby, a restore from a backup, a point-in-time recovery)
+ * lacks results that are on the output topic: a share's position in Kafka
+ * is above every id of the share PostgreSQL holds.  Their ratings would be
+ * consumed again and published a second time under new ids.  Instead, the
+ * worker reads the records of those shares between what PostgreSQL knows
+ * and the position in Kafka (read_committed: those the position moved past)
+ * and gives them to recover_results(): each becomes the row of rated_movies
+ * it was, and its rating, found by the record's pgkafka_join.input header,
+ * is recorded as joined, now or when it is consumed again (see
+ * recovered_rows() in join.c).  What was published is what happened: the
+ * rating keeps the result it was published with, whatever movie version
+ * it would now be joined with.
+ */
+typedef enum Recovery
+{
+	RECOVERY_NOT_NEEDED,
+	RECOVERY_DONE,
+	RECOVERY_LATER,				/* the brokers could not tell yet: retry */
+	RECOVERY_IMPOSSIBLE			/* the records are gone, or carry no input */
+} Recovery;
+
+/* A share of the server, as the take-back sees it */
+typedef struct LostShare
+{
+	int32		share;
+	int64		position;		/* committed in Kafka, -1 if none */
+	int64		after;			/* the highest id PostgreSQL holds */
+	bool		lost;			/* position > after: results to take back */
+	bool		found;			/* the record of the position was read */
+} LostShare;
+
+/* The records taken back, as recover_results() takes them */
+typedef struct RecoveredRecords
+{
+	int			n;
+	int			size;
+	Datum	   *ids;
+	Datum	   *shares;
+	Datum	   *rating_partitions;
+	Datum	   *rating_offsets;
+	Datum	   *values;
+	Datum	   *published_at;
+	Datum	   *output_partitions;
+	Datum	   *output_offsets;
+} RecoveredRecords;
+
+/*
+ * Results up to this id could not be taken back (deleted from the topic,
+ * or published by a version that did not name their rating): not tried
+ * again by this process; the check of the positions stops the worker
+ * instead, as before there was a way to take them back.
+ */
+static int64 abandoned_up_to = -1;
+
+/* said that the records to take back cannot be read yet */
+static bool recovery_wait_logged = false;
+
+/* How long a scan of the output topic may go without a record */
+#define RECOVERY_IDLE_MS 30000
+
+/* A header of a record as a number; false if it has none */
+static bool
+header_number(rd_kafka_headers_t *headers, const char *name, int64 *number)
+{
+	const void *value;
+	size_t		size;
+	char		text[32];
+	char	   *end;
+
+	if (headers == NULL ||
+		rd_kafka_header_get_last(headers, name, &value, &size) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+		size == 0 || size >= sizeof(text))
+		return false;
+	memcpy(text, value, size);
+	text[size] = '\0';
+	*number = strtoi64(text, &end, 10);
+	return *end == '\0';
+}
+
+/* The rating a record stands for: its pgkafka_join.input header, "p:o" */
+static bool
+header_input(rd_kafka_headers_t *headers, int32 *partition, int64 *offset)
+{
+	const void *value;
+	size_t		size;
+	char		text[48];
+	char	   *colon;
+	char	   *end;
+
+	if (headers == NULL ||
+		rd_kafka_header_get_last(headers, "pgkafka_join.input", &value, &size) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+		size == 0 || size >= sizeof(text))
+		return false;
+	memcpy(text, value, size);
+	text[size] = '\0';
+	colon = strchr(text, ':');
+	if (colon == NULL)
+		return false;
+	*partition = (int32) strtol(text, &end, 10);
+	if (end != colon)
+		return false;
+	*offset = strtoi64(colon + 1, &end, 10);
+	return *end == '\0';
+}
+
+static void
+add_recovered(RecoveredRecords *rec, const rd_kafka_message_t *msg, int64 id,
+			  int32 share, int32 rating_partition, int64 rating_offset)
+{
+	rd_kafka_timestamp_type_t tstype;
+	int64		ms = rd_kafka_message_timestamp(msg, &tstype);
+
+	if (rec->n == rec->size)
+	{
+		rec->size = Max(1024, rec->size * 2);
+#define GROW(a) (a = rec->n == 0 ? palloc(rec->size * sizeof(Datum)) : repalloc(a, rec->size * sizeof(Datum)))
+		GROW(rec->ids);
+		GROW(rec->shares);
+		GROW(rec->rating_partitions);
+		GROW(rec->rating_offsets);
+		GROW(rec->values);
+		GROW(rec->published_at);
+		GROW(rec->output_partitions);
+		GROW(rec->output_offsets);
+#undef GROW
+	}
+	rec->ids[rec->n] = Int64GetDatum(id);
+	rec->shares[rec->n] = Int32GetDatum(share);
+	rec->rating_partitions[rec->n] = Int32GetDatum(rating_partition);
+	rec->rating_offsets[rec->n] = Int64GetDatum(rating_offset);
+	rec->values[rec->n] = PointerGetDatum(cstring_to_text_with_len(msg->payload ? msg->payload : "",
+																	(int) msg->len));
+	if (ms < 0)
+		rec->published_at[rec->n] = TimestampTzGetDatum(GetCurrentTimestamp());
+	else
+		rec->published_at[rec->n] =
+			TimestampTzGetDatum((ms - (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000) * 1000);
+	rec->output_partitions[rec->n] = Int32GetDatum(msg->partition);
+	rec->output_offsets[rec->n] = Int64GetDatum(msg->offset);
+	rec->n++;
+}
+
+/*
+ * Where to read each output partition from: after the offset output_position
+ * records for the share (the share's records there after it have higher
+ * ids), the lowest of the shares to take back; from the beginning where one
+ * of them has no record.  Into start[nparts].
+ */
+static void
+recovery_start_offsets(const LostShare *ls, int n, int nparts, int64 *start)
+{
+	Datum	   *elems = palloc(Max(n, 1) * sizeof(Datum));
+	int			nlost = 0;
+	int		   *rows = palloc0(nparts * sizeof(int));
+	Oid			argtypes[2] = {TEXTOID, INT4ARRAYOID};
+	Datum		args[2];
+	bool		isnull;
+
+	for (int i = 0; i < n; i++)
+		if (ls[i].lost)
+			elems[nlost++] = Int32GetDatum(ls[i].share);
+	for (int p = 0; p < nparts; p++)
+		start[p] = INT64_MAX;
+	pkj_begin_spi("reading the output positions");
+	args[0] = CStringGetTextDatum(pkj_kafka.output_topic);
+	args[1] = PointerGetDatum(construct_array(elems, nlost, INT4OID, sizeof(int32), true,
+											  TYPALIGN_INT));
+	if (SPI_execute_with_args("SELECT kafka_partition, next_offset FROM pgkafka_join.output_position "
+							  "WHERE topic = $1 AND share = ANY ($2)",
+							  2, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pgkafka_join.output_position");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		int32		p = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		int64		next = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+
+		if (p < 0 || p >= nparts)
+			continue;
+		start[p] = Min(start[p], next);
+		rows[p]++;
+	}
+	pkj_end_spi();
+	for (int p = 0; p < nparts; p++)
+		if (rows[p] < nlost)
+			start[p] = RD_KAFKA_OFFSET_BEGINNING;
+}
+
+/*
+ * Read the output topic from start[] to its end (read_committed: the last
+ * stable offset), keeping the records of the shares marked lost whose id
+ * lies after what PostgreSQL holds and up to the position.
+ */
+static Recovery
+scan_output_topic(LostShare *ls, int n, int nparts, const int64 *start,
+				  RecoveredRecords *rec)
+{
+	char	   *problem;
+	rd_kafka_t *reader = pkj_kafka_reader(&problem);
+	rd_kafka_topic_partition_list_t *parts;
+	bool	   *at_end = palloc0(nparts * sizeof(bool));
+	int			ends = 0;
+	TimestampTz last_progress = GetCurrentTimestamp();
+	Recovery	result = RECOVERY_DONE;
+
+	if (reader == NULL)
+	{
+		pkj_kafka_note_error(problem);
+		ereport(LOG, (errmsg("could not read the output topic \"%s\": %s",
+							 pkj_kafka.output_topic, problem)));
+		return RECOVERY_LATER;
+	}
+	parts = rd_kafka_topic_partition_list_new(nparts);
+	for (int p = 0; p < nparts; p++)
+	{
+		int64		low,
+					high;
+
+		/* records deleted from the topic cannot be taken back */
+		if (rd_kafka_query_watermark_offsets(reader, pkj_kafka.output_topic, p, &low, &high,
+											 KAFKA_TIMEOUT_MS) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		{
+			result = RECOVERY_LATER;
+			break;
+		}
+		if (low > 0 && (start[p] == RD_KAFKA_OFFSET_BEGINNING || start[p] < low))
+		{
+			ereport(WARNING,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("pgkafka_join cannot take back the results PostgreSQL lost: partition %d of the output topic \"%s\" starts at offset " INT64_FORMAT,
+							p, pkj_kafka.output_topic, low),
+					 errdetail("Records before it were deleted by the topic's retention; they may be results PostgreSQL lost.")));
+			result = RECOVERY_IMPOSSIBLE;
+			break;
+		}
+		rd_kafka_topic_partition_list_add(parts, pkj_kafka.output_topic, p)->offset = start[p];
+	}
+	if (result == RECOVERY_DONE && rd_kafka_assign(reader, parts) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		result = RECOVERY_LATER;
+	rd_kafka_topic_partition_list_destroy(parts);
+
+	while (result == RECOVERY_DONE && ends < nparts)
+	{
+		rd_kafka_message_t *msg = rd_kafka_consumer_poll(reader, 100);
+		rd_kafka_headers_t *headers;
+		int64		id,
+					share,
+					rating_offset;
+		int32		rating_partition;
+		int			i;
+
+		CHECK_FOR_INTERRUPTS();
+		if (msg == NULL)
+		{
+			if (TimestampDifferenceExceeds(last_progress, GetCurrentTimestamp(), RECOVERY_IDLE_MS))
+			{
+				ereport(LOG,
+						(errmsg("could not read the output topic \"%s\" to its end",
+								pkj_kafka.output_topic)));
+				result = RECOVERY_LATER;
+			}
+			continue;
+		}
+		last_progress = GetCurrentTimestamp();
+		if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+		{
+			if (msg->partition >= 0 && msg->partition < nparts && !at_end[msg->partition])
+			{
+				at_end[msg->partition] = true;
+				ends++;
+			}
+			rd_kafka_message_destroy(msg);
+			continue;
+		}
+		if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR)
+		{
+			pkj_kafka_note_error(rd_kafka_message_errstr(msg));
+			ereport(LOG,
+					(errmsg("could not read the output topic \"%s\": %s",
+							pkj_kafka.output_topic, rd_kafka_message_errstr(msg))));
+			rd_kafka_message_destroy(msg);
+			result = RECOVERY_LATER;
+			break;
+		}
+		if (rd_kafka_message_headers(msg, &headers) != RD_KAFKA_RESP_ERR_NO_ERROR)
+			headers = NULL;
+		if (!header_number(headers, "pgkafka_join.id", &id) ||
+			!header_number(headers, "pgkafka_join.share", &share))
+		{
+			rd_kafka_message_destroy(msg);
+			continue;			/* not a result of pgkafka_join */
+		}
+		for (i = 0; i < n; i++)
+			if (ls[i].lost && ls[i].share == share)
+				break;
+		if (i == n || id <= ls[i].after || id > ls[i].position)
+		{
+			rd_kafka_message_destroy(msg);
+			continue;
+		}
+		if (!header_input(headers, &rating_partition, &rating_offset))
+		{
+			ereport(WARNING,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("pgkafka_join cannot take back result " INT64_FORMAT " from the output topic \"%s\": its record names no rating",
+							id, pkj_kafka.output_topic),
+					 errdetail("Partition %d, offset " INT64_FORMAT " has no pgkafka_join.input header: it was published by a version before 1.2.",
+							   msg->partition, msg->offset)));
+			rd_kafka_message_destroy(msg);
+			result = RECOVERY_IMPOSSIBLE;
+			break;
+		}
+		add_recovered(rec, msg, id, (int32) share, rating_partition, rating_offset);
+		if (id == ls[i].position)
+			ls[i].found = true;
+		rd_kafka_message_destroy(msg);
+	}
+	rd_kafka_destroy(reader);
+	return result;
+}
+
+/*
+ * Take back the results on the output topic that PostgreSQL lost, of every
+ * share of the server, not only this worker's: a rating consumed by this
+ * worker may have its result in another worker's share (the movie's
+ * partition, when it came later and the topics are keyed otherwise), and
+ * must not be stored before that result is taken back.  Whichever worker
+ * comes first takes a share back; recover_results() skips what another
+ * took back already.
+ */
+static Recovery
+recover_lost_results(void)
+{
+	static SPIPlanPtr held_plan = NULL;
+	LostShare  *ls = palloc0(Max(nserver_shares, 1) * sizeof(LostShare));
+	int64	   *position = palloc(Max(nserver_shares, 1) * sizeof(int64));
+	Datum	   *elems = palloc(Max(nserver_shares, 1) * sizeof(Datum));
+	int64	   *start;
+	int			n = nserver_shares;
+	int			nlost = 0;
+	int			nparts;
+	RecoveredRecords rec = {0};
+	Recovery	result;
+	MemoryContext cxt;
+	MemoryContext old;
+	Oid			argtypes[2] = {INT4ARRAYOID, TEXTOID};
+	Datum		args[2];
+	StringInfoData detail;
+
+	if (n == 0)
+		return RECOVERY_NOT_NEEDED;
+	for (int i = 0; i < n; i++)
+	{
+		ls[i].share = server_shares[i];
+		elems[i] = Int32GetDatum(server_shares[i]);
+	}
+	/* Kafka first: a share's results are stored before they are published */
+	if (!read_kafka_positions(server_shares, n, position))
+		return RECOVERY_LATER;
+
+	/* what PostgreSQL holds of each share: its results, output_position */
+	pkj_begin_spi("reading the results held");
+	if (held_plan == NULL)
+		held_plan = pkj_keep_plan("SELECT greatest((SELECT max(r.id) FROM pgkafka_join.rated_movies r "
+								  "WHERE r.share = s.share), "
+								  "(SELECT max(op.last_id) FROM pgkafka_join.output_position op "
+								  "WHERE op.topic = $2 AND op.share = s.share)) "
+								  "FROM unnest($1) WITH ORDINALITY AS s(share, n) ORDER BY s.n",
+								  2, argtypes);
+	args[0] = PointerGetDatum(construct_array(elems, n, INT4OID, sizeof(int32), true,
+											  TYPALIGN_INT));
+	args[1] = CStringGetTextDatum(pkj_kafka.output_topic);
+	if (SPI_execute_plan(held_plan, args, NULL, true, 0) != SPI_OK_SELECT ||
+		SPI_processed != (uint64) n)
+		elog(ERROR, "could not read pgkafka_join.rated_movies");
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Datum		held = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+
+		ls[i].position = position[i];
+		ls[i].after = isnull ? 0 : DatumGetInt64(held);
+		ls[i].lost = ls[i].position > ls[i].after && ls[i].position > abandoned_up_to;
+		nlost += ls[i].lost;
+	}
+	pkj_end_spi();
+	if (nlost == 0)
+		return RECOVERY_NOT_NEEDED;
+
+	nparts = pkj_kafka_partition_count(pkj_kafka.producer, pkj_kafka.output_topic, KAFKA_TIMEOUT_MS);
+	if (nparts <= 0)
+		return RECOVERY_LATER;
+	pkj_status_set_state("taking back results from the output topic");
+	start = palloc(nparts * sizeof(int64));
+	recovery_start_offsets(ls, n, nparts, start);
+
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "pgkafka_join recovery",
+								ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	result = scan_output_topic(ls, n, nparts, start, &rec);
+	MemoryContextSwitchTo(old);
+
+	initStringInfo(&detail);
+	for (int i = 0; i < n && result == RECOVERY_DONE; i++)
+	{
+		if (!ls[i].lost)
+			continue;
+		if (!ls[i].found)
+		{
+			/* a transaction of another producer holds the topic's end back */
+			ereport(recovery_wait_logged ? DEBUG1 : LOG,
+					(errmsg("pgkafka_join waits to take back results from the output topic \"%s\": result " INT64_FORMAT " of share %d is not readable yet",
+							pkj_kafka.output_topic, ls[i].position, ls[i].share)));
+			recovery_wait_logged = true;
+			result = RECOVERY_LATER;
+		}
+		appendStringInfo(&detail, "%sshare %d: after " INT64_FORMAT " up to " INT64_FORMAT,
+						 detail.len > 0 ? "; " : "", ls[i].share, ls[i].after, ls[i].position);
+	}
+	if (result == RECOVERY_DONE)
+	{
+		Oid			types[9] = {TEXTOID, INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, INT8ARRAYOID,
+		TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
+		Datum		values[9];
+		int64		taken;
+		bool		isnull;
+
+		values[0] = CStringGetTextDatum(pkj_kafka.output_topic);
+		values[1] = PointerGetDatum(construct_array(rec.ids, rec.n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		values[2] = PointerGetDatum(construct_array(rec.shares, rec.n, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+		values[3] = PointerGetDatum(construct_array(rec.rating_partitions, rec.n, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+		values[4] = PointerGetDatum(construct_array(rec.rating_offsets, rec.n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		values[5] = PointerGetDatum(construct_array(rec.values, rec.n, TEXTOID, -1, false, TYPALIGN_INT));
+		values[6] = PointerGetDatum(construct_array(rec.published_at, rec.n, TIMESTAMPTZOID, sizeof(TimestampTz), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		values[7] = PointerGetDatum(construct_array(rec.output_partitions, rec.n, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+		values[8] = PointerGetDatum(construct_array(rec.output_offsets, rec.n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+
+		pkj_begin_spi("taking back results from the output topic");
+		if (!pkj_lock_extension(pkj_kafka.extension_oid))
+		{
+			pkj_end_spi();
+			MemoryContextDelete(cxt);
+			return RECOVERY_LATER;
+		}
+		if (SPI_execute_with_args("SELECT pgkafka_join.recover_results($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+								  9, types, values, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not call pgkafka_join.recover_results()");
+		taken = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		pkj_end_spi();
+		recovery_wait_logged = false;
+		/* another worker may have taken them back first */
+		ereport(taken > 0 ? LOG : DEBUG1,
+				(errmsg("pgkafka_join took back " INT64_FORMAT " results from the output topic \"%s\" that PostgreSQL had lost",
+						taken, pkj_kafka.output_topic),
+				 errdetail("Result ids, %s.  Their ratings are recorded as published: consumed again, they are not published twice.",
+						   detail.data)));
+	}
+	if (result == RECOVERY_IMPOSSIBLE)
+	{
+		for (int i = 0; i < n; i++)
+			if (ls[i].lost)
+				abandoned_up_to = Max(abandoned_up_to, ls[i].position);
+	}
+	MemoryContextDelete(cxt);
+	return result;
+}
+
+/*
  * pkj_publisher_position
  *		Make the producer ready for transactions and learn where publishing
- *		stands.  PKJ_POSITION_KNOWN: the shares' positions are exact.
+ *		stands, having taken back the results PostgreSQL lost.
+ *		PKJ_POSITION_KNOWN: the shares' positions are exact.
  *		PKJ_POSITION_UNKNOWN: the brokers could not tell yet (logged); try
  *		again later.  PKJ_POSITION_BEHIND: the output topic is ahead of
- *		PostgreSQL; nothing may be stored or published until
- *		advance_result_ids() (logged once, shown in status).
+ *		PostgreSQL and what it lacks could not be taken back; nothing may be
+ *		stored or published until advance_result_ids() (logged once, shown
+ *		in status).
  */
 PkjPosition
 pkj_publisher_position(void)
 {
 	int64	   *kafka_position;
+	int32	   *ids;
 	int64		handed_out;
 	int64		ahead = -1;
 	bool	   *shares_ahead;
@@ -692,9 +1182,25 @@ pkj_publisher_position(void)
 	if (!transactions_ready())
 		return PKJ_POSITION_UNKNOWN;
 	kafka_position = palloc(Max(nshares, 1) * sizeof(int64));
-	if (!read_kafka_positions(kafka_position))
+	ids = palloc(Max(nshares, 1) * sizeof(int32));
+	for (int i = 0; i < nshares; i++)
+		ids[i] = shares[i].share;
+	if (!read_kafka_positions(ids, nshares, kafka_position))
 		return PKJ_POSITION_UNKNOWN;
 	stored_positions(&handed_out);
+
+	/* results on the output topic that PostgreSQL lost are taken back */
+	switch (recover_lost_results())
+	{
+		case RECOVERY_NOT_NEEDED:
+		case RECOVERY_IMPOSSIBLE:	/* the check below stops the worker */
+			break;
+		case RECOVERY_DONE:
+			stored_positions(&handed_out);
+			break;
+		case RECOVERY_LATER:
+			return PKJ_POSITION_UNKNOWN;
+	}
 
 	shares_ahead = palloc(Max(nshares, 1) * sizeof(bool));
 	for (int i = 0; i < nshares; i++)
@@ -772,11 +1278,11 @@ fetch_results(MemoryContext cxt, PendingResult **results)
 	}
 	if (fetch_plan == NULL)
 		fetch_plan = pkj_keep_plan("SELECT r.id, r.share, r.movie_id, r.title, r.release_year, "
-								   "r.rating, r.rated_at "
+								   "r.rating, r.rated_at, r.kafka_partition, r.kafka_offset "
 								   "FROM unnest($1, $2) WITH ORDINALITY AS s(share, after, turn) "
 								   "CROSS JOIN LATERAL "
 								   "(SELECT r.id, r.share, r.movie_id, r.title, r.release_year, "
-								   "r.rating, r.rated_at "
+								   "r.rating, r.rated_at, r.kafka_partition, r.kafka_offset "
 								   "FROM pgkafka_join.rated_movies r "
 								   "WHERE r.share = s.share AND r.id > s.after "
 								   "ORDER BY r.id LIMIT $3) r "
@@ -814,6 +1320,8 @@ fetch_results(MemoryContext cxt, PendingResult **results)
 
 		res[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		res[i].share = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		res[i].rating_partition = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+		res[i].rating_offset = DatumGetInt64(SPI_getbinval(tup, desc, 9, &isnull));
 		res[i].key = MemoryContextAlloc(cxt, MAXINT8LEN + 1);
 		pg_lltoa(movie_id, res[i].key);
 		resetStringInfo(&buf);
@@ -873,6 +1381,9 @@ produce(const PendingResult *r)
 	int			idlen = snprintf(idtext, sizeof(idtext), INT64_FORMAT, r->id);
 	char		sharetext[16];
 	int			sharelen = snprintf(sharetext, sizeof(sharetext), "%d", r->share);
+	char		inputtext[48];
+	int			inputlen = snprintf(inputtext, sizeof(inputtext), "%d:" INT64_FORMAT,
+									r->rating_partition, r->rating_offset);
 
 	for (;;)
 	{
@@ -885,6 +1396,7 @@ produce(const PendingResult *r)
 								RD_KAFKA_V_VALUE(r->value, strlen(r->value)),
 								RD_KAFKA_V_HEADER("pgkafka_join.id", idtext, idlen),
 								RD_KAFKA_V_HEADER("pgkafka_join.share", sharetext, sharelen),
+								RD_KAFKA_V_HEADER("pgkafka_join.input", inputtext, inputlen),
 								RD_KAFKA_V_OPAQUE((void *) (intptr_t) r->id),
 								RD_KAFKA_V_END);
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)

@@ -152,7 +152,7 @@ with open(f"{d}/actual", "w") as actual, open(f"{d}/topic_ids", "w") as ids:
         v = json.loads(value)
         assert str(v["id"]) == key and v["title"] == f"Movie {key}", line
         h = dict(kv.split("=", 1) for kv in headers.split(","))
-        assert set(h) == {"pgkafka_join.id", "pgkafka_join.share"}, line
+        assert set(h) == {"pgkafka_join.id", "pgkafka_join.share", "pgkafka_join.input"}, line
         rid = int(h["pgkafka_join.id"])
         ids.write(f"{rid}\n")
         actual.write(f'{v["id"]}\t{v["rating"]}\n')

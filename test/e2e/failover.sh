@@ -52,23 +52,7 @@ check_eq "no pgkafka_join process runs on the standby" "0" \
 
 # The stream: RATINGS ratings of the stored movies, each with a distinct
 # value, in CHUNKS chunks; the expected results as "movie_id<TAB>rating".
-python3 - "$TEST_DIR" "$MOVIES" "$RATINGS" "$CHUNKS" <<'PY'
-import random, sys
-out, movies, ratings, chunks = sys.argv[1], *map(int, sys.argv[2:])
-rnd = random.Random(7)
-expected = []
-n = 0
-for c in range(chunks):
-    with open(f"{out}/ratings.{c}", "w") as f:
-        for i in range(ratings // chunks):
-            n += 1
-            m = rnd.randrange(1, movies + 1)
-            rating = repr(n / 1000).removesuffix(".0")  # as JSON prints it
-            f.write(f'{m}\t{{"id": {m}, "rating": {rating}}}\n')
-            expected.append(f"{m}\t{rating}")
-with open(f"{out}/expected", "w") as f:
-    f.write("\n".join(sorted(expected)) + "\n")
-PY
+stream_files "$MOVIES" "$RATINGS" "$CHUNKS" 7
 (
 	for c in $(seq 0 $((CHUNKS - 1))); do
 		kafka_produce ratings <"$TEST_DIR/ratings.$c"

@@ -86,7 +86,7 @@ wait_for 120 "[ \"\$(psql_q 'SELECT count(*) FROM pgkafka_join.rated_movies')\" 
 wait_for_output "$total" 120
 # partition, offset, id, share
 kafka_consume rated_movies -f '%p\t%o\t%h\n' |
-	sed -E 's/pgkafka_join.id=([0-9]+),pgkafka_join.share=(-?[0-9]+)/\1\t\2/' >"$TEST_DIR/topic"
+	sed -E 's/pgkafka_join.id=([0-9]+),pgkafka_join.share=(-?[0-9]+),pgkafka_join.input=[0-9:]+$/\1\t\2/' >"$TEST_DIR/topic"
 psql_q "SELECT id FROM pgkafka_join.rated_movies ORDER BY id" >"$TEST_DIR/all"
 
 bad=0

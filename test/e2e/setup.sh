@@ -146,3 +146,29 @@ PY
 	echo "# results on the topic: $(wc -l <"$TEST_DIR/actual"), lost: $lost, duplicated or unexpected: $extra"
 	check_eq "$what, the output topic holds every expected result exactly once" "0 0" "$lost $extra"
 }
+
+# stream_files MOVIES RATINGS CHUNKS SEED: a stream of RATINGS ratings of
+# movies 1..MOVIES (chosen at random from SEED), each with a distinct value,
+# as CHUNKS files $TEST_DIR/ratings.<chunk> of "key<TAB>value" lines, and
+# the results they give, sorted, in $TEST_DIR/expected as
+# "movie_id<TAB>rating".
+stream_files()
+{
+	python3 - "$TEST_DIR" "$@" <<'PY'
+import random, sys
+out, movies, ratings, chunks, seed = sys.argv[1], *map(int, sys.argv[2:])
+rnd = random.Random(seed)
+expected = []
+n = 0
+for c in range(chunks):
+    with open(f"{out}/ratings.{c}", "w") as f:
+        for i in range(ratings // chunks):
+            n += 1
+            m = rnd.randrange(1, movies + 1)
+            rating = repr(n / 1000).removesuffix(".0")  # as JSON prints it
+            f.write(f'{m}\t{{"id": {m}, "rating": {rating}}}\n')
+            expected.append(f"{m}\t{rating}")
+with open(f"{out}/expected", "w") as f:
+    f.write("\n".join(sorted(expected)) + "\n")
+PY
+}
