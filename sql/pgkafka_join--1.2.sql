@@ -1107,7 +1107,8 @@ BEGIN
            f.kafka_partition, f.kafka_offset, f.share
       FROM pgkafka_join_recovered f;
 
-    -- their ratings: stored and waiting, or to come
+    -- their ratings: stored and waiting (by the index of the waiting ones),
+    -- or to come
     UPDATE pgkafka_join.ratings r
        SET joined = true
       FROM pgkafka_join_recovered f
@@ -1115,15 +1116,12 @@ BEGIN
        AND r.kafka_partition = f.kafka_partition
        AND r.kafka_offset = f.kafka_offset
        AND NOT r.joined;
+    -- a rating still to be consumed here (at or after the stored offset,
+    -- which commits with the ratings stored) is not stored yet
     INSERT INTO pgkafka_join.recovered_ratings AS rr
     SELECT f.kafka_partition, f.kafka_offset, f.id, now()
       FROM pgkafka_join_recovered f
-     WHERE NOT EXISTS (SELECT 1 FROM pgkafka_join.ratings r
-                        WHERE r.movie_id = f.movie_id
-                          AND r.kafka_partition = f.kafka_partition
-                          AND r.kafka_offset = f.kafka_offset)
-       -- only a rating still to be consumed here can come
-       AND f.kafka_offset >= coalesce((SELECT io.next_offset FROM pgkafka_join.input_offsets io
+     WHERE f.kafka_offset >= coalesce((SELECT io.next_offset FROM pgkafka_join.input_offsets io
                                         WHERE io.topic = current_setting('pgkafka_join.ratings_topic')
                                           AND io.kafka_partition = f.kafka_partition), 0)
     ON CONFLICT ON CONSTRAINT recovered_ratings_pkey DO UPDATE

@@ -9,12 +9,15 @@ SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pgkafka_join;
 RESET client_min_messages;
 TRUNCATE pgkafka_join.movies, pgkafka_join.ratings, pgkafka_join.rated_movies,
-         pgkafka_join.output_position, pgkafka_join.recovered_ratings;
+         pgkafka_join.output_position, pgkafka_join.recovered_ratings,
+         pgkafka_join.input_offsets;
 SELECT setval('pgkafka_join.rated_movies_id_seq', 10);
 
--- a rating of movie 7 at partition 0, offset 10, waiting for its movie
+-- a rating of movie 7 at partition 0, offset 10, waiting for its movie,
+-- and the offset after it, stored with it as the worker does
 SELECT pgkafka_join.store_ratings('{7}', '{2.5}', ARRAY[now() - interval '1 day'],
                                   '{0}', '{10}') AS produced;
+INSERT INTO pgkafka_join.input_offsets VALUES ('ratings', 0, 11, now());
 
 -- The output topic holds two results PostgreSQL does not: id 20 for that
 -- rating (its movie came, and was lost), id 21 for a rating of movie 8 at

@@ -622,7 +622,8 @@ pkj_kafka_reader(char **problem)
 		"enable.auto.offset.store", "false",
 		"isolation.level", "read_committed",
 		"enable.partition.eof", "true",
-		"auto.offset.reset", "earliest",
+		/* records deleted under it are an error, not a jump */
+		"auto.offset.reset", "error",
 		NULL
 	};
 	List	   *file_props;

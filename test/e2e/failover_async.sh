@@ -118,8 +118,8 @@ taken=$(grep -oE 'pgkafka_join took back [0-9]+ results from the output topic "r
 	awk '{ n += $4 } END { if (NR) print n }')
 echo "# taken back from the output topic: ${taken:-none}"
 [ -n "$taken" ] && [ "$taken" -gt 0 ] ||
-	fail "the worker took nothing back from the output topic"
-pass "the worker took back the $taken results the promoted database lacked"
+	fail "the workers took nothing back from the output topic"
+pass "the workers took back the $taken results the promoted database lacked"
 check_eq "the cross results were taken back as they were published: belonging to the movie's partition" \
 	"$(kafka_consume rated_movies -f '%h\t%k\n' | awk -F'\t' '$2 > 1000 { print $1 }' |
 		sed -E 's/.*pgkafka_join.id=([0-9]+).*pgkafka_join.share=([0-9]+).*/\1|\2/' | sort -n | paste -sd' ')" \
