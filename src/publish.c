@@ -724,6 +724,7 @@ typedef struct LostShare
 /* The records taken back, as recover_results() takes them */
 typedef struct RecoveredRecords
 {
+	int			parts;			/* given to recover_results() so far */
 	int			n;
 	int			size;
 	Datum	   *ids;
@@ -746,6 +747,9 @@ static int64 abandoned_up_to = -1;
 
 /* said that the records to take back cannot be read yet */
 static bool recovery_wait_logged = false;
+
+/* Records read from the output topic per call of recover_results() */
+#define RECOVERY_PART 256
 
 /* How long a scan of the output topic may go without a record */
 #define RECOVERY_IDLE_MS 30000
@@ -833,6 +837,51 @@ add_recovered(RecoveredRecords *rec, const rd_kafka_message_t *msg, int64 id,
 }
 
 /*
+ * Give the records read so far to recover_results(), in the transaction
+ * the take-back holds open (all its parts commit together, or none), and
+ * forget them: what is read is held in memory RECOVERY_PART records at a
+ * time, however much there is to take back.  Adds to *taken the results
+ * taken back.  False if the extension was replaced meanwhile.
+ */
+static bool
+flush_recovered(RecoveredRecords *rec, MemoryContext cxt, int64 *taken)
+{
+	Oid			types[9] = {TEXTOID, INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, INT8ARRAYOID,
+	TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
+	Datum		values[9];
+	bool		isnull;
+
+	if (rec->n == 0)
+		return true;
+	values[0] = CStringGetTextDatum(pkj_kafka.output_topic);
+	values[1] = PointerGetDatum(construct_array(rec->ids, rec->n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[2] = PointerGetDatum(construct_array(rec->shares, rec->n, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+	values[3] = PointerGetDatum(construct_array(rec->rating_partitions, rec->n, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+	values[4] = PointerGetDatum(construct_array(rec->rating_offsets, rec->n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[5] = PointerGetDatum(construct_array(rec->values, rec->n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[6] = PointerGetDatum(construct_array(rec->published_at, rec->n, TIMESTAMPTZOID, sizeof(TimestampTz), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[7] = PointerGetDatum(construct_array(rec->output_partitions, rec->n, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+	values[8] = PointerGetDatum(construct_array(rec->output_offsets, rec->n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+
+	pkj_begin_spi("taking back results from the output topic");
+	if (!pkj_lock_extension(pkj_kafka.extension_oid))
+	{
+		pkj_end_spi();
+		return false;
+	}
+	if (SPI_execute_with_args("SELECT pgkafka_join.recover_results($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+							  9, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not call pgkafka_join.recover_results()");
+	*taken += DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	pkj_end_spi();
+	rec->parts++;
+	rec->n = 0;
+	rec->size = 0;
+	MemoryContextReset(cxt);
+	return true;
+}
+
+/*
  * Where to read each output partition from: after the offset output_position
  * records for the share (the share's records there after it have higher
  * ids), the lowest of the shares to take back; from the beginning where one
@@ -883,24 +932,17 @@ recovery_start_offsets(const LostShare *ls, int n, int nparts, int64 *start)
  * lies after what PostgreSQL holds and up to the position.
  */
 static Recovery
-scan_output_topic(LostShare *ls, int n, int nparts, const int64 *start,
-				  RecoveredRecords *rec)
+scan_output_topic(rd_kafka_t *reader, LostShare *ls, int n, int nparts, const int64 *start,
+				  RecoveredRecords *rec, MemoryContext cxt, int64 *taken)
 {
-	char	   *problem;
-	rd_kafka_t *reader = pkj_kafka_reader(&problem);
 	rd_kafka_topic_partition_list_t *parts;
-	bool	   *at_end = palloc0(nparts * sizeof(bool));
+	/* not in cxt, which each part given to recover_results() empties */
+	bool	   *at_end = MemoryContextAllocZero(MemoryContextGetParent(cxt),
+												nparts * sizeof(bool));
 	int			ends = 0;
 	TimestampTz last_progress = GetCurrentTimestamp();
 	Recovery	result = RECOVERY_DONE;
 
-	if (reader == NULL)
-	{
-		pkj_kafka_note_error(problem);
-		ereport(LOG, (errmsg("could not read the output topic \"%s\": %s",
-							 pkj_kafka.output_topic, problem)));
-		return RECOVERY_LATER;
-	}
 	parts = rd_kafka_topic_partition_list_new(nparts);
 	for (int p = 0; p < nparts; p++)
 	{
@@ -1005,8 +1047,9 @@ scan_output_topic(LostShare *ls, int n, int nparts, const int64 *start,
 		if (id == ls[i].position)
 			ls[i].found = true;
 		rd_kafka_message_destroy(msg);
+		if (rec->n >= RECOVERY_PART && !flush_recovered(rec, cxt, taken))
+			result = RECOVERY_LATER;
 	}
-	rd_kafka_destroy(reader);
 	return result;
 }
 
@@ -1032,6 +1075,9 @@ recover_lost_results(void)
 	int			nparts;
 	RecoveredRecords rec = {0};
 	Recovery	result;
+	rd_kafka_t *reader;
+	char	   *problem;
+	int64		taken = 0;
 	MemoryContext cxt;
 	MemoryContext old;
 	Oid			argtypes[2] = {INT4ARRAYOID, TEXTOID};
@@ -1085,10 +1131,28 @@ recover_lost_results(void)
 	start = palloc(nparts * sizeof(int64));
 	recovery_start_offsets(ls, n, nparts, start);
 
+	reader = pkj_kafka_reader(&problem);
+	if (reader == NULL)
+	{
+		pkj_kafka_note_error(problem);
+		ereport(LOG, (errmsg("could not read the output topic \"%s\": %s",
+							 pkj_kafka.output_topic, problem)));
+		return RECOVERY_LATER;
+	}
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "pgkafka_join recovery",
 								ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(cxt);
-	result = scan_output_topic(ls, n, nparts, start, &rec);
+	/* the parts given to recover_results() are one transaction */
+	pkj_hold_transaction();
+	PG_TRY();
+	{
+		result = scan_output_topic(reader, ls, n, nparts, start, &rec, cxt, &taken);
+	}
+	PG_FINALLY();
+	{
+		rd_kafka_destroy(reader);
+	}
+	PG_END_TRY();
 	MemoryContextSwitchTo(old);
 
 	initStringInfo(&detail);
@@ -1108,43 +1172,18 @@ recover_lost_results(void)
 		appendStringInfo(&detail, "%sshare %d: after " INT64_FORMAT " up to " INT64_FORMAT,
 						 detail.len > 0 ? "; " : "", ls[i].share, ls[i].after, ls[i].position);
 	}
+	if (result == RECOVERY_DONE && !flush_recovered(&rec, cxt, &taken))
+		result = RECOVERY_LATER;
+	pkj_end_held_transaction(result == RECOVERY_DONE);
 	if (result == RECOVERY_DONE)
 	{
-		Oid			types[9] = {TEXTOID, INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, INT8ARRAYOID,
-		TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
-		Datum		values[9];
-		int64		taken;
-		bool		isnull;
-
-		values[0] = CStringGetTextDatum(pkj_kafka.output_topic);
-		values[1] = PointerGetDatum(construct_array(rec.ids, rec.n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		values[2] = PointerGetDatum(construct_array(rec.shares, rec.n, INT4OID, sizeof(int32), true, TYPALIGN_INT));
-		values[3] = PointerGetDatum(construct_array(rec.rating_partitions, rec.n, INT4OID, sizeof(int32), true, TYPALIGN_INT));
-		values[4] = PointerGetDatum(construct_array(rec.rating_offsets, rec.n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		values[5] = PointerGetDatum(construct_array(rec.values, rec.n, TEXTOID, -1, false, TYPALIGN_INT));
-		values[6] = PointerGetDatum(construct_array(rec.published_at, rec.n, TIMESTAMPTZOID, sizeof(TimestampTz), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		values[7] = PointerGetDatum(construct_array(rec.output_partitions, rec.n, INT4OID, sizeof(int32), true, TYPALIGN_INT));
-		values[8] = PointerGetDatum(construct_array(rec.output_offsets, rec.n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-
-		pkj_begin_spi("taking back results from the output topic");
-		if (!pkj_lock_extension(pkj_kafka.extension_oid))
-		{
-			pkj_end_spi();
-			MemoryContextDelete(cxt);
-			return RECOVERY_LATER;
-		}
-		if (SPI_execute_with_args("SELECT pgkafka_join.recover_results($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-								  9, types, values, NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not call pgkafka_join.recover_results()");
-		taken = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		pkj_end_spi();
 		recovery_wait_logged = false;
 		/* another worker may have taken them back first */
 		ereport(taken > 0 ? LOG : DEBUG1,
 				(errmsg("pgkafka_join took back " INT64_FORMAT " results from the output topic \"%s\" that PostgreSQL had lost",
 						taken, pkj_kafka.output_topic),
-				 errdetail("Result ids, %s.  Their ratings are recorded as published: consumed again, they are not published twice.",
-						   detail.data)));
+				 errdetail("Result ids, %s; read in %d parts, committed together.  Their ratings are recorded as published: consumed again, they are not published twice.",
+						   detail.data, rec.parts)));
 	}
 	if (result == RECOVERY_IMPOSSIBLE)
 	{

@@ -120,6 +120,11 @@ echo "# taken back from the output topic: ${taken:-none}"
 [ -n "$taken" ] && [ "$taken" -gt 0 ] ||
 	fail "the workers took nothing back from the output topic"
 pass "the workers took back the $taken results the promoted database lacked"
+# read 256 records at a time, all committed in one transaction
+parts=$(grep -oE 'read in [0-9]+ parts, committed together' "$STANDBY/server.log" | grep -oE '[0-9]+' | head -1)
+[ -n "$parts" ] && [ "$parts" -ge $(((taken + 255) / 256)) ] ||
+	fail "the results taken back were not read in parts of at most 256 (parts: ${parts:-none})"
+pass "they were read in $parts parts of at most 256 records, committed together"
 check_eq "the cross results were taken back as they were published: belonging to the movie's partition" \
 	"$(kafka_consume rated_movies -f '%h\t%k\n' | awk -F'\t' '$2 > 1000 { print $1 }' |
 		sed -E 's/.*pgkafka_join.id=([0-9]+).*pgkafka_join.share=([0-9]+).*/\1|\2/' | sort -n | paste -sd' ')" \
