@@ -21,7 +21,8 @@ OBJS = \
 
 EXTENSION = pgkafka_join
 DATA = sql/pgkafka_join--1.0.sql sql/pgkafka_join--1.1.sql sql/pgkafka_join--1.2.sql \
-	sql/pgkafka_join--1.0--1.1.sql sql/pgkafka_join--1.1--1.2.sql
+	sql/pgkafka_join--1.3.sql \
+	sql/pgkafka_join--1.0--1.1.sql sql/pgkafka_join--1.1--1.2.sql sql/pgkafka_join--1.2--1.3.sql
 PGFILEDESC = "pgkafka_join - Kafka stream-table join inside PostgreSQL"
 
 PG_CPPFLAGS += -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare -I$(srcdir)/src $(shell pkg-config --cflags rdkafka)

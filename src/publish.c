@@ -1037,7 +1037,7 @@ scan_output_topic(rd_kafka_t *reader, LostShare *ls, int n, int nparts, const in
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("pgkafka_join cannot take back result " INT64_FORMAT " from the output topic \"%s\": its record names no rating",
 							id, pkj_kafka.output_topic),
-					 errdetail("Partition %d, offset " INT64_FORMAT " has no pgkafka_join.input header: it was published by a version before 1.2.",
+					 errdetail("Partition %d, offset " INT64_FORMAT " has no pgkafka_join.input header: it was published by a version before 1.3.",
 							   msg->partition, msg->offset)));
 			rd_kafka_message_destroy(msg);
 			result = RECOVERY_IMPOSSIBLE;

@@ -83,7 +83,7 @@
 #define PROGRESS_LOG_MS 10000
 
 /* The version of the SQL objects this library works with */
-#define PKJ_SQL_VERSION "1.2"
+#define PKJ_SQL_VERSION "1.3"
 
 /*
  * Sleep on the latch.  A reload (SIGHUP) sets it too; the caller's loop

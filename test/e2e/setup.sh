@@ -172,3 +172,93 @@ with open(f"{out}/expected", "w") as f:
     f.write("\n".join(sorted(expected)) + "\n")
 PY
 }
+
+# pg_private_install DIR: a private copy of the PostgreSQL installation in
+# DIR (PostgreSQL finds its files relative to its programs), into which
+# other builds of the extension are installed with DESTDIR=DIR; sets INST
+# and PG_BIN (the copy's programs, which pg_start and psql_q then use).
+# Nothing outside DIR is touched.
+pg_private_install()
+{
+	local pg_lib pg_share
+
+	INST=$1
+	pg_lib=$(pg_config --pkglibdir)
+	pg_share=$(pg_config --sharedir)
+	[ "$(dirname "$pg_lib")/bin" = "$(pg_config --bindir)" ] ||
+		fail "unexpected PostgreSQL layout: $(pg_config --bindir), $pg_lib"
+	mkdir -p "$INST$(dirname "$(dirname "$pg_lib")")" "$INST$(dirname "$pg_share")"
+	cp -a "$(dirname "$pg_lib")" "$INST$(dirname "$(dirname "$pg_lib")")/"
+	cp -a "$pg_share" "$INST$(dirname "$pg_share")/"
+	PG_BIN=$INST$(pg_config --bindir)
+	[ "$("$PG_BIN/pg_config" --sharedir)" = "$INST$pg_share" ] ||
+		fail "the copy of PostgreSQL does not find its own files"
+}
+
+# install_release VERSION COMMIT: build COMMIT of this repository (from its
+# git history), which must be release VERSION, and install it in INST.
+install_release()
+{
+	local version=$1 commit=$2 dir=$TEST_DIR/v$1
+
+	[ -n "$commit" ] && git -C "$TEST_TOP" cat-file -e "$commit" 2>/dev/null ||
+		fail "the $version release is not in this clone's history (a shallow clone?)"
+	mkdir -p "$dir"
+	git -C "$TEST_TOP" archive "$commit" | tar -x -C "$dir"
+	grep -q "default_version = '$version'" "$dir/pgkafka_join.control" ||
+		fail "commit $commit is not $version"
+	make -s -C "$dir" >"$TEST_DIR/build-$version.log" 2>&1 &&
+		make -s -C "$dir" install DESTDIR="$INST" >>"$TEST_DIR/build-$version.log" 2>&1 ||
+		{ cat "$TEST_DIR/build-$version.log" >&2; fail "could not build $version"; }
+	pass "$version built from commit $(git -C "$TEST_TOP" rev-parse --short "$commit") and installed"
+}
+
+# describe_extension [PSQL ARGS]: the extension's objects, one per line:
+# relations with their columns and privileges, indexes, functions with
+# their settings, privileges and source, triggers, configuration tables.
+describe_extension()
+{
+	psql_q "
+	SELECT 'relation ' || c.relname || ' ' || c.relkind::text || ' ' || coalesce(c.relacl::text, '') || ' ' ||
+	       coalesce((SELECT string_agg(a.attname || ':' || format_type(a.atttypid, a.atttypmod) || ':' || a.attnotnull, ',' ORDER BY a.attnum)
+	                   FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '') || ' ' ||
+	       coalesce(pg_get_viewdef(c.oid), '')
+	  FROM pg_class c
+	 WHERE c.relnamespace = 'pgkafka_join'::regnamespace AND NOT c.relispartition AND c.relkind <> 'i'
+	   AND c.relname !~ '^movies_p[0-9]+(_pkey)?\$'
+	UNION ALL
+	SELECT 'index ' || pg_get_indexdef(x.indexrelid)
+	  FROM pg_index x JOIN pg_class c ON c.oid = x.indrelid
+	 WHERE c.relnamespace = 'pgkafka_join'::regnamespace AND NOT c.relispartition AND c.relkind <> 'i'
+	UNION ALL
+	SELECT 'function ' || p.proname || '(' || pg_get_function_arguments(p.oid) || ') ' ||
+	       pg_get_function_result(p.oid) || ' ' || p.provolatile::text || p.prosecdef::text || ' ' ||
+	       coalesce(p.proconfig::text, '') || ' ' || coalesce(p.proacl::text, '') || ' ' || md5(p.prosrc)
+	  FROM pg_proc p WHERE p.pronamespace = 'pgkafka_join'::regnamespace
+	UNION ALL
+	SELECT 'trigger ' || pg_get_triggerdef(t.oid)
+	  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+	 WHERE c.relnamespace = 'pgkafka_join'::regnamespace
+	UNION ALL
+	SELECT 'config ' || c::regclass::text
+	  FROM pg_extension e, unnest(e.extconfig) c WHERE e.extname = 'pgkafka_join'
+	ORDER BY 1" "$@"
+}
+
+# check_objects_as_fresh: the extension's objects in this database (an
+# upgraded install) are those a CREATE EXTENSION of the current version
+# makes in a new database.
+check_objects_as_fresh()
+{
+	local current fresh upgraded db=fresh_$RANDOM
+
+	current=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$TEST_TOP/pgkafka_join.control")
+	psql_q "CREATE DATABASE $db"
+	PGDATABASE=$db psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
+	fresh=$(PGDATABASE=$db describe_extension) || fail "could not describe the fresh install"
+	upgraded=$(describe_extension) || fail "could not describe the upgraded install"
+	psql_q "DROP DATABASE $db"
+	[ "$(wc -l <<<"$fresh")" -gt 50 ] || fail "the description is too short: $fresh"
+	check_eq "the upgraded objects are those of a fresh $current install ($(wc -l <<<"$fresh") objects)" \
+		"$fresh" "$upgraded"
+}

@@ -34,34 +34,13 @@ done
 PG_DIR=$TEST_DIR/pg
 LOG=$PG_DIR/server.log
 
-# --- a private PostgreSQL installation
-INST=$TEST_DIR/inst
-pg_lib=$(pg_config --pkglibdir)
-pg_share=$(pg_config --sharedir)
-[ "$(dirname "$pg_lib")/bin" = "$(pg_config --bindir)" ] ||
-	fail "unexpected PostgreSQL layout: $(pg_config --bindir), $pg_lib"
-mkdir -p "$INST$(dirname "$(dirname "$pg_lib")")" "$INST$(dirname "$pg_share")"
-cp -a "$(dirname "$pg_lib")" "$INST$(dirname "$(dirname "$pg_lib")")/"
-cp -a "$pg_share" "$INST$(dirname "$pg_share")/"
-PG_BIN=$INST$(pg_config --bindir)
-[ "$("$PG_BIN/pg_config" --sharedir)" = "$INST$pg_share" ] ||
-	fail "the copy of PostgreSQL does not find its own files"
+pg_private_install "$TEST_DIR/inst"
 
 # --- build 1.0 from history and install it in the copy
-cd "$TEST_TOP"
 # (sed reads git's output to its end: "head -1" would exit after the first
 # line, and git, still writing, would die of SIGPIPE, failing the pipe)
-first_11=$(git log --format=%H --reverse -S"default_version = '1.1'" -- pgkafka_join.control | sed -n 1p)
-[ -n "$first_11" ] && git cat-file -e "$first_11^" 2>/dev/null ||
-	fail "the 1.0 release is not in this clone's history (a shallow clone?)"
-mkdir -p "$TEST_DIR/v1.0"
-git archive "$first_11^" | tar -x -C "$TEST_DIR/v1.0"
-grep -q "default_version = '1.0'" "$TEST_DIR/v1.0/pgkafka_join.control" ||
-	fail "the commit before 1.1 is not 1.0"
-make -s -C "$TEST_DIR/v1.0" >"$TEST_DIR/build-1.0.log" 2>&1 &&
-	make -s -C "$TEST_DIR/v1.0" install DESTDIR="$INST" >>"$TEST_DIR/build-1.0.log" 2>&1 ||
-	{ cat "$TEST_DIR/build-1.0.log" >&2; fail "could not build 1.0"; }
-pass "1.0 built from commit $(git rev-parse --short "$first_11^") and installed"
+first_11=$(git -C "$TEST_TOP" log --format=%H --reverse -S"default_version = '1.1'" -- pgkafka_join.control | sed -n 1p)
+install_release 1.0 "${first_11:+$first_11^}"
 
 ratings() # FIRST COUNT MOVIES: ratings FIRST.. of movies 1..MOVIES
 {
@@ -187,38 +166,4 @@ check_eq "the new worker never exited" "0" \
 	"$(awk '/starting PostgreSQL/ {n = 0} /exited with exit code|terminated by signal/ {n++} END {print n + 0}' "$LOG")"
 
 # --- the upgraded objects are those of a fresh install
-describe()
-{
-	psql_q "
-	SELECT 'relation ' || c.relname || ' ' || c.relkind::text || ' ' || coalesce(c.relacl::text, '') || ' ' ||
-	       coalesce((SELECT string_agg(a.attname || ':' || format_type(a.atttypid, a.atttypmod) || ':' || a.attnotnull, ',' ORDER BY a.attnum)
-	                   FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '') || ' ' ||
-	       coalesce(pg_get_viewdef(c.oid), '')
-	  FROM pg_class c
-	 WHERE c.relnamespace = 'pgkafka_join'::regnamespace AND NOT c.relispartition AND c.relkind <> 'i'
-	   AND c.relname !~ '^movies_p[0-9]+(_pkey)?\$'
-	UNION ALL
-	SELECT 'index ' || pg_get_indexdef(x.indexrelid)
-	  FROM pg_index x JOIN pg_class c ON c.oid = x.indrelid
-	 WHERE c.relnamespace = 'pgkafka_join'::regnamespace AND NOT c.relispartition AND c.relkind <> 'i'
-	UNION ALL
-	SELECT 'function ' || p.proname || '(' || pg_get_function_arguments(p.oid) || ') ' ||
-	       pg_get_function_result(p.oid) || ' ' || p.provolatile::text || p.prosecdef::text || ' ' ||
-	       coalesce(p.proconfig::text, '') || ' ' || coalesce(p.proacl::text, '') || ' ' || md5(p.prosrc)
-	  FROM pg_proc p WHERE p.pronamespace = 'pgkafka_join'::regnamespace
-	UNION ALL
-	SELECT 'trigger ' || pg_get_triggerdef(t.oid)
-	  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-	 WHERE c.relnamespace = 'pgkafka_join'::regnamespace
-	UNION ALL
-	SELECT 'config ' || c::regclass::text
-	  FROM pg_extension e, unnest(e.extconfig) c WHERE e.extname = 'pgkafka_join'
-	ORDER BY 1" "$@"
-}
-psql_q "CREATE DATABASE fresh"
-PGDATABASE=fresh psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
-fresh=$(PGDATABASE=fresh describe) || fail "could not describe the fresh install"
-upgraded=$(describe) || fail "could not describe the upgraded install"
-[ "$(wc -l <<<"$fresh")" -gt 50 ] || fail "the description is too short: $fresh"
-check_eq "the upgraded objects are those of a fresh $current install ($(wc -l <<<"$fresh") objects)" \
-	"$fresh" "$upgraded"
+check_objects_as_fresh
