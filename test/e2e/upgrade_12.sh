@@ -101,6 +101,14 @@ touch "$TEST_DIR/new_build_waits"
 # has sent five more chunks.  The time is taken before the update, so that
 # a row stored while it runs is caught too.
 wait_for 60 '[ -e "$TEST_DIR/produced.15" ]' || fail "the stream stopped"
+# Three more turns of each worker (each ends in a sleep of retry_interval,
+# counted by the kernel, see upgrade.sh) are three occasions to store them
+sleeps() { awk '/^voluntary_ctxt_switches:/ { print $2 }' "/proc/$1/status"; }
+for pid in $(psql_q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgkafka_join worker'"); do
+	slept=$(sleeps "$pid")
+	wait_for 60 '[ "$(sleeps '"$pid"')" -ge '$((slept + 3))' ]' ||
+		fail "the waiting worker $pid did not go round its loop"
+done
 update_at=$(psql_q "SELECT clock_timestamp()")
 check_eq "nothing is stored before the update" "0" \
 	"$(psql_q "SELECT count(*) FROM pgkafka_join.ratings WHERE received_at >= '$waiting_at'")"
