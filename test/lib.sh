@@ -484,6 +484,12 @@ kafka_scram_user()
 	"$BROKER_SH" scram-user "$KAFKA_DIR" "$@"
 }
 
+# kafka_acl ARG ...: add, remove or list ACLs (broker.sh acl)
+kafka_acl()
+{
+	"$BROKER_SH" acl "$KAFKA_DIR" "$@"
+}
+
 kafka_stop()
 {
 	"$BROKER_SH" stop "${1:-$KAFKA_DIR}"

@@ -53,19 +53,13 @@ check_eq "no pgkafka_join process runs on the standby" "0" \
 # The stream: RATINGS ratings of the stored movies, each with a distinct
 # value, in CHUNKS chunks; the expected results as "movie_id<TAB>rating".
 stream_files "$MOVIES" "$RATINGS" "$CHUNKS" 7
-(
-	for c in $(seq 0 $((CHUNKS - 1))); do
-		kafka_produce ratings <"$TEST_DIR/ratings.$c"
-		sleep 0.3
-	done
-) &
-producer=$!
+stream_produce
 
 pg_use "$PRIMARY"
 results() { psql_q "SELECT count(*) FROM pgkafka_join.rated_movies" 2>/dev/null || echo 0; }
 wait_for 120 '[ "$(results)" -ge '$((RATINGS / 3))' ]' ||
 	fail "the primary did not join a third of the ratings"
-kill -0 $producer 2>/dev/null || fail "the stream had ended before the primary was killed"
+kill -0 "$PRODUCER" 2>/dev/null || fail "the stream had ended before the primary was killed"
 pg_kill "$PRIMARY"
 at_kill=$(output_count)
 echo "# killed the primary with $at_kill records on the output topic"
@@ -87,7 +81,7 @@ first=$(grep -nE '\] pgkafka_join (launcher|worker): ' "$STANDBY/server.log" | h
 	fail "a pgkafka_join process logged (line ${first:-none}) before the standby's promotion (line ${promoted:-none})"
 pass "the standby's log has lines of pgkafka_join processes only after its promotion"
 
-wait $producer || fail "producing the stream failed"
+wait "$PRODUCER" || fail "producing the stream failed"
 # all consumed, stored, joined and published: nothing more can come
 wait_for 120 '[ "$(psql_q "SELECT input_lag = 0 AND publish_lag = 0 AND (SELECT count(*) FROM pgkafka_join.rated_movies) = '"$RATINGS"' FROM pgkafka_join.status")" = t ]' ||
 	fail "the promoted server did not join and publish every rating (status: $(psql_q "SELECT state, input_lag, publish_lag FROM pgkafka_join.status"))"

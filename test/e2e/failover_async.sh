@@ -54,16 +54,7 @@ done
 sort -o "$TEST_DIR/expected" "$TEST_DIR/expected"
 # The last third of the stream waits for the primary's death: it is
 # consumed by the promoted server.
-(
-	for c in $(seq 0 $((CHUNKS - 1))); do
-		if [ "$c" -eq $((CHUNKS * 2 / 3)) ]; then
-			while [ ! -e "$TEST_DIR/primary_killed" ]; do sleep 0.1; done
-		fi
-		kafka_produce ratings <"$TEST_DIR/ratings.$c"
-		sleep 0.3
-	done
-) &
-producer=$!
+stream_produce $((CHUNKS * 2 / 3)) "$TEST_DIR/primary_killed"
 
 results() { psql_q "SELECT count(*) FROM pgkafka_join.rated_movies" 2>/dev/null || echo 0; }
 wait_for 120 '[ "$(results)" -ge '$((RATINGS / 4))' ]' ||
@@ -108,7 +99,7 @@ check_eq "it lacks the cross ratings and their movies" "0|0" \
 wait_for 60 '[ "$(worker_pid | wc -l)" = 2 ]' || fail "the two workers did not start on the promoted standby"
 pids=$(worker_pid | sort)
 
-wait $producer || fail "producing the stream failed"
+wait "$PRODUCER" || fail "producing the stream failed"
 # all consumed, stored, joined and published: nothing more can come
 TOTAL=$((RATINGS + CROSS))
 wait_for 120 '[ "$(psql_q "SELECT bool_and(input_lag = 0 AND publish_lag = 0) AND (SELECT count(*) FROM pgkafka_join.rated_movies) = '"$TOTAL"' FROM pgkafka_join.status")" = t ]' ||

@@ -36,6 +36,20 @@ worker_pid()
 	psql_q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgkafka_join worker'" 2>/dev/null || true
 }
 
+# on DIR SQL: psql_q against the cluster of DIR (the current one stays)
+on() { local d=$1; shift; (pg_use "$d" && psql_q "$@"); }
+# state_of DIR: the state of the worker of the cluster of DIR (one worker)
+state_of() { on "$1" "SELECT state FROM pgkafka_join.status"; }
+# stored_counts DIR: "input_offsets|movies|ratings|rated_movies" row counts
+# of the cluster of DIR
+stored_counts()
+{
+	on "$1" "SELECT (SELECT count(*) FROM pgkafka_join.input_offsets),
+	                (SELECT count(*) FROM pgkafka_join.movies),
+	                (SELECT count(*) FROM pgkafka_join.ratings),
+	                (SELECT count(*) FROM pgkafka_join.rated_movies)"
+}
+
 # Size of the server log of PG_DIR now, to show or count what is logged after.
 log_mark() { stat -c %s "$PG_DIR/server.log"; }
 # The server log from byte $1 (to byte $2).
@@ -171,6 +185,29 @@ for c in range(chunks):
 with open(f"{out}/expected", "w") as f:
     f.write("\n".join(sorted(expected)) + "\n")
 PY
+}
+
+# stream_produce [GATE_CHUNK GATE_FILE]: produce the chunks stream_files
+# made ($TEST_DIR/ratings.0, 1, ...) to the ratings topic, in the
+# background, 0.3 s apart, touching $TEST_DIR/produced.<chunk> after each;
+# from chunk GATE_CHUNK on, once GATE_FILE exists.  Sets PRODUCER to the
+# background job's pid, to wait for.
+stream_produce()
+{
+	local gate=${1:--1} gate_file=${2:-}
+
+	(
+		for ((c = 0; ; c++)); do
+			[ -e "$TEST_DIR/ratings.$c" ] || break
+			if [ "$c" -eq "$gate" ]; then
+				while [ ! -e "$gate_file" ]; do sleep 0.1; done
+			fi
+			kafka_produce ratings <"$TEST_DIR/ratings.$c"
+			touch "$TEST_DIR/produced.$c"
+			sleep 0.3
+		done
+	) &
+	PRODUCER=$!
 }
 
 # pg_private_install DIR: a private copy of the PostgreSQL installation in

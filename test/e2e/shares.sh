@@ -355,12 +355,9 @@ psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
 pg_start "$PG_B" "${common[@]}" "pgkafka_join.partitions = '3-5'" "pgkafka_join.workers = 1"
 psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
 
-# on DIR [SQL]: psql_q against the cluster of DIR (the current one stays)
-on() { local d=$1; shift; (pg_use "$d" && psql_q "$@"); }
-
-# stored_counts DIR: "input_offsets|ratings|movies|rated_movies|rejected"
+# all_counts DIR: "input_offsets|ratings|movies|rated_movies|rejected"
 # row counts of the cluster of DIR
-stored_counts()
+all_counts()
 {
 	on "$1" "SELECT (SELECT count(*) FROM pgkafka_join.input_offsets),
 	                (SELECT count(*) FROM pgkafka_join.ratings),
@@ -592,7 +589,7 @@ wait $producer || fail "producing phase 3 failed"
 check_phase 3
 check_eq "C still refused, stored and published nothing: state, input_offsets, ratings, movies, rated_movies, rejected" \
 	"$REFUSED|0|0|0|0|0" \
-	"$(on "$PG_C" "SELECT string_agg(state, ',') FROM pgkafka_join.status")|$(stored_counts "$PG_C")"
+	"$(on "$PG_C" "SELECT string_agg(state, ',') FROM pgkafka_join.status")|$(all_counts "$PG_C")"
 check_eq "A and B were never refused" "0 0" \
 	"$(grep -c 'another server owns' "$PG_A/server.log" || true) $(grep -c 'another server owns' "$PG_B/server.log" || true)"
 echo "# C logged the refusal $(grep -c 'another server owns' "$PG_C/server.log" || true) times"
@@ -629,7 +626,7 @@ pass "of D and E, started at the same moment for partitions 0-5, $refused was re
 wait_for 30 '[ "$(on "$holder_dir" "SELECT count(*) FROM pgkafka_join.input_offsets")" = 12 ]' ||
 	fail "the server that kept partitions 0-5 did not store offsets of all 12 input partitions"
 check_eq "$refused stored nothing: input_offsets, ratings, movies, rated_movies, rejected" \
-	"0|0|0|0|0" "$(stored_counts "$refused_dir")"
+	"0|0|0|0|0" "$(all_counts "$refused_dir")"
 check_eq "no server process of D or E crashed (terminated by signal)" "0 0" \
 	"$(crashes "$PG_D" "$PG_E")"
 pg_stop "$refused_dir"
@@ -670,7 +667,7 @@ rolled_back=$(sed -n 's/.*kept none of the \([0-9]*\) messages it stored while i
 	fail "F's log does not say that it rolled back messages stored while its claims were confirmed"
 pass "F was refused after storing $rolled_back messages while its claims were confirmed, and rolled them back"
 check_eq "F, refused, stored nothing: input_offsets, ratings, movies, rated_movies, rejected" \
-	"0|0|0|0|0" "$(stored_counts "$PG_F")"
+	"0|0|0|0|0" "$(all_counts "$PG_F")"
 # the intruder never renews its claim: it lapses after 10 s
 wait_for 60 '[ "$(psql_q "SELECT state FROM pgkafka_join.status")" = consuming ]' ||
 	fail "F did not take over the lapsed claims: $(psql_q "SELECT state FROM pgkafka_join.status")"
@@ -682,7 +679,7 @@ wait_for 60 '[ "$(on "$PG_F" "$OFFSET_ROWS" | LC_ALL=C sort)" = "$ab_offsets" ] 
 	[ "$(on "$holder_dir" "$OFFSET_ROWS" | LC_ALL=C sort)" = "$ab_offsets" ]' ||
 	fail "F and the holder of 6. did not both consume every message A and B consumed"
 check_eq "F took the lapsed claims over and stored what the holder of 6. holds: input_offsets, ratings, movies, rated_movies, rejected" \
-	"$(stored_counts "$holder_dir")" "$(stored_counts "$PG_F")"
+	"$(all_counts "$holder_dir")" "$(all_counts "$PG_F")"
 check_eq "no server process of F crashed (terminated by signal)" "0" "$(crashes "$PG_F")"
 pg_stop "$PG_F"
 pg_stop "$holder_dir"

@@ -64,17 +64,6 @@ common=("pgkafka_join.database = 'postgres'"
 	"pgkafka_join.partitions = '0-2'")
 REFUSED='refused: partitions owned by another server'
 
-# on DIR SQL: psql_q against the cluster of DIR (the current one stays)
-on() { local d=$1; shift; (pg_use "$d" && psql_q "$@"); }
-state_of() { on "$1" "SELECT state FROM pgkafka_join.status"; }
-# stored_counts DIR: "input_offsets|movies|ratings|rated_movies" row counts
-stored_counts()
-{
-	on "$1" "SELECT (SELECT count(*) FROM pgkafka_join.input_offsets),
-	                (SELECT count(*) FROM pgkafka_join.movies),
-	                (SELECT count(*) FROM pgkafka_join.ratings),
-	                (SELECT count(*) FROM pgkafka_join.rated_movies)"
-}
 # producer_of DIR: the transactional id of worker 0's producer (the default)
 producer_of()
 {

@@ -62,17 +62,7 @@ for ((i = 1000; i < 1000 + WAITING; i++)); do
 	printf '500\t%d\n' $i >>"$TEST_DIR/expected"
 done
 sort -o "$TEST_DIR/expected" "$TEST_DIR/expected"
-(
-	for c in $(seq 0 $((CHUNKS - 1))); do
-		if [ "$c" -eq 10 ]; then
-			while [ ! -e "$TEST_DIR/new_build_waits" ]; do sleep 0.1; done
-		fi
-		kafka_produce ratings <"$TEST_DIR/ratings.$c"
-		touch "$TEST_DIR/produced.$c"
-		sleep 0.3
-	done
-) &
-producer=$!
+stream_produce 10 "$TEST_DIR/new_build_waits"
 
 results() { psql_q "SELECT count(*) FROM pgkafka_join.rated_movies" 2>/dev/null || echo 0; }
 wait_for 120 '[ "$(results)" -ge '$((RATINGS / 6))' ]' ||
@@ -119,7 +109,7 @@ psql_q "ALTER EXTENSION pgkafka_join UPDATE"
 check_eq "the extension is $current" "$current" "$(psql_q "SELECT extversion FROM pg_extension WHERE extname = 'pgkafka_join'")"
 check_eq "the rows of 1.2 are as they were" "$before" "$(rows_12 "$last_12" "$waiting_at")"
 
-wait "$producer" || fail "the stream's producer failed"
+wait "$PRODUCER" || fail "the stream's producer failed"
 printf '500\t{"id": 500, "title": "Movie 500"}\n' | kafka_produce movies
 wait_for_output $((RATINGS + WAITING)) 180
 wait_for 60 '[ "$(psql_q "SELECT count(*) FROM pgkafka_join.ratings")" = '$((RATINGS + WAITING))' ]' ||

@@ -36,12 +36,19 @@
 #		trust; DIR/tls/other-ca.pem is a CA the broker does not use), and
 #		SASL with the mechanisms SCRAM-SHA-512 (users made with scram-user)
 #		and PLAIN (one user, "plain_joiner", password in DIR/tls/plain.pw).
-#		The PLAINTEXT listener stays, for the tests' own tools.
+#		The PLAINTEXT listener stays, for the tests' own tools.  Access is
+#		checked by Kafka's StandardAuthorizer: what no ACL names is allowed
+#		to everyone (see acl), and the PLAINTEXT listeners' principal
+#		(User:ANONYMOUS: the tools, the controller) is a super user.
 #	broker.sh secure-bootstrap DIR
 #		Print the address of the SASL_SSL listener.
 #	broker.sh scram-user DIR NAME PASSWORD
 #		Create SCRAM-SHA-512 credentials for user NAME, or change its
 #		password, with Kafka's own kafka-configs tool (ConfigCommand).
+#	broker.sh acl DIR ARG ...
+#		Add, remove or list ACLs with Kafka's own kafka-acls tool
+#		(AclCommand), ARG being its options (--add --deny-principal
+#		User:NAME --operation All --group GROUP, ...); --remove is forced.
 #	broker.sh create-topic DIR NAME PARTITIONS [KEY=VALUE ...]
 #		Create a topic, replication factor 1, KEY=VALUE being topic
 #		configurations (cleanup.policy=compact, ...).  Waits until every
@@ -381,6 +388,11 @@ ssl.keystore.type=PKCS12
 ssl.keystore.location=$dir/tls/broker.p12
 ssl.keystore.password=$(cat "$dir/tls/keystore.pw")
 ssl.client.auth=none
+# ACLs (broker.sh acl): what none names is allowed to everyone; the
+# PLAINTEXT listeners (the tests' tools, the controller) are super users.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=true
+super.users=User:ANONYMOUS
 EOF
 }
 
@@ -435,6 +447,17 @@ cmd_scram_user()
 		--entity-type users --entity-name "$name" \
 		--add-config "SCRAM-SHA-512=[iterations=4096,password=$password]" >/dev/null ||
 		die "could not set the SCRAM credentials of user \"$name\""
+}
+
+cmd_acl()
+{
+	local dir=$1 bs
+	shift
+
+	bs=$(running_bootstrap "$dir") || exit 1
+	[[ " $* " != *" --remove "* ]] || set -- "$@" --force
+	tool_java "$dir" kafka.admin.AclCommand --bootstrap-server "$bs" "$@" >"$dir/acl.out" ||
+		{ cat "$dir/acl.out" >&2; die "kafka-acls $* failed"; }
 }
 
 # running_bootstrap DIR: the bootstrap address of the running broker of DIR
@@ -638,6 +661,7 @@ case $cmd in
 	secure) [ $# -eq 0 ] || usage; cmd_secure "$dir" ;;
 	secure-bootstrap) [ $# -eq 0 ] || usage; cmd_secure_bootstrap "$dir" ;;
 	scram-user) [ $# -eq 2 ] || usage; cmd_scram_user "$dir" "$@" ;;
+	acl) [ $# -ge 1 ] || usage; cmd_acl "$dir" "$@" ;;
 	produce) [ $# -ge 1 ] || usage; cmd_produce "$dir" "$@" ;;
 	consume) [ $# -ge 1 ] || usage; cmd_consume "$dir" "$@" ;;
 	*) usage ;;
