@@ -490,6 +490,23 @@ kafka_acl()
 	"$BROKER_SH" acl "$KAFKA_DIR" "$@"
 }
 
+# kafka_grant_worker USER: the ACLs docs/configuration.md lists for the
+# principal of a server's workers, for the default topics and names, and
+# nothing more: read the input topics, read and write the output topic, the
+# groups named pgkafka_join*, the transactional ids pgkafka_join-*
+kafka_grant_worker()
+{
+	local p=User:$1
+
+	kafka_acl --add --allow-principal "$p" --operation Read --operation Describe \
+		--topic movies --topic ratings --topic rated_movies
+	kafka_acl --add --allow-principal "$p" --operation Write --topic rated_movies
+	kafka_acl --add --allow-principal "$p" --operation Read \
+		--resource-pattern-type prefixed --group pgkafka_join
+	kafka_acl --add --allow-principal "$p" --operation Write --operation Describe \
+		--resource-pattern-type prefixed --transactional-id pgkafka_join-
+}
+
 kafka_stop()
 {
 	"$BROKER_SH" stop "${1:-$KAFKA_DIR}"

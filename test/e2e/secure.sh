@@ -6,7 +6,9 @@
 #		with openssl, SCRAM-SHA-512 credentials made with Kafka's own
 #		kafka-configs tool), configured as docs/configuration.md's recipe
 #		says, the password in pgkafka_join.kafka_properties_file (readable by
-#		the server's user only).
+#		the server's user only).  The broker checks ACLs and allows a SASL
+#		user nothing no ACL allows: the worker's principals have exactly
+#		the ACLs docs/configuration.md lists.
 #
 #	1. the tutorial's nine results through SASL_SSL with SCRAM-SHA-512;
 #	2. a wrong password, by a reload: the worker waits (the same process),
@@ -35,6 +37,10 @@ PASSWORD1=first-$(openssl rand -hex 8)
 PASSWORD2=second-$(openssl rand -hex 8)
 WRONG=wrong-$(openssl rand -hex 8)
 kafka_scram_user joiner "$PASSWORD1"
+# the broker allows a SASL user only what an ACL says: the worker's
+# principals get what docs/configuration.md lists, nothing more
+kafka_grant_worker joiner
+kafka_grant_worker plain_joiner
 
 # The secrets, in a file only the server's user reads
 SECRETS=$TEST_DIR/kafka-secrets.properties

@@ -73,7 +73,7 @@
 #    pgkafka_join.share, as docs/backup.md says.  At the end, snapshot plus tail
 #    must hold every result exactly once.
 
-. "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/setup.sh"
 test_init shares
 
 GEN=$TEST_DIR/gen

@@ -37,8 +37,8 @@
 #		SASL with the mechanisms SCRAM-SHA-512 (users made with scram-user)
 #		and PLAIN (one user, "plain_joiner", password in DIR/tls/plain.pw).
 #		The PLAINTEXT listener stays, for the tests' own tools.  Access is
-#		checked by Kafka's StandardAuthorizer: what no ACL names is allowed
-#		to everyone (see acl), and the PLAINTEXT listeners' principal
+#		checked by Kafka's StandardAuthorizer: a SASL user may do only what
+#		an ACL allows it (see acl); the PLAINTEXT listeners' principal
 #		(User:ANONYMOUS: the tools, the controller) is a super user.
 #	broker.sh secure-bootstrap DIR
 #		Print the address of the SASL_SSL listener.
@@ -388,10 +388,10 @@ ssl.keystore.type=PKCS12
 ssl.keystore.location=$dir/tls/broker.p12
 ssl.keystore.password=$(cat "$dir/tls/keystore.pw")
 ssl.client.auth=none
-# ACLs (broker.sh acl): what none names is allowed to everyone; the
+# ACLs (broker.sh acl): a SASL user may do only what an ACL allows it; the
 # PLAINTEXT listeners (the tests' tools, the controller) are super users.
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
-allow.everyone.if.no.acl.found=true
+allow.everyone.if.no.acl.found=false
 super.users=User:ANONYMOUS
 EOF
 }
