@@ -106,8 +106,11 @@ pkj_consume_batch(PkjBatch *batch, long timeout_ms, int limit)
 				if (pkj_batch_count(batch) == 0)
 					deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 														   pkj_batch_delay);
+				pkj_catalog_reached(msg->rkt, msg->partition, msg->offset + 1);
 				pkj_batch_add(batch, msg);
 			}
+			else if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+				pkj_catalog_reached(msg->rkt, msg->partition, msg->offset);
 			else if (msg->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET && msg->rkt)
 				report_out_of_range(rd_kafka_topic_name(msg->rkt), msg->partition,
 									msg->offset);

@@ -45,6 +45,8 @@
 #include "kafka.h"
 
 PkjKafka	pkj_kafka = {0};
+/* Connections made by this process, to tell each from the last */
+static uint64 connections = 0;
 
 /* The last error librdkafka reported, for the log and the status */
 char		pkj_kafka_last_error[512];
@@ -331,7 +333,8 @@ consumer_conf(const char *group, List *props, char **problem)
 		"enable.auto.commit", "false",
 		"enable.auto.offset.store", "false",
 		"isolation.level", "read_committed",
-		"enable.partition.eof", "false",
+		/* the end of a movies partition opens its ratings (ownership.c) */
+		"enable.partition.eof", "true",
 		"auto.offset.reset", "error",
 		NULL
 	};
@@ -435,6 +438,7 @@ pkj_kafka_connect(Oid extension_oid, int worker, PkjDeliveryReport delivery_repo
 		return false;
 	}
 	pkj_kafka.consumer = new_handle(RD_KAFKA_CONSUMER, conf, problem);
+	pkj_kafka.connection = ++connections;
 	if (pkj_kafka.consumer == NULL)
 	{
 		rd_kafka_destroy(pkj_kafka.producer);

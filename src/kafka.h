@@ -37,6 +37,7 @@ typedef struct PkjKafka
 		char	   *group;
 		rd_kafka_t *rk;
 	}			groups[PKJ_GROUP_HANDLES];
+	uint64		connection;		/* which connection of this process: 1, 2, ... */
 	bool		transactions_ready; /* init_transactions done */
 	bool		must_reconnect; /* a transaction was left unfinished */
 	Oid			extension_oid;	/* the extension the handles work for */

@@ -70,6 +70,19 @@
  * the last committed batch ended.  Whether to consume, and what to do with
  * a batch, is the loop's (worker.c).
  *
+ * The catalog comes first: a partition whose movies are behind the end of
+ * the movies partition when it is assigned (a first start, a catch-up
+ * after downtime, partitions taken over) has only its movies assigned
+ * until they are consumed up to that end, and stored: then its ratings are
+ * assigned too (the next assignment, before the next batch).  A rating is
+ * thus never joined with a version of its movie that the topic had already
+ * replaced or deleted when the partition was taken, which consuming both
+ * at once would do, the order between two topics being arbitrary.  The end
+ * is the one of the first assignment only: a catalog updated without pause
+ * would otherwise never let the ratings in.  The consumer reports the end
+ * of a partition (enable.partition.eof), past transaction markers and
+ * compacted offsets, which a message's offset does not show.
+ *
  * Not here: consuming and storing (consume.c, ingest.c), and what the worker
  * does while it waits for its claims (worker.c).
  *
@@ -107,6 +120,20 @@
 
 /* The topic whose partitions the claims are written on (the ratings topic) */
 static char claim_topic[256];
+
+/*
+ * The catalog before the ratings, for the current consumer: the movies
+ * partitions whose ratings wait (offset: the end to reach; -1 while the
+ * brokers did not say), how far the consumer got in each, and the
+ * partitions whose ratings are let in
+ */
+static struct
+{
+	uint64		connection;		/* pkj_kafka.connection they are of */
+	rd_kafka_topic_partition_list_t *ends;
+	rd_kafka_topic_partition_list_t *reached;
+	List	   *done;			/* TopMemoryContext */
+} catalog;
 
 /* The state of the claims of the current Kafka handles; times: mono_ms() */
 static struct
@@ -1009,12 +1036,128 @@ pkj_refresh_ownership(PkjWorker *worker)
 	return true;
 }
 
+/* Forget the catalog's progress, as new Kafka handles start over */
+static void
+catalog_forget(void)
+{
+	if (catalog.ends)
+		rd_kafka_topic_partition_list_destroy(catalog.ends);
+	if (catalog.reached)
+		rd_kafka_topic_partition_list_destroy(catalog.reached);
+	catalog.ends = rd_kafka_topic_partition_list_new(0);
+	catalog.reached = rd_kafka_topic_partition_list_new(0);
+	list_free(catalog.done);
+	catalog.done = NIL;
+	catalog.connection = pkj_kafka.connection;
+}
+
+/*
+ * May the ratings of partition p be consumed?  Yes once its movies were
+ * consumed, and stored, up to the end the movies partition had when first
+ * assigned; the end asked of the brokers, movies_offset being where the
+ * movies partition is assigned (RD_KAFKA_OFFSET_BEGINNING: none stored).
+ */
+static bool
+catalog_ready(int32 p, int64 movies_offset)
+{
+	int64_t		low,
+				high;
+	rd_kafka_resp_err_t err;
+
+	if (list_member_int(catalog.done, p))
+		return true;
+	err = rd_kafka_query_watermark_offsets(pkj_kafka.consumer, pkj_kafka.movies_topic, p,
+										   &low, &high, CLAIM_TIMEOUT_MS);
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR &&
+		(movies_offset == RD_KAFKA_OFFSET_BEGINNING ? low : movies_offset) >= high)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		catalog.done = lappend_int(catalog.done, p);
+		MemoryContextSwitchTo(old);
+		return true;
+	}
+	if (rd_kafka_topic_partition_list_find(catalog.ends, pkj_kafka.movies_topic, p) == NULL)
+		rd_kafka_topic_partition_list_add(catalog.ends, pkj_kafka.movies_topic, p)->offset =
+			err == RD_KAFKA_RESP_ERR_NO_ERROR ? high : -1;
+	return false;
+}
+
+/*
+ * pkj_catalog_reached
+ *		The consumer got to "offset" of partition p of "topic" (a
+ *		rd_kafka_topic_t): the next offset after a message, or the end of the
+ *		partition.  Noted for a movies partition whose ratings wait.
+ */
+void
+pkj_catalog_reached(void *topic, int32 partition, int64 offset)
+{
+	rd_kafka_topic_partition_t *tp;
+
+	if (catalog.ends == NULL || catalog.ends->cnt == 0 || topic == NULL ||
+		strcmp(rd_kafka_topic_name((rd_kafka_topic_t *) topic), pkj_kafka.movies_topic) != 0 ||
+		rd_kafka_topic_partition_list_find(catalog.ends, pkj_kafka.movies_topic, partition) == NULL)
+		return;
+	tp = rd_kafka_topic_partition_list_find(catalog.reached, pkj_kafka.movies_topic, partition);
+	if (tp == NULL)
+		tp = rd_kafka_topic_partition_list_add(catalog.reached, pkj_kafka.movies_topic, partition);
+	tp->offset = Max(tp->offset, offset);
+}
+
+/*
+ * pkj_catalog_replayed
+ *		Between batches, when what was consumed is stored: did a partition's
+ *		movies reach the end its ratings waited for?  Then they are let in
+ *		(true: assign again).  An end the brokers did not give yet is asked
+ *		again.
+ */
+bool
+pkj_catalog_replayed(void)
+{
+	List	   *ready = NIL;
+	ListCell   *lc;
+
+	if (catalog.connection != pkj_kafka.connection || catalog.ends == NULL ||
+		catalog.ends->cnt == 0)
+		return false;
+	for (int i = 0; i < catalog.ends->cnt; i++)
+	{
+		rd_kafka_topic_partition_t *end = &catalog.ends->elems[i];
+		rd_kafka_topic_partition_t *got =
+			rd_kafka_topic_partition_list_find(catalog.reached, end->topic, end->partition);
+		int64_t		low,
+					high;
+
+		if (end->offset < 0 &&
+			rd_kafka_query_watermark_offsets(pkj_kafka.consumer, end->topic, end->partition,
+											 &low, &high, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR)
+			end->offset = high;
+		if (end->offset >= 0 && got != NULL && got->offset >= end->offset)
+			ready = lappend_int(ready, end->partition);
+	}
+	foreach(lc, ready)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		catalog.done = lappend_int(catalog.done, lfirst_int(lc));
+		MemoryContextSwitchTo(old);
+		rd_kafka_topic_partition_list_del(catalog.ends, pkj_kafka.movies_topic, lfirst_int(lc));
+		rd_kafka_topic_partition_list_del(catalog.reached, pkj_kafka.movies_topic, lfirst_int(lc));
+	}
+	if (ready != NIL)
+		ereport(LOG,
+				(errmsg("pgkafka_join consumed the movies of partitions %s up to their end: their ratings are consumed from now on",
+						pkj_partitions_text(ready))));
+	return ready != NIL;
+}
+
 /*
  * pkj_assign_partitions
  *		Assign the partitions the worker owns, of both input topics, at the
  *		offsets stored in PostgreSQL (the beginning where none is stored).
  *		Always between batches, so the stored offsets are exactly where
- *		consumption stands.
+ *		consumption stands.  The ratings of a partition whose movies are
+ *		behind wait (see "The catalog comes first" above).
  */
 void
 pkj_assign_partitions(PkjWorker *worker)
@@ -1061,6 +1204,39 @@ pkj_assign_partitions(PkjWorker *worker)
 			tp->offset = offset;
 	}
 	pkj_end_spi();
+
+	/* the catalog first */
+	if (catalog.connection != pkj_kafka.connection || catalog.ends == NULL)
+		catalog_forget();
+	else
+	{
+		/* consumed again from the stored offsets */
+		rd_kafka_topic_partition_list_destroy(catalog.reached);
+		catalog.reached = rd_kafka_topic_partition_list_new(0);
+	}
+	if (pkj_kafka.assigned_movies > 0 && pkj_kafka.assigned_ratings > 0)
+	{
+		List	   *waiting = NIL;
+
+		foreach(lc, worker->owned)
+		{
+			int32		p = lfirst_int(lc);
+			bool		said = rd_kafka_topic_partition_list_find(catalog.ends,
+																  pkj_kafka.movies_topic, p) != NULL;
+
+			if (!catalog_ready(p, rd_kafka_topic_partition_list_find(parts, pkj_kafka.movies_topic, p)->offset))
+			{
+				rd_kafka_topic_partition_list_del(parts, pkj_kafka.ratings_topic, p);
+				if (!said)
+					waiting = lappend_int(waiting, p);
+			}
+		}
+		if (waiting != NIL)
+			ereport(LOG,
+					(errmsg("pgkafka_join consumes the movies of partitions %s up to their end before their ratings",
+							pkj_partitions_text(waiting)),
+					 errdetail("A rating is joined with its movie as the topic has it, not with a version it replaced or deleted.")));
+	}
 
 	pkj_status_reset_partitions();
 	err = rd_kafka_assign(pkj_kafka.consumer, parts);

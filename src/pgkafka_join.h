@@ -186,6 +186,8 @@ extern bool pkj_claims_renewing(void);
 extern bool pkj_refresh_ownership(PkjWorker *worker);
 extern void pkj_assign_partitions(PkjWorker *worker);
 extern void pkj_force_reassign(PkjWorker *worker);
+extern void pkj_catalog_reached(void *topic, int32 partition, int64 offset);
+extern bool pkj_catalog_replayed(void);
 
 /* ---- publish.c ---- */
 typedef enum PkjPosition

@@ -698,6 +698,9 @@ store_batch(TimestampTz now)
 	bool		paused;
 	int64		generation;
 
+	/* everything consumed is stored: a partition's catalog may be complete */
+	if (worker.assigned && pkj_catalog_replayed())
+		pkj_force_reassign(&worker);
 	if (!worker.assigned)
 		pkj_assign_partitions(&worker);
 
