@@ -22,13 +22,14 @@ OBJS = \
 EXTENSION = pgkafka_join
 DATA = sql/pgkafka_join--1.0.sql sql/pgkafka_join--1.1.sql sql/pgkafka_join--1.2.sql \
 	sql/pgkafka_join--1.3.sql \
-	sql/pgkafka_join--1.0--1.1.sql sql/pgkafka_join--1.1--1.2.sql sql/pgkafka_join--1.2--1.3.sql
+	sql/pgkafka_join--1.0--1.1.sql sql/pgkafka_join--1.1--1.2.sql sql/pgkafka_join--1.2--1.3.sql \
+	sql/pgkafka_join--1.3--1.4.sql
 PGFILEDESC = "pgkafka_join - Kafka stream-table join inside PostgreSQL"
 
 PG_CPPFLAGS += -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare -I$(srcdir)/src $(shell pkg-config --cflags rdkafka)
 SHLIB_LINK += $(shell pkg-config --libs rdkafka)
 
-REGRESS = schema partitions messages join_rule catalog_updates rejected output_position advance_result_ids recover_results pause_resume retention status privileges encoding settings
+REGRESS = schema partitions messages join_rule catalog_updates rejected output_position advance_result_ids recover_results pause_resume retention status privileges encoding settings moves
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(srcdir)/test/pgkafka_join.conf
 
 ISOLATION = rating_movie_race ingest_lock

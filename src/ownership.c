@@ -29,13 +29,14 @@
  * CLAIM_LAPSE_MS: if it changes, the other owner is alive and the newcomer
  * refuses (it came second); if not, the claim has lapsed.  A lapsed claim
  * is taken over only if its holder held nothing of the partitions, or this
- * server holds their state (input positions stored here, as after a move:
- * see docs/scaling.md); a server holding nothing never takes over
- * partitions whose state is elsewhere, since it would consume them from
- * the beginning and publish their results again.  A worker taking over
- * partitions it did not claim last reads its claims back CLAIM_CONFIRM_MS
- * later, and refuses if another server wrote in between; every renewal
- * checks the same.  Of two servers started at the same moment, the last to
+ * server holds their state (input positions stored here); a server holding
+ * nothing never takes over partitions whose state is elsewhere, since it
+ * would consume them from the beginning and publish their results again.
+ * A handover, left by a server that released partitions, is nobody's
+ * claim: it is taken at once, with the state it names (see "Moves").  A
+ * worker taking over partitions it did not claim last reads its claims
+ * back CLAIM_CONFIRM_MS later, and refuses if another server wrote in
+ * between; every renewal checks the same.  Of two servers started at the same moment, the last to
  * write keeps the partitions.  No clock is compared between servers, and
  * every interval is timed on the monotonic clock, which no clock step
  * moves.  Meanwhile the worker stores what it consumes in a transaction it
@@ -117,9 +118,21 @@
 #define CLAIM_FRESH_MS (CLAIM_LAPSE_MS / 2)
 /* Ends a claim's metadata while its server holds nothing of the partitions */
 #define NO_STATE_MARK "\tholds nothing"
+/* Ends a handover's metadata, before its three numbers (see "Moves") */
+#define HANDOVER_MARK "\treleased "
 
 /* The topic whose partitions the claims are written on (the ratings topic) */
 static char claim_topic[256];
+
+/* A partition handed over by the server that released it (see "Moves") */
+typedef struct Handover
+{
+	int32		partition;
+	char	   *server;			/* the identity of the server that released it */
+	int64		ratings_offset; /* where its ratings are consumed from */
+	int64		next_offset;	/* how far that server had stored them */
+	int64		last_id;		/* the last result id of the share, published */
+} Handover;
 
 /*
  * The catalog before the ratings, for the current consumer: the movies
@@ -147,6 +160,8 @@ static struct
 	List	   *owned;			/* the partitions claimed (TopMemoryContext) */
 	List	   *fence;			/* producers of lapsed claims, to fence */
 	bool		holds_state;	/* input positions of them stored here */
+	bool		receive_due;	/* handovers noted may wait to be set up */
+	bool		handovers;		/* handovers noted by these claims */
 	bool		refused_logged;
 	bool		takeover_refused_logged;	/* said that a lapsed claim is not taken */
 	bool		stale_logged;	/* said that the claims were not renewed */
@@ -154,7 +169,13 @@ static struct
 
 static bool guard_registered = false;
 
+/* Released partitions whose handover is still to be written */
+static List *to_announce = NIL;
+
 static void claims_guard_commit(XactEvent event, void *arg);
+static bool note_handovers(rd_kafka_topic_partition_list_t *found);
+static List *released_among(List *partitions, bool done);
+static bool announce_releases(List *released);
 
 /*
  * Milliseconds on the monotonic clock: claims are timed on it, so that a
@@ -309,43 +330,23 @@ read_claims(List *owned)
 	return parts;
 }
 
-/* Write this server's claims of the given partitions; false if it failed */
+/*
+ * Commit the claims in "parts" (offsets and metadata set) to the claims'
+ * group; false, the problem noted, if the brokers did not take them all.
+ */
 static bool
-write_claims(List *owned)
+commit_claims(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts, const char *what)
 {
-	rd_kafka_t *rk = claims_handle();
-	rd_kafka_topic_partition_list_t *parts;
 	rd_kafka_queue_t *queue;
 	rd_kafka_event_t *ev;
-	char	   *metadata = psprintf("%s\t%s%s", identity(), pkj_kafka.transactional_id,
-									claims.holds_state ? "" : NO_STATE_MARK);
-	static int64 last_written = 0;
-	int64		now_ms = Max(GetCurrentTimestamp() / 1000, last_written + 1);
 	bool		ok = false;
-	ListCell   *lc;
 
-	if (rk == NULL)
-		return false;
-	/* a value that changes at every renewal: watchers compare, never read it */
-	last_written = now_ms;
-	parts = rd_kafka_topic_partition_list_new(list_length(owned));
-	foreach(lc, owned)
-	{
-		rd_kafka_topic_partition_t *tp =
-			rd_kafka_topic_partition_list_add(parts, claim_topic, lfirst_int(lc));
-
-		tp->offset = now_ms;
-		/* librdkafka frees it with the list */
-		tp->metadata = strdup(metadata);
-		tp->metadata_size = tp->metadata ? strlen(metadata) : 0;
-	}
 	/* asynchronously, so that a broker outage cannot stall the worker */
 	queue = rd_kafka_queue_new(rk);
 	(void) rd_kafka_commit_queue(rk, parts, queue, NULL, NULL);
-	rd_kafka_topic_partition_list_destroy(parts);
 	ev = rd_kafka_queue_poll(queue, CLAIM_TIMEOUT_MS);
 	if (ev == NULL)
-		pkj_kafka_note_error("could not write the partition claims: no answer from the brokers");
+		pkj_kafka_note_error(psprintf("could not write the %s: no answer from the brokers", what));
 	else
 	{
 		const rd_kafka_topic_partition_list_t *res = rd_kafka_event_topic_partition_list(ev);
@@ -354,12 +355,59 @@ write_claims(List *owned)
 		for (int i = 0; ok && res && i < res->cnt; i++)
 			ok = res->elems[i].err == RD_KAFKA_RESP_ERR_NO_ERROR;
 		if (!ok)
-			pkj_kafka_note_error(psprintf("could not write the partition claims: %s",
+			pkj_kafka_note_error(psprintf("could not write the %s: %s", what,
 										  rd_kafka_event_error(ev) ?
 										  rd_kafka_event_error_string(ev) : "a partition was refused"));
 		rd_kafka_event_destroy(ev);
 	}
 	rd_kafka_queue_destroy(queue);
+	return ok;
+}
+
+/*
+ * A claim's offset: the clock, a value that changes at every write
+ * (watchers compare it, never read it)
+ */
+static int64
+claim_stamp(void)
+{
+	static int64 last_written = 0;
+
+	last_written = Max(GetCurrentTimestamp() / 1000, last_written + 1);
+	return last_written;
+}
+
+/* Add a claim of "partition" to "parts", with the given metadata */
+static void
+add_claim(rd_kafka_topic_partition_list_t *parts, int32 partition, const char *metadata)
+{
+	rd_kafka_topic_partition_t *tp =
+		rd_kafka_topic_partition_list_add(parts, claim_topic, partition);
+
+	tp->offset = claim_stamp();
+	/* librdkafka frees it with the list */
+	tp->metadata = strdup(metadata);
+	tp->metadata_size = tp->metadata ? strlen(metadata) : 0;
+}
+
+/* Write this server's claims of the given partitions; false if it failed */
+static bool
+write_claims(List *owned)
+{
+	rd_kafka_t *rk = claims_handle();
+	rd_kafka_topic_partition_list_t *parts;
+	char	   *metadata = psprintf("%s\t%s%s", identity(), pkj_kafka.transactional_id,
+									claims.holds_state ? "" : NO_STATE_MARK);
+	bool		ok;
+	ListCell   *lc;
+
+	if (rk == NULL)
+		return false;
+	parts = rd_kafka_topic_partition_list_new(list_length(owned));
+	foreach(lc, owned)
+		add_claim(parts, lfirst_int(lc), metadata);
+	ok = commit_claims(rk, parts, "partition claims");
+	rd_kafka_topic_partition_list_destroy(parts);
 	return ok;
 }
 
@@ -396,20 +444,53 @@ claimant_producer(const rd_kafka_topic_partition_t *tp)
 	return pnstrdup(metadata + start, end - start);
 }
 
-/* Is this claim another server's? */
+/*
+ * Is this claim a handover (see "Moves")?  If so, and h is not NULL, what
+ * it hands over.
+ */
+static bool
+handover_of(const rd_kafka_topic_partition_t *tp, Handover *h)
+{
+	char	   *metadata;
+	char	   *mark;
+	Handover	found;
+
+	if (tp->offset < 0 || tp->metadata_size == 0)
+		return false;
+	metadata = pnstrdup(tp->metadata, tp->metadata_size);
+	mark = strstr(metadata, HANDOVER_MARK);
+	if (mark == NULL ||
+		sscanf(mark + strlen(HANDOVER_MARK),
+			   "%" INT64_MODIFIER "d %" INT64_MODIFIER "d %" INT64_MODIFIER "d",
+			   &found.ratings_offset, &found.next_offset, &found.last_id) != 3)
+	{
+		pfree(metadata);
+		return false;
+	}
+	found.partition = tp->partition;
+	found.server = pnstrdup(metadata, claimant_length(tp));
+	pfree(metadata);
+	if (h)
+		*h = found;
+	return true;
+}
+
+/* Is this claim another server's, and not a handover? */
 static bool
 foreign_claim(const rd_kafka_topic_partition_t *tp, const char *me)
 {
 	return tp->offset >= 0 && tp->metadata_size > 0 &&
-		(claimant_length(tp) != strlen(me) || memcmp(tp->metadata, me, strlen(me)) != 0);
+		(claimant_length(tp) != strlen(me) || memcmp(tp->metadata, me, strlen(me)) != 0) &&
+		!handover_of(tp, NULL);
 }
 
-/* Is this claim ours? */
+/* Is this claim ours, and not a handover? */
 static bool
 own_claim(const rd_kafka_topic_partition_t *tp, const char *me)
 {
 	return tp->offset >= 0 && tp->metadata_size > 0 &&
-		claimant_length(tp) == strlen(me) && memcmp(tp->metadata, me, strlen(me)) == 0;
+		claimant_length(tp) == strlen(me) && memcmp(tp->metadata, me, strlen(me)) == 0 &&
+		!handover_of(tp, NULL);
 }
 
 /* Did the claimant say it holds nothing of the partition? */
@@ -422,6 +503,19 @@ claimant_holds_nothing(const rd_kafka_topic_partition_t *tp)
 		memcmp((const char *) tp->metadata + tp->metadata_size - mark, NO_STATE_MARK, mark) == 0;
 }
 
+/* A list of partitions as an integer[] Datum, for SPI */
+static Datum
+partitions_array(List *partitions)
+{
+	Datum	   *elems = palloc(Max(list_length(partitions), 1) * sizeof(Datum));
+	int			n = 0;
+	ListCell   *lc;
+
+	foreach(lc, partitions)
+		elems[n++] = Int32GetDatum(lfirst_int(lc));
+	return PointerGetDatum(construct_array(elems, n, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+}
+
 /*
  * Of the given partitions, those whose input positions this server stores
  * (a position past the beginning of either input topic)
@@ -432,17 +526,11 @@ partitions_with_state(List *partitions)
 	static SPIPlanPtr plan = NULL;
 	Oid			argtypes[3] = {TEXTOID, TEXTOID, INT4ARRAYOID};
 	Datum		args[3];
-	Datum	   *elems = palloc(Max(list_length(partitions), 1) * sizeof(Datum));
 	List	   *held = NIL;
-	int			n = 0;
-	ListCell   *lc;
 
-	foreach(lc, partitions)
-		elems[n++] = Int32GetDatum(lfirst_int(lc));
 	args[0] = CStringGetTextDatum(pkj_kafka.movies_topic);
 	args[1] = CStringGetTextDatum(pkj_kafka.ratings_topic);
-	args[2] = PointerGetDatum(construct_array(elems, n, INT4OID, sizeof(int32),
-											  true, TYPALIGN_INT));
+	args[2] = partitions_array(partitions);
 	pkj_begin_spi("reading which partitions' state this server holds");
 	if (plan == NULL)
 		plan = pkj_keep_plan("SELECT DISTINCT kafka_partition FROM pgkafka_join.input_offsets "
@@ -454,9 +542,12 @@ partitions_with_state(List *partitions)
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
+		MemoryContext old = MemoryContextSwitchTo(pkj_spi_caller_cxt);
 
+		/* in the caller's memory: SPI's goes with pkj_end_spi() */
 		held = lappend_int(held, DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
 															 SPI_tuptable->tupdesc, 1, &isnull)));
+		MemoryContextSwitchTo(old);
 	}
 	pkj_end_spi();
 	return held;
@@ -566,7 +657,7 @@ refuse_takeover(rd_kafka_topic_partition_list_t *found, List *missing)
 						pkj_partitions_text(missing), pkj_kafka.movies_topic, pkj_kafka.ratings_topic),
 				 errdetail("The claims of server \"%s\" lapsed.  Their input positions, waiting ratings and published results are in that server's database; consuming them from the beginning here would publish their results again.",
 						   other),
-				 errhint("Start that server again, or move the partitions as docs/scaling.md describes.  To have this server consume them from the beginning and publish their results again, delete their claims from the Kafka group \"%s\".",
+				 errhint("Start that server again and call pgkafka_join.release_partitions() there.  To have this server consume them from the beginning and publish their results again, delete their claims from the Kafka group \"%s\".",
 						 claims_group())));
 	claims.takeover_refused_logged = true;
 	return refused(found);
@@ -773,6 +864,8 @@ pkj_claims_hold(List *owned)
 						   CLAIM_LAPSE_MS / 1000)));
 		remember_fence(found, me);
 	}
+	if (!claims.held && claims.confirm_at == 0)
+		(void) note_handovers(found);
 	rd_kafka_topic_partition_list_destroy(found);
 	if (claims.watched)
 		rd_kafka_topic_partition_list_destroy(claims.watched);
@@ -941,6 +1034,7 @@ pkj_refresh_ownership(PkjWorker *worker)
 		pkj_kafka_partition_count(pkj_kafka.consumer, pkj_kafka.ratings_topic, 5000);
 	List	   *beyond;
 	List	   *mine;
+	List	   *released;
 	List	   *shares;
 	MemoryContext old;
 	static bool logged_beyond = false;
@@ -959,7 +1053,14 @@ pkj_refresh_ownership(PkjWorker *worker)
 		ereport(LOG, (errmsg("pgkafka_join reaches the Kafka brokers again")));
 	if (nmovies == pkj_kafka.assigned_movies && nratings == pkj_kafka.assigned_ratings &&
 		worker->owned != NIL)
+	{
+		if (to_announce != NIL && announce_releases(to_announce))
+		{
+			list_free(to_announce);
+			to_announce = NIL;
+		}
 		return true;
+	}
 
 	/* one topic may come later: the other is consumed meanwhile */
 	if (nmovies == 0 || nratings == 0)
@@ -993,6 +1094,9 @@ pkj_refresh_ownership(PkjWorker *worker)
 		pkj_wait_ended(PKJ_WAIT_TOPICS);
 
 	mine = pkj_owned_partitions(worker->index, Max(nmovies, nratings), &beyond);
+	/* released partitions are not this server's any more */
+	released = released_among(mine, true);
+	mine = list_difference_int(mine, released);
 	if (beyond != NIL && !logged_beyond)
 		ereport(WARNING,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1014,6 +1118,16 @@ pkj_refresh_ownership(PkjWorker *worker)
 	pkj_status_set_owned(pkj_partitions_text(worker->owned), shares);
 	pkj_claims_reset();
 	pkj_claims_set_topic(nratings > 0 ? pkj_kafka.ratings_topic : pkj_kafka.movies_topic);
+	/* handovers noted before a restart may wait to be set up */
+	claims.receive_due = true;
+	list_free(to_announce);
+	to_announce = NIL;
+	if (!announce_releases(released))
+	{
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		to_announce = list_copy(released);
+		MemoryContextSwitchTo(old);
+	}
 	worker->assigned = false;
 	pkj_kafka.assigned_movies = nmovies;
 	pkj_kafka.assigned_ratings = nratings;
@@ -1033,6 +1147,379 @@ pkj_refresh_ownership(PkjWorker *worker)
 			 errdetail("The topics have %d partitions; this server owns %s, shared among %d workers.",
 					   Max(nmovies, nratings), pkj_partitions_split() ? pkj_partitions : "all",
 					   pkj_workers)));
+	return true;
+}
+
+/*
+ * Moves
+ * -----
+ * release_partitions() records the partitions a server gives up in
+ * released_partitions.  The worker owning them, between batches, publishes
+ * everything it stored, then records what the next owner needs
+ * (pkj_release_partitions()): where to consume the partitions' ratings
+ * from (the lowest offset of a rating still waiting inside the join
+ * window, or the stored offset if none waits), the stored offset, and the
+ * last result id of each share, all published.  From that commit on, the
+ * server neither consumes nor publishes them, and its claim of each
+ * becomes a handover (announce_releases()): "identity<TAB>producer" and
+ * HANDOVER_MARK followed by those three numbers.
+ *
+ * A handover is nobody's live claim: a server configured for the
+ * partition takes it at once, without waiting for a lapse and without
+ * fencing the server that released it, which publishes nothing of it any
+ * more and goes on with its other partitions.  Before writing its own
+ * claims over it, the newcomer notes the handover in received_partitions
+ * (note_handovers(): so that what it says survives a crash once the
+ * claims no longer say it); once its claims are confirmed, it sets the
+ * partitions' state up from it (pkj_receive_partitions()): their ratings'
+ * offset, the sequence past the last id, and, should it have owned them
+ * before, the results and ratings of that time at or after the new
+ * offset recorded as published and forgotten.  Then, as after any change
+ * of ownership, it takes back from the output topic the results the old
+ * owner published of those shares (publish.c: the handover's last id is
+ * their position), consumes their movies from where it stands up to the
+ * end of the topic before their ratings (the catalog comes first), and
+ * consumes their ratings from the handover's offset: a rating whose result
+ * was taken back is stored as joined without a second result, one that
+ * waited is joined with its movie as the topic has it.
+ */
+
+/* The released partitions (released_at set) among "partitions" */
+static List *
+released_among(List *partitions, bool done)
+{
+	static SPIPlanPtr plan[2] = {NULL, NULL};
+	Oid			argtypes[1] = {INT4ARRAYOID};
+	Datum		args[1];
+	List	   *found = NIL;
+
+	if (partitions == NIL)
+		return NIL;
+	args[0] = partitions_array(partitions);
+	pkj_begin_spi("reading the released partitions");
+	if (plan[done] == NULL)
+		plan[done] = pkj_keep_plan(done ?
+								   "SELECT kafka_partition FROM pgkafka_join.released_partitions "
+								   "WHERE kafka_partition OPERATOR(pg_catalog.=) ANY ($1) "
+								   "AND released_at IS NOT NULL ORDER BY 1" :
+								   "SELECT kafka_partition FROM pgkafka_join.released_partitions "
+								   "WHERE kafka_partition OPERATOR(pg_catalog.=) ANY ($1) "
+								   "AND released_at IS NULL ORDER BY 1",
+								   1, argtypes);
+	if (SPI_execute_plan(plan[done], args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pgkafka_join.released_partitions");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		MemoryContext old = MemoryContextSwitchTo(pkj_spi_caller_cxt);
+
+		found = lappend_int(found, DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+															   SPI_tuptable->tupdesc, 1, &isnull)));
+		MemoryContextSwitchTo(old);
+	}
+	pkj_end_spi();
+	return found;
+}
+
+/*
+ * pkj_release_requested
+ *		The partitions of this worker that release_partitions() asked it to
+ *		give up, and that it has not released yet.
+ */
+List *
+pkj_release_requested(PkjWorker *worker)
+{
+	return released_among(worker->owned, false);
+}
+
+/*
+ * pkj_release_partitions
+ *		Release the given partitions of the worker, every result it stored
+ *		published: record what the next owner needs (see "Moves").  From
+ *		this commit on the server consumes and publishes nothing of them;
+ *		the caller makes new Kafka handles, whose first refresh of the
+ *		ownership leaves them out and announces the handovers.
+ */
+void
+pkj_release_partitions(PkjWorker *worker, List *partitions)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[2] = {INT4ARRAYOID, TEXTOID};
+	Datum		args[2];
+	StringInfoData detail;
+
+	args[0] = partitions_array(partitions);
+	args[1] = CStringGetTextDatum(pkj_kafka.ratings_topic);
+	initStringInfo(&detail);
+	pkj_begin_spi("releasing partitions");
+	if (plan == NULL)
+		plan = pkj_keep_plan("UPDATE pgkafka_join.released_partitions rp "
+							 "SET released_at = pg_catalog.now(), next_offset = s.next_offset, "
+							 "ratings_offset = least(s.next_offset, s.waiting), last_id = s.last_id "
+							 "FROM (SELECT p.p, "
+							 "coalesce((SELECT io.next_offset FROM pgkafka_join.input_offsets io "
+							 "WHERE io.topic OPERATOR(pg_catalog.=) $2 "
+							 "AND io.kafka_partition OPERATOR(pg_catalog.=) p.p), 0) AS next_offset, "
+							 "(SELECT pg_catalog.min(r.kafka_offset) FROM pgkafka_join.ratings r "
+							 "WHERE r.kafka_partition OPERATOR(pg_catalog.=) p.p AND NOT r.joined "
+							 "AND r.rated_at OPERATOR(pg_catalog.>=) (pg_catalog.now() "
+							 "OPERATOR(pg_catalog.-) pgkafka_join.join_window())) AS waiting, "
+							 "coalesce((SELECT pg_catalog.max(rm.id) FROM pgkafka_join.rated_movies rm "
+							 "WHERE rm.share OPERATOR(pg_catalog.=) p.p), 0) AS last_id "
+							 "FROM pg_catalog.unnest($1) AS p(p)) s "
+							 "WHERE rp.kafka_partition OPERATOR(pg_catalog.=) s.p AND rp.released_at IS NULL "
+							 "RETURNING rp.kafka_partition, rp.ratings_offset, rp.next_offset, rp.last_id",
+							 2, argtypes);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not update pgkafka_join.released_partitions");
+	for (uint64 i = 0; i < SPI_processed; i++)
+		appendStringInfo(&detail, "%spartition %s: ratings from offset %s (stored up to %s), results up to id %s",
+						 i > 0 ? "; " : "",
+						 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1),
+						 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2),
+						 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3),
+						 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 4));
+	pkj_end_spi();
+	ereport(LOG,
+			(errmsg("pgkafka_join released partitions %s of \"%s\" and \"%s\"",
+					pkj_partitions_text(partitions), pkj_kafka.movies_topic, pkj_kafka.ratings_topic),
+			 errdetail("Every result of their shares is published; %s.  The server configured for them takes them over from there.",
+					   detail.data)));
+}
+
+/*
+ * Write the handovers of the given released partitions (this worker's by
+ * pgkafka_join.partitions) whose claim is still this server's own, or was
+ * never written: once after each release, and again after a crash or an
+ * outage kept it from being written.  False if the brokers could not be
+ * asked or did not take them (tried again at the next refresh).
+ */
+static bool
+announce_releases(List *released)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[1] = {INT4ARRAYOID};
+	Datum		args[1];
+	List	   *unsaid = NIL;
+	rd_kafka_topic_partition_list_t *found;
+	rd_kafka_topic_partition_list_t *parts;
+	char	   *me = identity();
+	bool		ok = true;
+
+	if (released == NIL)
+		return true;
+	found = read_claims(released);
+	if (found == NULL)
+		return false;
+	for (int i = 0; i < found->cnt; i++)
+		if (found->elems[i].offset < 0 || own_claim(&found->elems[i], me))
+			unsaid = lappend_int(unsaid, found->elems[i].partition);
+	rd_kafka_topic_partition_list_destroy(found);
+	if (unsaid == NIL)
+		return true;
+
+	args[0] = partitions_array(unsaid);
+	pkj_begin_spi("reading the released partitions");
+	if (plan == NULL)
+		plan = pkj_keep_plan("SELECT kafka_partition, ratings_offset, next_offset, last_id "
+							 "FROM pgkafka_join.released_partitions "
+							 "WHERE kafka_partition OPERATOR(pg_catalog.=) ANY ($1) "
+							 "AND released_at IS NOT NULL ORDER BY 1",
+							 1, argtypes);
+	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pgkafka_join.released_partitions");
+	parts = rd_kafka_topic_partition_list_new(Max(SPI_processed, 1));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		add_claim(parts, DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)),
+				  psprintf("%s\t%s" HANDOVER_MARK "%s %s %s", me, pkj_kafka.transactional_id,
+						   SPI_getvalue(tup, desc, 2), SPI_getvalue(tup, desc, 3),
+						   SPI_getvalue(tup, desc, 4)));
+	}
+	pkj_end_spi();
+	if (parts->cnt > 0)
+	{
+		ok = commit_claims(claims_handle(), parts, "handovers of the released partitions");
+		if (ok)
+			ereport(LOG,
+					(errmsg("pgkafka_join handed partitions %s over in the claims of \"%s\"",
+							pkj_partitions_text(released), claims_group())));
+	}
+	rd_kafka_topic_partition_list_destroy(parts);
+	return ok;
+}
+
+/*
+ * Note the handovers among the claims in "found" in received_partitions,
+ * before this server's claims are written over them (see "Moves").
+ * Returns whether there were any.
+ */
+static bool
+note_handovers(rd_kafka_topic_partition_list_t *found)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[5] = {INT4OID, TEXTOID, INT8OID, INT8OID, INT8OID};
+	bool		any = false;
+
+	for (int i = 0; i < found->cnt; i++)
+	{
+		Handover	h;
+		Datum		args[5];
+
+		if (!handover_of(&found->elems[i], &h))
+			continue;
+		if (!any)
+			pkj_begin_spi("noting the handovers of partitions");
+		any = true;
+		if (plan == NULL)
+			plan = pkj_keep_plan("INSERT INTO pgkafka_join.received_partitions AS rp "
+								 "(kafka_partition, from_server, ratings_offset, next_offset, last_id, claimed_at) "
+								 "VALUES ($1, $2, $3, $4, $5, pg_catalog.now()) "
+								 "ON CONFLICT (kafka_partition) DO UPDATE "
+								 "SET from_server = excluded.from_server, ratings_offset = excluded.ratings_offset, "
+								 "next_offset = excluded.next_offset, last_id = excluded.last_id, "
+								 "claimed_at = excluded.claimed_at, received_at = NULL",
+								 5, argtypes);
+		args[0] = Int32GetDatum(h.partition);
+		args[1] = CStringGetTextDatum(h.server);
+		args[2] = Int64GetDatum(h.ratings_offset);
+		args[3] = Int64GetDatum(h.next_offset);
+		args[4] = Int64GetDatum(h.last_id);
+		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not update pgkafka_join.received_partitions");
+	}
+	if (any)
+	{
+		pkj_end_spi();
+		claims.receive_due = true;
+		claims.handovers = true;
+	}
+	return any;
+}
+
+/* Did these claims take handovers, to set up before anything is stored? */
+bool
+pkj_claims_receiving(void)
+{
+	return claims.handovers;
+}
+
+/*
+ * pkj_receive_partitions
+ *		Once the claims hold: set up the state of the partitions of the
+ *		worker handed over to this server and not set up yet (see "Moves").
+ *		Returns true if it did: the caller assigns the partitions again,
+ *		and learns where publishing stands again.
+ */
+bool
+pkj_receive_partitions(PkjWorker *worker)
+{
+	static const char *const steps[] = {
+		/* an earlier ownership's results from the new offset on: published */
+		"INSERT INTO pgkafka_join.recovered_ratings (kafka_partition, kafka_offset, result_id, recovered_at) "
+		"SELECT r.kafka_partition, r.kafka_offset, r.id, pg_catalog.now() "
+		"FROM pgkafka_join.rated_movies r, pgkafka_join.received_partitions rp "
+		"WHERE rp.kafka_partition OPERATOR(pg_catalog.=) ANY ($1) AND rp.received_at IS NULL "
+		"AND r.share OPERATOR(pg_catalog.=) rp.kafka_partition "
+		"AND r.kafka_partition OPERATOR(pg_catalog.=) rp.kafka_partition "
+		"AND r.kafka_offset OPERATOR(pg_catalog.>=) rp.ratings_offset "
+		"ON CONFLICT DO NOTHING",
+		/* its ratings from the new offset on, and those that waited then */
+		"DELETE FROM pgkafka_join.ratings r USING pgkafka_join.received_partitions rp "
+		"WHERE rp.kafka_partition OPERATOR(pg_catalog.=) ANY ($1) AND rp.received_at IS NULL "
+		"AND r.kafka_partition OPERATOR(pg_catalog.=) rp.kafka_partition "
+		"AND (r.kafka_offset OPERATOR(pg_catalog.>=) rp.ratings_offset OR NOT r.joined)",
+		"DELETE FROM pgkafka_join.rejected_messages m USING pgkafka_join.received_partitions rp "
+		"WHERE rp.kafka_partition OPERATOR(pg_catalog.=) ANY ($1) AND rp.received_at IS NULL "
+		"AND m.topic OPERATOR(pg_catalog.=) $2 "
+		"AND m.kafka_partition OPERATOR(pg_catalog.=) rp.kafka_partition "
+		"AND m.kafka_offset OPERATOR(pg_catalog.>=) rp.ratings_offset",
+		/* where the ratings are consumed from */
+		"INSERT INTO pgkafka_join.input_offsets AS io (topic, kafka_partition, next_offset, updated_at) "
+		"SELECT $2, rp.kafka_partition, rp.ratings_offset, pg_catalog.now() "
+		"FROM pgkafka_join.received_partitions rp "
+		"WHERE rp.kafka_partition OPERATOR(pg_catalog.=) ANY ($1) AND rp.received_at IS NULL "
+		"ON CONFLICT (topic, kafka_partition) DO UPDATE "
+		"SET next_offset = excluded.next_offset, updated_at = excluded.updated_at",
+		/* new results numbered after the published ones */
+		"SELECT pg_catalog.setval('pgkafka_join.rated_movies_id_seq', m) "
+		"FROM (SELECT pg_catalog.max(rp.last_id) AS m FROM pgkafka_join.received_partitions rp "
+		"WHERE rp.kafka_partition OPERATOR(pg_catalog.=) ANY ($1) AND rp.received_at IS NULL) i, "
+		"pgkafka_join.rated_movies_id_seq s "
+		"WHERE i.m OPERATOR(pg_catalog.>) CASE WHEN s.is_called THEN s.last_value "
+		"ELSE s.last_value OPERATOR(pg_catalog.-) 1 END",
+		/* this server's own again, if it had released them */
+		"DELETE FROM pgkafka_join.released_partitions r USING pgkafka_join.received_partitions rp "
+		"WHERE rp.kafka_partition OPERATOR(pg_catalog.=) ANY ($1) AND rp.received_at IS NULL "
+		"AND r.kafka_partition OPERATOR(pg_catalog.=) rp.kafka_partition",
+	};
+	static SPIPlanPtr plans[lengthof(steps)];
+	static SPIPlanPtr done_plan = NULL;
+	Oid			argtypes[2] = {INT4ARRAYOID, TEXTOID};
+	Datum		args[2];
+	StringInfoData detail;
+	List	   *received = NIL;
+	char	   *from = NULL;
+	int64		now;
+
+	if (!claims.receive_due || !claims.held)
+		return false;
+	args[0] = partitions_array(worker->owned);
+	args[1] = CStringGetTextDatum(pkj_kafka.ratings_topic);
+	initStringInfo(&detail);
+	pkj_begin_spi("receiving partitions");
+	for (int i = 0; i < lengthof(steps); i++)
+	{
+		if (plans[i] == NULL)
+			plans[i] = pkj_keep_plan(steps[i], 2, argtypes);
+		if (SPI_execute_plan(plans[i], args, NULL, false, 0) < 0)
+			elog(ERROR, "could not set up the partitions received: \"%s\"", steps[i]);
+	}
+	if (done_plan == NULL)
+		done_plan = pkj_keep_plan("UPDATE pgkafka_join.received_partitions "
+								  "SET received_at = pg_catalog.now() "
+								  "WHERE kafka_partition OPERATOR(pg_catalog.=) ANY ($1) AND received_at IS NULL "
+								  "RETURNING kafka_partition, from_server, ratings_offset, next_offset, last_id",
+								  2, argtypes);
+	if (SPI_execute_plan(done_plan, args, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not update pgkafka_join.received_partitions");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		MemoryContext old = MemoryContextSwitchTo(pkj_spi_caller_cxt);
+
+		received = lappend_int(received, DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)));
+		if (from == NULL)
+			from = SPI_getvalue(tup, desc, 2);
+		MemoryContextSwitchTo(old);
+		appendStringInfo(&detail, "%spartition %s: ratings from offset %s (stored there up to %s), results after id %s",
+						 i > 0 ? "; " : "", SPI_getvalue(tup, desc, 1), SPI_getvalue(tup, desc, 3),
+						 SPI_getvalue(tup, desc, 4), SPI_getvalue(tup, desc, 5));
+	}
+	pkj_end_spi();
+	claims.receive_due = false;
+	claims.handovers = false;
+	if (received == NIL)
+		return false;
+	/* the claims say so at once: no server holding nothing takes them over */
+	claims.holds_state = true;
+	now = mono_ms();
+	if (write_claims(claims.owned))
+	{
+		claims.renewed_at = now;
+		claims.renew_at = now + CLAIM_RENEW_MS;
+	}
+	ereport(LOG,
+			(errmsg("pgkafka_join received partitions %s from server \"%s\"",
+					pkj_partitions_text(received), from),
+			 errdetail("%s.  Their movies are consumed up to the end of the topic before their ratings.",
+					   detail.data)));
 	return true;
 }
 

@@ -1101,7 +1101,9 @@ recover_lost_results(void)
 		held_plan = pkj_keep_plan("SELECT greatest((SELECT max(r.id) FROM pgkafka_join.rated_movies r "
 								  "WHERE r.share = s.share), "
 								  "(SELECT max(op.last_id) FROM pgkafka_join.output_position op "
-								  "WHERE op.topic = $2 AND op.share = s.share)) "
+								  "WHERE op.topic = $2 AND op.share = s.share)), "
+								  "(SELECT rp.last_id FROM pgkafka_join.received_partitions rp "
+								  "WHERE rp.kafka_partition = s.share AND rp.received_at IS NOT NULL) "
 								  "FROM unnest($1) WITH ORDINALITY AS s(share, n) ORDER BY s.n",
 								  2, argtypes);
 	args[0] = PointerGetDatum(construct_array(elems, n, INT4OID, sizeof(int32), true,
@@ -1113,9 +1115,14 @@ recover_lost_results(void)
 	for (int i = 0; i < n; i++)
 	{
 		bool		isnull;
+		bool		none_received;
 		Datum		held = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		Datum		received = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2,
+											 &none_received);
 
-		ls[i].position = position[i];
+		/* a share handed over: published up to the handover's last id */
+		ls[i].position = none_received ? position[i] :
+			Max(position[i], DatumGetInt64(received));
 		ls[i].after = isnull ? 0 : DatumGetInt64(held);
 		ls[i].lost = ls[i].position > ls[i].after && ls[i].position > abandoned_up_to;
 		nlost += ls[i].lost;
@@ -1180,9 +1187,9 @@ recover_lost_results(void)
 		recovery_wait_logged = false;
 		/* another worker may have taken them back first */
 		ereport(taken > 0 ? LOG : DEBUG1,
-				(errmsg("pgkafka_join took back " INT64_FORMAT " results from the output topic \"%s\" that PostgreSQL had lost",
+				(errmsg("pgkafka_join took back " INT64_FORMAT " results from the output topic \"%s\"",
 						taken, pkj_kafka.output_topic),
-				 errdetail("Result ids, %s; read in %d parts, committed together.  Their ratings are recorded as published: consumed again, they are not published twice.",
+				 errdetail("Results on the topic that PostgreSQL lacked (lost, or published by the server that handed their partitions over): result ids, %s; read in %d parts, committed together.  Their ratings are recorded as published: consumed again, they are not published twice.",
 						   detail.data, rec.parts)));
 	}
 	if (result == RECOVERY_IMPOSSIBLE)

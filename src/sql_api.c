@@ -10,14 +10,17 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 
 #include "pgkafka_join.h"
 
 PG_FUNCTION_INFO_V1(pgkafka_join_parse_message);
 PG_FUNCTION_INFO_V1(pgkafka_join_output_value);
+PG_FUNCTION_INFO_V1(pgkafka_join_partition_numbers);
 
 /*
  * parse_message(kind text, value bytea) -> (accepted, id, title,
@@ -131,4 +134,31 @@ pgkafka_join_output_value(PG_FUNCTION_ARGS)
 					  DatumGetFloat8(required_attribute(row, "rating")),
 					  DatumGetTimestampTz(required_attribute(row, "rated_at")));
 	PG_RETURN_TEXT_P(cstring_to_text_with_len(buf.data, buf.len));
+}
+
+/*
+ * partition_numbers(partitions text) -> integer[]
+ *
+ * A list of partitions as pgkafka_join.partitions takes it ("0-5,12"), as
+ * a sorted array of distinct numbers; empty for an empty text.
+ */
+Datum
+pgkafka_join_partition_numbers(PG_FUNCTION_ARGS)
+{
+	char	   *list = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	List	   *partitions;
+	char	   *problem;
+	Datum	   *elems;
+	int			n = 0;
+	ListCell   *lc;
+
+	if (!pkj_parse_partitions(list, &partitions, &problem))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid list of partitions \"%s\": %s", list, problem),
+				 errhint("List partition numbers and ranges, such as '0-5,12'.")));
+	elems = palloc(Max(list_length(partitions), 1) * sizeof(Datum));
+	foreach(lc, partitions)
+		elems[n++] = Int32GetDatum(lfirst_int(lc));
+	PG_RETURN_ARRAYTYPE_P(construct_array(elems, n, INT4OID, sizeof(int32), true, TYPALIGN_INT));
 }

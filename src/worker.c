@@ -81,9 +81,11 @@
 #define PARTITION_CHECK_MS 3600000
 /* How often it logs progress while catching up a backlog */
 #define PROGRESS_LOG_MS 10000
+/* How often the worker looks for partitions release_partitions() asked for */
+#define RELEASE_CHECK_MS 1000
 
 /* The version of the SQL objects this library works with */
-#define PKJ_SQL_VERSION "1.3"
+#define PKJ_SQL_VERSION "1.4"
 
 /*
  * Sleep on the latch.  A reload (SIGHUP) sets it too; the caller's loop
@@ -250,6 +252,7 @@ static struct
 	TimestampTz next_status;
 	TimestampTz next_progress;
 	TimestampTz next_publish;	/* no publish attempt before, after a failure */
+	TimestampTz next_release;	/* look for partitions to release then */
 	int64		progress_total;
 	bool		more_to_publish;
 	bool		paused;
@@ -582,7 +585,7 @@ claims_hold(void)
 			 * once the claims hold, unless where publishing stands is not
 			 * known yet or messages are being isolated.
 			 */
-			if (pkj_claims_confirming() && !w.paused)
+			if (pkj_claims_confirming() && !w.paused && !pkj_claims_receiving())
 			{
 				if (!worker.assigned)
 					pkj_assign_partitions(&worker);
@@ -644,7 +647,15 @@ publish_position_known(TimestampTz now)
 static bool
 may_consume(TimestampTz now)
 {
-	if (!owns_partitions(now) || !claims_hold() || !publish_position_known(now))
+	if (!owns_partitions(now) || !claims_hold())
+		return false;
+	/* partitions handed over by another server: their state first */
+	if (pkj_receive_partitions(&worker))
+	{
+		pkj_force_reassign(&worker);
+		pkj_publisher_reset();
+	}
+	if (!publish_position_known(now))
 		return false;
 	if (!worker.rejoined)
 	{
@@ -815,6 +826,57 @@ report(void)
 }
 
 /*
+ * Publish every result stored, before partitions are released.  False if
+ * the publisher failed, or the claims are not fresh: tried again later.
+ */
+static bool
+publish_everything(void)
+{
+	for (;;)
+	{
+		int64		n;
+
+		if (!pkj_claims_fresh())
+			return false;
+		n = pkj_publish(w.loop_cxt);
+		if (n < 0)
+			return false;
+		if (n == 0 && !pkj_publish_pending())
+			return true;
+	}
+}
+
+/*
+ * Step 2b: partitions release_partitions() asked this worker to give up
+ * (looked for every second): once everything stored is published, record
+ * what the next owner needs, and start over with new Kafka handles, which
+ * leave them out and hand them over (see "Moves" in ownership.c).  Returns
+ * false if the turn ends here.
+ */
+static bool
+release_requested(TimestampTz now)
+{
+	List	   *partitions;
+
+	if (now < w.next_release)
+		return true;
+	w.next_release = TimestampTzPlusMilliseconds(now, RELEASE_CHECK_MS);
+	partitions = pkj_release_requested(&worker);
+	if (partitions == NIL)
+		return true;
+	pkj_status_set_state("releasing partitions");
+	if (!publish_everything())
+	{
+		w.next_publish = TimestampTzPlusMilliseconds(now, pkj_retry_interval);
+		return true;
+	}
+	pkj_release_partitions(&worker, partitions);
+	restart_kafka(psprintf("pgkafka_join worker %d goes on without partitions %s",
+						   worker.index, pkj_partitions_text(partitions)));
+	return false;
+}
+
+/*
  * One turn of the worker's loop, in named steps: make sure of what it
  * needs, make sure it may consume, store one batch, publish what is new,
  * report.  Returns early (to be called again) whenever it has to wait.
@@ -828,7 +890,7 @@ worker_step(void)
 		return;
 	now = GetCurrentTimestamp();
 	make_partitions_ahead(now);
-	if (!may_consume(now))
+	if (!may_consume(now) || !release_requested(now))
 		return;
 	if (w.paused)
 		while_paused(now);

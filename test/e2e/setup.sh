@@ -50,6 +50,34 @@ stored_counts()
 	                (SELECT count(*) FROM pgkafka_join.rated_movies)"
 }
 
+# snapshot_of DIR FILE: what a client of the snapshot-then-tail recipe
+# reads from the cluster of DIR, in one REPEATABLE READ transaction, into
+# FILE: "row|share|id|rating", "start|partition|start_offset" and
+# "share|share|last_id" lines
+snapshot_of()
+{
+	on "$1" >"$2" <<'SQL'
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT 'row', share, id, rating FROM pgkafka_join.rated_movies;
+SELECT 'start', kafka_partition, start_offset FROM pgkafka_join.output_position();
+SELECT 'share', share, last_id FROM pgkafka_join.snapshot_shares();
+COMMIT;
+SQL
+}
+
+# handover RUN: the snapshots of clusters PG_A and PG_B (snapshot_of),
+# each in its own transaction, to $TEST_DIR/handover.RUN.{A,B}; RUN's path
+# is added to the array "runs", for the check of all of them at the end
+runs=()
+handover()
+{
+	local run=$TEST_DIR/handover.$1
+
+	snapshot_of "$PG_A" "$run.A"
+	snapshot_of "$PG_B" "$run.B"
+	runs+=("$run")
+}
+
 # Size of the server log of PG_DIR now, to show or count what is logged after.
 log_mark() { stat -c %s "$PG_DIR/server.log"; }
 # The server log from byte $1 (to byte $2).
@@ -187,27 +215,47 @@ with open(f"{out}/expected", "w") as f:
 PY
 }
 
-# stream_produce [GATE_CHUNK GATE_FILE]: produce the chunks stream_files
-# made ($TEST_DIR/ratings.0, 1, ...) to the ratings topic, in the
-# background, 0.3 s apart, touching $TEST_DIR/produced.<chunk> after each;
-# from chunk GATE_CHUNK on, once GATE_FILE exists.  Sets PRODUCER to the
-# background job's pid, to wait for.
+# stream_produce [GATE_CHUNK GATE_FILE ...]: produce the chunks
+# stream_files made ($TEST_DIR/ratings.0, 1, ...) to the ratings topic, in
+# the background, 0.3 s apart, touching $TEST_DIR/produced.<chunk> after
+# each; from each chunk GATE_CHUNK on, once its GATE_FILE exists.  Sets
+# PRODUCER to the background job's pid, to wait for.
 stream_produce()
 {
-	local gate=${1:--1} gate_file=${2:-}
+	local gates=("$@")
 
 	(
 		for ((c = 0; ; c++)); do
 			[ -e "$TEST_DIR/ratings.$c" ] || break
-			if [ "$c" -eq "$gate" ]; then
-				while [ ! -e "$gate_file" ]; do sleep 0.1; done
-			fi
+			for ((g = 0; g + 1 < ${#gates[@]}; g += 2)); do
+				if [ "$c" -eq "${gates[g]}" ]; then
+					while [ ! -e "${gates[g + 1]}" ]; do sleep 0.1; done
+				fi
+			done
 			kafka_produce ratings <"$TEST_DIR/ratings.$c"
 			touch "$TEST_DIR/produced.$c"
 			sleep 0.3
 		done
 	) &
 	PRODUCER=$!
+}
+
+# produce_by_id TOPIC PARTITIONS: produce the "KEY<TAB>VALUE" lines of stdin,
+# KEY a movie id in decimal, each to partition KEY % PARTITIONS of TOPIC
+# (rather than where murmur2 would put it), in order within a partition; an
+# empty VALUE is a tombstone, as for kafka_produce.
+produce_by_id()
+{
+	local topic=$1 n=$2 dir p
+
+	dir=$(mktemp -d "$TEST_DIR/produce_by_id.XXXXXX")
+	awk -F'\t' -v n="$n" -v dir="$dir" '
+		$1 !~ /^[0-9]+$/ { print "produce_by_id: key \"" $1 "\" is not a movie id" > "/dev/stderr"; exit 1 }
+		{ print > (dir "/" ($1 % n)) }' || { rm -rf "$dir"; return 1; }
+	for ((p = 0; p < n; p++)); do
+		[ ! -s "$dir/$p" ] || kafka_produce "$topic" -p "$p" <"$dir/$p" || { rm -rf "$dir"; return 1; }
+	done
+	rm -rf "$dir"
 }
 
 # pg_private_install DIR: a private copy of the PostgreSQL installation in

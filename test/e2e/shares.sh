@@ -444,26 +444,6 @@ union_count()
 RESULT_ROWS="SELECT movie_id, title, release_year, rating FROM pgkafka_join.rated_movies"
 PAIR_ROWS="SELECT share, id, rating FROM pgkafka_join.rated_movies"
 
-# handover RUN: the snapshot of each server, in one REPEATABLE READ
-# transaction each, to $TEST_DIR/handover.RUN.{A,B}
-runs=()
-handover()
-{
-	local run=$TEST_DIR/handover.$1 srv dir
-
-	for srv in A B; do
-		dir=$PG_A
-		[ $srv = A ] || dir=$PG_B
-		on "$dir" >"$run.$srv" <<'SQL'
-BEGIN ISOLATION LEVEL REPEATABLE READ;
-SELECT 'row', share, id, rating FROM pgkafka_join.rated_movies;
-SELECT 'start', kafka_partition, start_offset FROM pgkafka_join.output_position();
-SELECT 'share', share, last_id FROM pgkafka_join.snapshot_shares();
-COMMIT;
-SQL
-	done
-	runs+=("$run")
-}
 
 # check_phase K: once both servers have everything of phase K, the exact
 # checks of results, output records, shares, movies and rejected messages
