@@ -172,10 +172,14 @@ static bool guard_registered = false;
 /* Released partitions whose handover is still to be written */
 static List *to_announce = NIL;
 
+/* This worker's partitions (by pgkafka_join.partitions) it released */
+static List *released_here = NIL;
+
 static void claims_guard_commit(XactEvent event, void *arg);
 static bool note_handovers(rd_kafka_topic_partition_list_t *found);
 static List *released_among(List *partitions, bool done);
 static bool announce_releases(List *released);
+static List *handed_back(List *released);
 
 /*
  * Milliseconds on the monotonic clock: claims are timed on it, so that a
@@ -1059,7 +1063,9 @@ pkj_refresh_ownership(PkjWorker *worker)
 			list_free(to_announce);
 			to_announce = NIL;
 		}
-		return true;
+		/* unchanged, unless partitions it released are handed back */
+		if (released_here == NIL || handed_back(released_here) == NIL)
+			return true;
 	}
 
 	/* one topic may come later: the other is consumed meanwhile */
@@ -1094,9 +1100,15 @@ pkj_refresh_ownership(PkjWorker *worker)
 		pkj_wait_ended(PKJ_WAIT_TOPICS);
 
 	mine = pkj_owned_partitions(worker->index, Max(nmovies, nratings), &beyond);
-	/* released partitions are not this server's any more */
+	/* released partitions are not this server's any more, until handed back */
+	pkj_claims_set_topic(nratings > 0 ? pkj_kafka.ratings_topic : pkj_kafka.movies_topic);
 	released = released_among(mine, true);
-	mine = list_difference_int(mine, released);
+	mine = list_union_int(list_difference_int(mine, released), handed_back(released));
+	list_sort(mine, list_int_cmp);
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	list_free(released_here);
+	released_here = list_copy(released);
+	MemoryContextSwitchTo(old);
 	if (beyond != NIL && !logged_beyond)
 		ereport(WARNING,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1135,9 +1147,15 @@ pkj_refresh_ownership(PkjWorker *worker)
 	if (worker->owned == NIL)
 	{
 		pkj_status_set_state("idle: no partition to own");
-		pkj_log_wait(PKJ_WAIT_NO_PARTITIONS,
-					 psprintf("pgkafka_join worker %d has no partition to own", worker->index),
-					 "The server owns fewer partitions than pgkafka_join.workers.");
+		if (released != NIL)
+			pkj_log_wait(PKJ_WAIT_NO_PARTITIONS,
+						 psprintf("pgkafka_join worker %d has no partition to own: it released partitions %s",
+								  worker->index, pkj_partitions_text(released)),
+						 "It takes them back if another server hands them back with pgkafka_join.release_partitions().");
+		else
+			pkj_log_wait(PKJ_WAIT_NO_PARTITIONS,
+						 psprintf("pgkafka_join worker %d has no partition to own", worker->index),
+						 "The server owns fewer partitions than pgkafka_join.workers.");
 		return false;
 	}
 	ereport(LOG,
@@ -1347,10 +1365,39 @@ announce_releases(List *released)
 		if (ok)
 			ereport(LOG,
 					(errmsg("pgkafka_join handed partitions %s over in the claims of \"%s\"",
-							pkj_partitions_text(released), claims_group())));
+							pkj_partitions_text(unsaid), claims_group())));
 	}
 	rd_kafka_topic_partition_list_destroy(parts);
 	return ok;
+}
+
+/*
+ * Of the given released partitions, those another server hands back: their
+ * claim is that server's handover.  NIL too if the brokers could not tell
+ * (asked again at the next refresh).
+ */
+static List *
+handed_back(List *released)
+{
+	rd_kafka_topic_partition_list_t *found;
+	char	   *me = identity();
+	List	   *back = NIL;
+
+	if (released == NIL)
+		return NIL;
+	found = read_claims(released);
+	if (found == NULL)
+		return NIL;
+	for (int i = 0; i < found->cnt; i++)
+	{
+		const rd_kafka_topic_partition_t *tp = &found->elems[i];
+
+		if (handover_of(tp, NULL) &&
+			(claimant_length(tp) != strlen(me) || memcmp(tp->metadata, me, strlen(me)) != 0))
+			back = lappend_int(back, tp->partition);
+	}
+	rd_kafka_topic_partition_list_destroy(found);
+	return back;
 }
 
 /*

@@ -61,6 +61,15 @@
 #    start_offset of the servers (0 if one has none), skipping records
 #    whose id is at most the chosen server's last_id of their share: each
 #    time snapshot plus tail hold every result exactly once, both non-empty.
+# 6. Moved back: release_partitions('2-3') on B; A, which released them
+#    and holds their old state, takes them back from B's handover (at its
+#    next refresh of the partitions it owns): its received_partitions are
+#    B's released ones, its released_partitions gone; B is idle, A's
+#    workers consume 0,2 and 1,3.  A rating of a new movie V, then V, then
+#    more ratings: every expected result on the topic once, A's
+#    rated_movies of shares 2 and 3 hold every record of them (its own, B's
+#    taken back, its new ones above B's last id), B never consumed them
+#    again, A's catalog of 2-3 is the topic's.
 
 . "$(dirname "$0")/setup.sh"
 test_init move
@@ -77,7 +86,7 @@ cat >"$PY" <<'PY'
 """Stream generator and checks of test/e2e/move.sh."""
 import datetime, json, random, sys
 
-X, W, Z, E1, E2 = 1002, 1003, 1006, 1007, 1010
+X, W, Z, E1, E2, V = 1002, 1003, 1006, 1007, 1010, 1011
 NEVER = range(5001, 5009)
 SERVERS = ("A", "B")
 
@@ -137,9 +146,17 @@ def gen(out, movies, chunks, per_chunk, seed, e1_at, e2_at):
         write(f"ratings.{c}", lines)
     write("movies.post", [movie(Z), movie(E1), movie(E2)])
     write("ratings.post", [rating(X, "join") for _ in range(3)])
-    write("expected", sorted(f"{m}|{catalog[m][0]}|{catalog[m][1]}|{r}"
-                             for r, m, kind in kinds if kind != "old" and m in catalog))
+    expected = lambda: sorted(f"{m}|{catalog[m][0]}|{catalog[m][1]}|{r}"
+                              for r, m, kind in kinds if kind != "old" and m in catalog)
+    write("expected", expected())
     write("kinds", [f"{r}|{m}|{kind}" for r, m, kind in kinds])
+    # after the move back: a rating of V waits for its movie, which comes
+    # after it
+    catalog[V] = (f"Movie {V}", 1900 + V % 100)
+    write("ratings.back", [rating(V, "join")] + [rating(X, "join")] +
+          [rating(rnd.randint(1, movies), "join") for _ in range(80)])
+    write("movies.back", [movie(V)])
+    write("expected.back", expected())
 
 
 def records(path):
@@ -553,5 +570,61 @@ read -r _ bad midstream < <(grep '^summary' "$TEST_DIR/handover.out")
 check_eq "each of ${#runs[@]} handovers across both servers (ties taken either way) saw every result exactly once" "0" "$bad"
 check_eq "every handover happened in the middle of the stream (a snapshot and a tail both holding results)" \
 	"${#runs[@]}" "$midstream"
+
+#
+# 6. Moved back: B releases 2-3, A, which released them, takes them back
+#
+b_identity=$(on "$PG_B" "SELECT 'pgkafka_join-' || system_identifier || '-' || d.oid
+                           FROM pg_control_system(), pg_database d WHERE d.datname = current_database()")
+moved_back_from=$SECONDS
+check_eq "release_partitions('2-3') on B returns partitions 2 and 3" "2,3" \
+	"$(on "$PG_B" "SELECT string_agg(release_partitions::text, ',' ORDER BY release_partitions)
+	                 FROM pgkafka_join.release_partitions('2-3')")"
+wait_for 60 '[ "$(on "$PG_B" "SELECT count(released_at) FROM pgkafka_join.released_partitions")" = 2 ]' ||
+	fail "B did not release partitions 2 and 3: $(on "$PG_B" "SELECT * FROM pgkafka_join.released_partitions")"
+# A looks at the claims of what it released at its next refresh of the
+# partitions it owns (every 30 s)
+wait_for 90 '[ "$(on "$PG_A" "SELECT count(received_at) FROM pgkafka_join.received_partitions WHERE from_server = '"'$b_identity'"'")" = 2 ]' ||
+	fail "A did not take partitions 2 and 3 back: $(on "$PG_A" "SELECT * FROM pgkafka_join.received_partitions")"
+echo "# A took partitions 2-3 back $((SECONDS - moved_back_from)) s after B's release was requested"
+grep -hoE 'took back [0-9]+ results' "$PG_A/server.log" | sed 's/^/# A | /' || true
+check_eq "A took them back from B's handover: received_partitions are B's released ones; its own released_partitions gone" \
+	"$(on "$PG_B" "SELECT kafka_partition, '$b_identity', ratings_offset, next_offset, last_id
+	                 FROM pgkafka_join.released_partitions ORDER BY 1")|0" \
+	"$(on "$PG_A" "SELECT kafka_partition, from_server, ratings_offset, next_offset, last_id
+	                 FROM pgkafka_join.received_partitions ORDER BY 1")|$(on "$PG_A" "SELECT count(*) FROM pgkafka_join.released_partitions")"
+wait_for 60 '[ "$(on "$PG_B" "SELECT worker || '"':'"' || state FROM pgkafka_join.status")|$(workers_of "$PG_A")" = "0:idle: no partition to own|0:0,2:consuming 1:1,3:consuming" ]' ||
+	fail "B is not idle, or A's workers do not consume 0,2 and 1,3: $(on "$PG_B" "SELECT worker || ':' || state FROM pgkafka_join.status")|$(workers_of "$PG_A")"
+pass "B, all its partitions released, is idle; A's workers consume 0,2 and 1,3 again"
+produce_by_id ratings $NPART <"$GEN/ratings.back"
+produce_by_id movies $NPART <"$GEN/movies.back"
+n=$(wc -l <"$GEN/expected.back")
+settled_back()
+{
+	[ "$(kafka_consume rated_movies | wc -l)" -ge "$n" ] &&
+		[ "$(on "$PG_A" "SELECT sum(publish_lag) FROM pgkafka_join.status")" = 0 ]
+}
+wait_for 120 settled_back ||
+	echo "# not everything was published: $(kafka_consume rated_movies | wc -l) of $n results" >&2
+dump_output >"$TEST_DIR/output.back"
+py pairs "$TEST_DIR/output.back" | LC_ALL=C sort >"$TEST_DIR/pairs.back"
+check_eq "after the move back, the output topic holds each of the $n expected results once" \
+	"$(cat "$GEN/expected.back")" "$(py results "$TEST_DIR/output.back" | LC_ALL=C sort)"
+check_eq "no (share, id) header pair twice on the output topic" "" "$(cut -d'|' -f1,2 "$TEST_DIR/pairs.back" | uniq -d)"
+for s in 2 3; do
+	L=$(on "$PG_B" "SELECT last_id FROM pgkafka_join.released_partitions WHERE kafka_partition = $s")
+	check_eq "share $s: A's rated_movies holds the share's every record on the topic (its own, B's taken back, its new ones above B's last id $L)" \
+		"$(awk -F'|' -v s=$s '$1 == s' "$TEST_DIR/pairs.back")" \
+		"$(on "$PG_A" "SELECT share, id, rating FROM pgkafka_join.rated_movies WHERE share = $s" | LC_ALL=C sort)"
+	[ "$(awk -F'|' -v s=$s -v l="$L" '$1 == s && $2 > l' "$TEST_DIR/pairs.back" | wc -l)" -gt 0 ] ||
+		fail "share $s: A published nothing above B's last id $L"
+done
+check_eq "B never consumed 2-3 again: its ratings offsets are the next_offsets it released" \
+	"$(on "$PG_B" "SELECT string_agg(kafka_partition || ':' || next_offset, ' ' ORDER BY kafka_partition) FROM pgkafka_join.released_partitions")" \
+	"$(on "$PG_B" "SELECT string_agg(kafka_partition || ':' || next_offset, ' ' ORDER BY kafka_partition)
+	                 FROM pgkafka_join.input_offsets WHERE topic = 'ratings'")"
+check_eq "A's catalog of 2-3 caught up: its movies of 2-3 are those the topic has" \
+	"$(kafka_consume movies >"$TEST_DIR/movies.back.dump"; py movies "$TEST_DIR/movies.back.dump" 2,3 | LC_ALL=C sort)" \
+	"$(on "$PG_A" "SELECT id, title, release_year FROM pgkafka_join.movies WHERE id % 4 IN (2, 3)" | LC_ALL=C sort)"
 check_eq "no server process of A or B crashed (terminated by signal)" "0 0" "$(crashes)"
 echo "# total $SECONDS s"
