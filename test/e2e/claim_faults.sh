@@ -35,8 +35,6 @@ kafka_start "$TEST_DIR/kafka"
 for topic in movies ratings rated_movies; do
 	kafka_create_topic $topic 3
 done
-CLAIMS_GROUP=pgkafka_join.owners.rated_movies
-REFUSED='refused: partitions owned by another server'
 # A's claims go stale between batches (it waits to renew them), or in a
 # batch, whose commit then fails (it claims them anew)
 STOPPED='waiting: renewing claims|waiting: claiming partitions'

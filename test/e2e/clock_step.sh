@@ -34,8 +34,6 @@ kafka_start "$TEST_DIR/kafka"
 for topic in movies ratings rated_movies; do
 	kafka_create_topic $topic 3
 done
-CLAIMS_GROUP=pgkafka_join.owners.rated_movies
-REFUSED='refused: partitions owned by another server'
 
 # clock save|step SECONDS|restore|show: the wall clock's offset from the
 # monotonic clock kept in $TEST_DIR/clock; the wall clock stepped by

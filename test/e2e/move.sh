@@ -78,7 +78,6 @@ NPART=4
 X=1002 W=1003 Z=1006 E1=1007 E2=1010
 MOVIES=200
 CHUNKS=32 PER_CHUNK=40 RELEASE_AFTER=8 GATE=16
-REFUSED='refused: partitions owned by another server'
 GEN=$TEST_DIR/gen
 mkdir -p "$GEN"
 PY=$TEST_DIR/move.py

@@ -30,6 +30,11 @@ pkj_setup()
 	psql_q "CREATE EXTENSION pgkafka_join" >/dev/null
 }
 
+# The Kafka group the servers' claims of their partitions are written in,
+# for the output topic rated_movies; the state of a server refused them
+CLAIMS_GROUP=pgkafka_join.owners.rated_movies
+REFUSED='refused: partitions owned by another server'
+
 # The pid of the (one) join worker, empty when none runs
 worker_pid()
 {

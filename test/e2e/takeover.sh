@@ -62,7 +62,6 @@ common=("pgkafka_join.database = 'postgres'"
 	"pgkafka_join.retry_interval = '1s'"
 	"pgkafka_join.batch_size = 200"
 	"pgkafka_join.partitions = '0-2'")
-REFUSED='refused: partitions owned by another server'
 
 # producer_of DIR: the transactional id of worker 0's producer (the default)
 producer_of()
